@@ -1,0 +1,172 @@
+"""Qwen2Config: the model's hyper-parameters and the one place that knows Hugging Face field names.
+
+`Qwen2Config.from_hf` reads a `config.json` (Qwen2 or Llama family); `to_hf` writes one that
+`transformers` loads as `Qwen2ForCausalLM` (or `LlamaForCausalLM` for bias-free checkpoints).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    attention_bias: bool = True  # q/k/v biases: True for Qwen2, False for Llama-family checkpoints
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 151643
+    eos_token_id: int | list[int] | None = 151643
+    pad_token_id: int | None = None
+    # Computation, not architecture: never written to config.json.
+    dtype: str = "float32"  # activations / matmul inputs ("bfloat16" for fast training)
+    param_dtype: str = "float32"  # master weights
+    remat: str = "none"  # rematerialisation of each decoder layer in the scan: see REMAT_POLICIES
+    attention_impl: str = "xla"  # jax.nn.dot_product_attention implementation; "cudnn" on GPU
+    model_type: str = "qwen2"  # "llama"/"mistral" when loaded from such a checkpoint
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads}); set head_dim explicitly"
+            )
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+    def replace(self, **changes: Any) -> "Qwen2Config":
+        return dataclasses.replace(self, **changes)
+
+    def num_parameters(self) -> int:
+        e, i, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+        q, kv = self.num_attention_heads * self.head_size, self.num_key_value_heads * self.head_size
+        attention = e * q + 2 * e * kv + q * e + (q + 2 * kv if self.attention_bias else 0)
+        per_layer = attention + 3 * e * i + 2 * e
+        return v * e * (1 if self.tie_word_embeddings else 2) + l * per_layer + e
+
+    def flops_per_token(self, sequence_length: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), matmuls and attention scores."""
+        non_embedding = self.num_parameters() - self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        matmul_params = non_embedding + self.vocab_size * self.hidden_size  # the LM head is a matmul
+        attention = 2 * self.num_hidden_layers * sequence_length * self.num_attention_heads * self.head_size
+        return 3 * (2 * matmul_params + attention)
+
+    # ---- Hugging Face config.json, both ways ---------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, hf_config: dict[str, Any] | str | os.PathLike, **overrides: Any) -> "Qwen2Config":
+        """From a `config.json` dict, or the path of a file or of a directory that holds one."""
+        if not isinstance(hf_config, dict):
+            path = os.fspath(hf_config)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no config.json at {path}")
+            with open(path, encoding="utf-8") as f:
+                hf_config = json.load(f)
+        architectures = hf_config.get("architectures") or []
+        model_type = hf_config.get("model_type", "qwen2")
+        if model_type not in SUPPORTED_ARCHITECTURES.values() or (
+            architectures and architectures[0] not in SUPPORTED_ARCHITECTURES
+        ):
+            raise ValueError(
+                f"unsupported architecture {architectures or model_type!r}: seallm-jax supports "
+                f"{sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", None):
+            raise ValueError(f"unsupported rope_type {rope_type!r} in config.json: only the default rotary embedding is implemented")
+        rope_theta = rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))
+        if model_type == "mistral" and hf_config.get("sliding_window"):
+            raise ValueError("Mistral with sliding_window attention is not supported (set sliding_window to null)")
+        if model_type == "qwen2" and hf_config.get("use_sliding_window"):
+            raise ValueError("use_sliding_window=true is not supported")
+        if hf_config.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {hf_config['hidden_act']!r}: expected 'silu'")
+        if hf_config.get("mlp_bias"):
+            raise ValueError("mlp_bias=true is not supported")
+        attention_bias = hf_config.get("attention_bias", model_type == "qwen2")
+        num_heads = hf_config["num_attention_heads"]
+        head_dim = hf_config.get("head_dim")
+        if head_dim == hf_config["hidden_size"] // num_heads:
+            head_dim = None
+        fields = dict(
+            vocab_size=hf_config["vocab_size"],
+            hidden_size=hf_config["hidden_size"],
+            intermediate_size=hf_config["intermediate_size"],
+            num_hidden_layers=hf_config["num_hidden_layers"],
+            num_attention_heads=num_heads,
+            num_key_value_heads=hf_config.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            max_position_embeddings=hf_config.get("max_position_embeddings", 32768),
+            rope_theta=float(rope_theta),
+            rms_norm_eps=hf_config.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=hf_config.get("tie_word_embeddings", False),
+            attention_bias=bool(attention_bias),
+            initializer_range=hf_config.get("initializer_range", 0.02),
+            bos_token_id=hf_config.get("bos_token_id"),
+            eos_token_id=hf_config.get("eos_token_id"),
+            pad_token_id=hf_config.get("pad_token_id"),
+            model_type=model_type,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_hf(self) -> dict[str, Any]:
+        """A `config.json` dict; bias-free models are written as Llama (Qwen2 always has q/k/v bias)."""
+        qwen2 = self.attention_bias
+        config = {
+            "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+            "model_type": "qwen2" if qwen2 else "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_size,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_theta": self.rope_theta,  # for transformers < 5
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": self.param_dtype,
+            "use_cache": True,
+        }
+        if qwen2:
+            config.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers)
+        else:
+            config.update(attention_bias=False, mlp_bias=False)
+        return config

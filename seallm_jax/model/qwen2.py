@@ -1,0 +1,259 @@
+"""Qwen2 in Flax NNX, top to bottom: RMSNorm, rotary, attention (GQA), MLP, decoder, causal LM.
+
+Numerically matches `transformers`' Qwen2ForCausalLM (and LlamaForCausalLM with
+`attention_bias=False`). Decoder layers are stacked on a leading 'layers' axis and run with
+`jax.lax.scan`, so compile time does not grow with depth.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seallm_jax.model.axes import constrain
+from seallm_jax.model.config import Qwen2Config
+
+Array = jax.Array
+# ffn_probe(gate_activation [B,T,I], hidden_mlp [B,T,I], down_kernel [I,E]) -> any pytree, per layer
+FfnProbe = Callable[[Array, Array, Array], Any]
+KVCache = dict[str, Array]  # k, v: [layers, batch, max_length, kv_heads, head_dim]; segment: [batch, max_length]; index: []
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, computed in float32 (as transformers does), cast back to the input dtype."""
+
+    def __init__(self, size: int, eps: float, *, param_dtype: jnp.dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale.value.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rotary_embedding(x: Array, positions: Array, theta: float) -> Array:
+    """Rotate-half rotary embedding. x: [batch, length, heads, head_dim]; positions: [batch, length]."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, head_dim/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    first, second = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-second, first], axis=-1) * sin
+
+
+def _dense(in_features: int, out_features: int, config: Qwen2Config, rngs: nnx.Rngs, *, bias: bool = False) -> nnx.Linear:
+    return nnx.Linear(
+        in_features, out_features, use_bias=bias,
+        dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=nnx.initializers.normal(config.initializer_range), rngs=rngs,
+    )
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with rotary positions, q/k/v bias (Qwen2) and an optional KV cache."""
+
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        self.config = config
+        e, h = config.hidden_size, config.head_size
+        self.q_proj = _dense(e, config.num_attention_heads * h, config, rngs, bias=config.attention_bias)
+        self.k_proj = _dense(e, config.num_key_value_heads * h, config, rngs, bias=config.attention_bias)
+        self.v_proj = _dense(e, config.num_key_value_heads * h, config, rngs, bias=config.attention_bias)
+        self.o_proj = _dense(config.num_attention_heads * h, e, config, rngs)
+
+    def __call__(
+        self, x: Array, positions: Array, mask: Array, kv_cache: tuple[Array, Array] | None, cache_index: Array | None
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        c = self.config
+        batch, length, _ = x.shape
+        q = self.q_proj(x).reshape(batch, length, c.num_attention_heads, c.head_size)
+        k = self.k_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
+        v = self.v_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
+        q = constrain(rotary_embedding(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
+        k = constrain(rotary_embedding(k, positions, c.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
+        if kv_cache is not None:  # write this step's keys/values at cache_index, attend over the whole cache
+            k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, cache_index, 0, 0))
+            kv_cache = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, scale=c.head_size**-0.5, implementation=c.attention_impl
+        )
+        out = out.reshape(batch, length, c.num_attention_heads * c.head_size)
+        return self.o_proj(out), kv_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)). Neuron j = gate/up column j = down row j."""
+
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        e, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = _dense(e, i, config, rngs)
+        self.up_proj = _dense(e, i, config, rngs)
+        self.down_proj = _dense(i, e, config, rngs)
+
+    def __call__(self, x: Array, gate_scale: Array | None, probe: FfnProbe | None) -> tuple[Array, Any]:
+        gate_activation = jax.nn.silu(self.gate_proj(x))
+        if gate_scale is not None:  # neuron deactivation (LSN ablation)
+            gate_activation = gate_activation * gate_scale.astype(gate_activation.dtype)
+        hidden = constrain(gate_activation * self.up_proj(x), ("batch", "length", "mlp"))
+        probed = probe(gate_activation, hidden, self.down_proj.kernel.value) if probe is not None else None
+        return self.down_proj(hidden), probed
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        param_dtype = jnp.dtype(config.param_dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(config, rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, positions, mask, kv_cache, cache_index, gate_scale, probe):
+        attended, kv_cache = self.self_attn(self.input_layernorm(x), positions, mask, kv_cache, cache_index)
+        x = x + attended
+        mlp_out, probed = self.mlp(self.post_attention_layernorm(x), gate_scale, probe)
+        x = constrain(x + mlp_out, ("batch", "length", "embed"))
+        return x, kv_cache, probed
+
+
+def segment_positions(segment_ids: Array) -> Array:
+    """Positions that restart at 0 at the start of every segment (packed documents)."""
+    index = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
+    is_start = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=-1
+    )
+    start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=1)
+    return index - start
+
+
+class Qwen2Model(nnx.Module):
+    """Embedding, the scanned stack of decoder layers, final norm."""
+
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size, config.hidden_size,
+            dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+            embedding_init=nnx.initializers.normal(config.initializer_range), rngs=rngs,
+        )
+
+        @nnx.split_rngs(splits=config.num_hidden_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stacked_layers(rngs: nnx.Rngs) -> DecoderLayer:
+            return DecoderLayer(config, rngs)
+
+        self.layers = stacked_layers(rngs)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=jnp.dtype(config.param_dtype))
+
+    def __call__(
+        self, input_ids: Array, positions: Array, segment_ids: Array,
+        cache: KVCache | None, gate_scale: Array | None, probe: FfnProbe | None,
+    ) -> tuple[Array, KVCache | None, Any]:
+        config = self.config
+        x = constrain(self.embed_tokens(input_ids), ("batch", "length", "embed"))
+        length = input_ids.shape[1]
+        if cache is None:
+            # A token sees earlier tokens of its own segment (padding is segment 0 and sees only padding).
+            causal = jnp.tril(jnp.ones((length, length), bool))
+            mask = causal[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+            cache_index, kv_xs, new_cache = None, None, None
+        else:
+            cache_index = cache["index"]
+            max_length = cache["k"].shape[2]
+            cache_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, cache_index))
+            query_slot = cache_index + jnp.arange(length)
+            causal = jnp.arange(max_length)[None, :] <= query_slot[:, None]
+            mask = causal[None] & (segment_ids[:, :, None] == cache_segments[:, None, :])
+            kv_xs = (cache["k"], cache["v"])
+            new_cache = {"segment": cache_segments, "index": cache_index + length}
+        mask = mask[:, None]  # [batch, 1 (heads), length, keys]
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def layer_step(x, xs):
+            state, kv, scale = xs
+            layer = nnx.merge(graphdef, state)
+            x, kv, probed = layer(x, positions, mask, kv, cache_index, scale, probe)
+            return x, (kv, probed)
+
+        if config.remat != "none":
+            layer_step = jax.checkpoint(layer_step, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
+        x, (kv, probes) = jax.lax.scan(layer_step, x, (layer_state, kv_xs, gate_scale))
+        if new_cache is not None:
+            new_cache.update(k=kv[0], v=kv[1])
+        return self.norm(x), new_cache, probes
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """The causal LM: `model(input_ids) -> logits [batch, length, vocab]` (float32)."""
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = Qwen2Model(config, rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = _dense(config.hidden_size, config.vocab_size, config, rngs)
+
+    def _inputs(self, input_ids, positions, segment_ids, attention_mask, cache):
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+            if positions is None:  # as transformers: positions count from the cache index, padding or not
+                start = 0 if cache is None else cache["index"]
+                positions = jnp.broadcast_to(start + jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+        elif positions is None:
+            positions = segment_positions(segment_ids)
+        return input_ids, jnp.asarray(positions, jnp.int32), jnp.asarray(segment_ids, jnp.int32)
+
+    def hidden_states(
+        self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
+        attention_mask: Array | None = None, ffn_gate_scale: Array | None = None,
+        ffn_probe: FfnProbe | None = None,
+    ) -> tuple[Array, Any]:
+        """Final-norm hidden states [batch, length, embed] and the per-layer stacked `ffn_probe` outputs."""
+        input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, None)
+        hidden, _, probes = self.model(input_ids, positions, segment_ids, None, ffn_gate_scale, ffn_probe)
+        return hidden, probes
+
+    def logits(self, hidden: Array) -> Array:
+        """The LM head (tied: the transposed token embedding), float32 logits."""
+        if self.config.tie_word_embeddings:
+            logits = self.model.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+    def __call__(
+        self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
+        attention_mask: Array | None = None, ffn_gate_scale: Array | None = None, cache: KVCache | None = None,
+    ) -> Array | tuple[Array, KVCache]:
+        """Logits [batch, length, vocab]; with a `cache`, `(logits, updated cache)`.
+
+        `segment_ids` (0 = padding) packs documents: positions restart per segment and tokens attend
+        only within theirs. `attention_mask` (1 = token, 0 = padding) is the Hugging Face form.
+        """
+        input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, cache)
+        hidden, new_cache, _ = self.model(input_ids, positions, segment_ids, cache, ffn_gate_scale, None)
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, new_cache)
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype | str | None = None) -> KVCache:
+        """An empty KV cache for `max_length` positions (prompt + generated tokens)."""
+        c = self.config
+        dtype = jnp.dtype(dtype or c.dtype)
+        shape = (c.num_hidden_layers, batch_size, max_length, c.num_key_value_heads, c.head_size)
+        return {
+            "k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment": jnp.zeros((batch_size, max_length), jnp.int32),
+            "index": jnp.zeros((), jnp.int32),
+        }
