@@ -1,0 +1,395 @@
+"""LSN statistics: `NeuronStats` (additive per-language counts per FFN neuron) and the jitted pass computing them.
+
+One forward per batch without the LM head; every layer's FFN is probed inside the layer scan (LAPE and PLND).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+STATS_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class NeuronStats:
+    """Statistics of FFN neurons over the tokens of each language.
+
+    Arrays have a leading language axis in the order of `languages`:
+      active_count   int64   [K, L, I]  tokens with silu(gate) > 0 (LAPE)
+      importance_sum float64 [K, L, I]  sum over tokens of |h_j| * ||W_down[j, :]|| (PLND)
+      topk_count     int64   [K, L, I]  documents whose top-`top_k` neurons (per layer) include j (PLND)
+      token_count    int64   [K]        real (non-padding) tokens seen
+      document_count int64   [K]        documents (segments) seen
+    """
+
+    languages: list[str]
+    top_k: int
+    active_count: np.ndarray
+    importance_sum: np.ndarray
+    topk_count: np.ndarray
+    token_count: np.ndarray
+    document_count: np.ndarray
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.languages = list(self.languages)
+        self.active_count = np.asarray(self.active_count, dtype=np.int64)
+        self.importance_sum = np.asarray(self.importance_sum, dtype=np.float64)
+        self.topk_count = np.asarray(self.topk_count, dtype=np.int64)
+        self.token_count = np.asarray(self.token_count, dtype=np.int64).reshape(-1)
+        self.document_count = np.asarray(self.document_count, dtype=np.int64).reshape(-1)
+        num_languages = len(self.languages)
+        if len(set(self.languages)) != num_languages:
+            raise ValueError(f"NeuronStats: duplicate languages in {self.languages}")
+        if self.active_count.ndim != 3 or self.active_count.shape[0] != num_languages:
+            raise ValueError(
+                f"NeuronStats: active_count must be [languages={num_languages}, layers, intermediate], "
+                f"got {self.active_count.shape}"
+            )
+        for name in ("importance_sum", "topk_count"):
+            if getattr(self, name).shape != self.active_count.shape:
+                raise ValueError(
+                    f"NeuronStats: {name} has shape {getattr(self, name).shape}, expected {self.active_count.shape}"
+                )
+        for name in ("token_count", "document_count"):
+            if getattr(self, name).shape != (num_languages,):
+                raise ValueError(f"NeuronStats: {name} must have one entry per language ({num_languages})")
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.active_count.shape[1])
+
+    @property
+    def intermediate_size(self) -> int:
+        return int(self.active_count.shape[2])
+
+    @classmethod
+    def zeros(cls, languages: Sequence[str], num_layers: int, intermediate_size: int, top_k: int,
+              metadata: dict | None = None) -> "NeuronStats":
+        shape = (len(languages), num_layers, intermediate_size)
+        return cls(
+            languages=list(languages), top_k=top_k,
+            active_count=np.zeros(shape, np.int64), importance_sum=np.zeros(shape, np.float64),
+            topk_count=np.zeros(shape, np.int64),
+            token_count=np.zeros(len(languages), np.int64), document_count=np.zeros(len(languages), np.int64),
+            metadata=dict(metadata or {}),
+        )
+
+    def index(self, language: str) -> int:
+        try:
+            return self.languages.index(language)
+        except ValueError:
+            raise KeyError(f"statistics have no language {language!r}; they have {self.languages}") from None
+
+    def select_languages(self, languages: Iterable[str]) -> "NeuronStats":
+        """The statistics of `languages` only, in that order."""
+        rows = [self.index(lang) for lang in languages]
+        return NeuronStats(
+            languages=[self.languages[r] for r in rows], top_k=self.top_k,
+            active_count=self.active_count[rows], importance_sum=self.importance_sum[rows],
+            topk_count=self.topk_count[rows], token_count=self.token_count[rows],
+            document_count=self.document_count[rows], metadata=dict(self.metadata),
+        )
+
+    def merge(self, other: "NeuronStats") -> "NeuronStats":
+        """Sum of two statistics (languages in either; shared languages are added). Counts merge exactly."""
+        if (self.num_layers, self.intermediate_size) != (other.num_layers, other.intermediate_size):
+            raise ValueError(
+                f"cannot merge statistics of a {self.num_layers}x{self.intermediate_size} FFN with "
+                f"{other.num_layers}x{other.intermediate_size}"
+            )
+        if self.top_k != other.top_k:
+            raise ValueError(f"cannot merge statistics with PLND top_k {self.top_k} and {other.top_k}")
+        for key in ("model", "hidden_size", "num_parameters"):
+            mine, theirs = self.metadata.get(key), other.metadata.get(key)
+            if key != "model" and mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(f"cannot merge statistics of different models ({key}: {mine} vs {theirs})")
+        languages = self.languages + [lang for lang in other.languages if lang not in self.languages]
+        merged = NeuronStats.zeros(languages, self.num_layers, self.intermediate_size, self.top_k,
+                                   metadata={**other.metadata, **self.metadata})
+        for source in (self, other):
+            rows = [languages.index(lang) for lang in source.languages]
+            merged.active_count[rows] += source.active_count
+            merged.importance_sum[rows] += source.importance_sum
+            merged.topk_count[rows] += source.topk_count
+            merged.token_count[rows] += source.token_count
+            merged.document_count[rows] += source.document_count
+        merged.metadata["token_count"] = dict(zip(languages, merged.token_count.tolist()))
+        return merged
+
+    # ---- file format: one .npz, metadata as a JSON string (no pickle) ---------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        metadata = dict(self.metadata)
+        metadata.update(
+            format_version=STATS_FORMAT_VERSION, languages=self.languages, top_k=self.top_k,
+            num_layers=self.num_layers, intermediate_size=self.intermediate_size,
+            token_count=dict(zip(self.languages, self.token_count.tolist())),
+            document_count=dict(zip(self.languages, self.document_count.tolist())),
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # np.savez appends .npz to names without it; write to the exact path the user gave.
+        with open(path, "wb") as f:
+            np.savez(
+                f, active_count=self.active_count, importance_sum=self.importance_sum,
+                topk_count=self.topk_count, token_count=self.token_count, document_count=self.document_count,
+                metadata_json=np.asarray(json.dumps(metadata)),
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NeuronStats":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a neuron-statistics .npz file ({error})") from None
+        required = ("active_count", "importance_sum", "topk_count", "token_count", "document_count", "metadata_json")
+        missing = [key for key in required if key not in arrays]
+        if missing:
+            raise ValueError(f"{path}: neuron statistics file lacks {missing}")
+        metadata = json.loads(str(arrays["metadata_json"]))
+        return cls(
+            languages=metadata["languages"], top_k=int(metadata["top_k"]),
+            active_count=arrays["active_count"], importance_sum=arrays["importance_sum"],
+            topk_count=arrays["topk_count"], token_count=arrays["token_count"],
+            document_count=arrays["document_count"], metadata=metadata,
+        )
+
+    def activation_probability(self) -> np.ndarray:
+        """LAPE's p: `[L, I, K]` share of each language's tokens on which the neuron fires (silu(gate) > 0)."""
+        if np.any(self.token_count <= 0):
+            empty = [lang for lang, n in zip(self.languages, self.token_count) if n <= 0]
+            raise ValueError(f"statistics have no tokens for language(s) {empty}")
+        return np.moveaxis(self.active_count / self.token_count[:, None, None], 0, -1)
+
+    def summary(self) -> str:
+        lines = [f"{'lang':>6} {'tokens':>12} {'documents':>10}"]
+        for lang, tokens, docs in zip(self.languages, self.token_count, self.document_count):
+            lines.append(f"{lang:>6} {tokens:>12,} {docs:>10,}")
+        return "\n".join(lines)
+
+
+# ======================================================================================================
+# The statistics pass: one jitted forward (no LM head) per batch, probing every layer's FFN in the scan.
+# ======================================================================================================
+
+# Mesh axes the batch is split over, as in training.
+BATCH_MESH_AXES = ("data", "fsdp")
+DEFAULT_TOP_K_FRACTION = 0.05  # PLND per-document top-k when not given: 5% of a layer's neurons
+
+Batch = Mapping[str, np.ndarray]
+
+
+def default_top_k(intermediate_size: int) -> int:
+    """PLND's per-document top-k default: 5% of the layer's FFN neurons (the reference keeps 12,000 of
+    Llama-3-8B's 14,336 per layer for FFN; we default to a stricter share because our documents are short)."""
+    return max(1, int(round(intermediate_size * DEFAULT_TOP_K_FRACTION)))
+
+
+def make_ffn_probe(token_mask: jax.Array, segment_ids: jax.Array, top_k: int, num_segments: int) -> Callable:
+    """The per-layer FFN probe: counts, importance sums and per-document top-k membership over real tokens.
+
+    token_mask [B, T] (True = real token); segment_ids [B, T] (1..num_segments are documents, 0 = padding).
+    """
+    valid = token_mask[..., None]  # [B, T, 1]
+    # One-hot document membership [B, T, S] for documents 1..S; per-document sums become one matmul.
+    documents = (segment_ids[..., None] == jnp.arange(1, num_segments + 1, dtype=segment_ids.dtype)) & valid
+    document_present = documents.any(axis=1)  # [B, S]
+    documents = documents.astype(jnp.float32)
+
+    def probe(gate_activation: jax.Array, hidden_mlp: jax.Array, down_kernel: jax.Array) -> dict[str, jax.Array]:
+        intermediate = gate_activation.shape[-1]
+        # LAPE: tokens on which silu(gate) > 0 (int32 per batch; the host accumulates in int64).
+        active = jnp.sum((gate_activation > 0) & valid, axis=(0, 1), dtype=jnp.int32)
+        # PLND: zeroing neuron j changes the FFN output by h_j * W_down[j, :], whose norm is |h_j| * ||W_down[j]||.
+        down_norm = jnp.sqrt(jnp.sum(jnp.square(down_kernel.astype(jnp.float32)), axis=-1))  # [I]
+        importance = jnp.where(valid, jnp.abs(hidden_mlp.astype(jnp.float32)) * down_norm, 0.0)  # [B, T, I]
+        importance_sum = jnp.sum(importance, axis=(0, 1))
+        document_importance = jnp.einsum(
+            "bts,bti->bsi", documents, importance, precision=jax.lax.Precision.HIGHEST
+        )  # [B, S, I]
+        _, top_ids = jax.lax.top_k(document_importance, top_k)  # [B, S, k]
+        weight = jnp.broadcast_to(document_present[..., None], top_ids.shape).astype(jnp.int32)
+        topk_count = jnp.zeros((intermediate,), jnp.int32).at[top_ids.reshape(-1)].add(weight.reshape(-1))
+        return {"active": active, "importance": importance_sum, "topk": topk_count}
+
+    return probe
+
+
+def _batch_statistics(graphdef: nnx.GraphDef, params, input_ids, positions, segment_ids, *, top_k: int,
+                      num_segments: int) -> dict[str, jax.Array]:
+    model = nnx.merge(graphdef, params)
+    token_mask = segment_ids > 0
+    probe = make_ffn_probe(token_mask, segment_ids, top_k, num_segments)
+    _, probes = model.hidden_states(input_ids, positions=positions, segment_ids=segment_ids, ffn_probe=probe)
+    # Documents in this batch: distinct (row, segment) pairs, each segment id counted where it starts.
+    starts = token_mask & jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
+    return {**probes, "tokens": jnp.sum(token_mask, dtype=jnp.int32), "documents": jnp.sum(starts, dtype=jnp.int32)}
+
+
+def _segments_bucket(max_segment_id: int) -> int:
+    """Static number of document slots per row, rounded up to a power of two so few shapes get compiled."""
+    return 1 << max(0, math.ceil(math.log2(max(1, max_segment_id))))
+
+
+class StatisticsPass:
+    """Compiled statistics forward for one model; `__call__(batches)` accumulates one language's NeuronStats.
+
+    With a mesh, each batch is split over the mesh's ('data', 'fsdp') axes (as in training) and the
+    parameters are replicated unless `param_shardings` places them; on one device it runs unsharded.
+    """
+
+    def __init__(self, model: nnx.Module, *, top_k: int | None = None, mesh: Mesh | None = None,
+                 param_shardings=None, metadata: dict | None = None):
+        config = model.config
+        self.num_layers = config.num_hidden_layers
+        self.intermediate_size = config.intermediate_size
+        self.top_k = default_top_k(self.intermediate_size) if top_k is None else int(top_k)
+        if not 1 <= self.top_k <= self.intermediate_size:
+            raise ValueError(f"PLND top_k must be in 1..{self.intermediate_size} (intermediate_size), got {top_k}")
+        self.mesh = mesh
+        self.graphdef, params = nnx.split(model, nnx.Param)
+        params = params.to_pure_dict()
+        if mesh is not None:
+            batch_axes = tuple(axis for axis in BATCH_MESH_AXES if axis in mesh.axis_names)
+            self.batch_sharding = NamedSharding(mesh, PartitionSpec(batch_axes))
+            self.batch_divisor = math.prod(mesh.shape[axis] for axis in batch_axes)
+            shardings = param_shardings if param_shardings is not None else NamedSharding(mesh, PartitionSpec())
+            params = jax.device_put(params, shardings)
+        else:
+            self.batch_sharding, self.batch_divisor = None, 1
+        self.params = params
+        self.metadata = {
+            "hidden_size": config.hidden_size,
+            "num_parameters": config.num_parameters(),
+            "num_layers": self.num_layers,
+            "intermediate_size": self.intermediate_size,
+            "model_type": config.model_type,
+            **(metadata or {}),
+        }
+        self._compiled = jax.jit(_batch_statistics, static_argnums=0, static_argnames=("top_k", "num_segments"))
+
+    def _put(self, array: np.ndarray) -> jax.Array:
+        if self.batch_sharding is None:
+            return jnp.asarray(array)
+        # Each process passes its own rows; jax assembles the global batch (works on one process too).
+        return jax.make_array_from_process_local_data(self.batch_sharding, array)
+
+    def dispatch(self, batch: Batch) -> dict[str, jax.Array]:
+        """Start the statistics of one batch (asynchronously) and return the device results."""
+        input_ids = np.asarray(batch["input_ids"], np.int32)
+        if "segment_ids" in batch:
+            segment_ids = np.asarray(batch["segment_ids"], np.int32)
+        elif "attention_mask" in batch:
+            segment_ids = np.asarray(batch["attention_mask"], np.int32)
+        else:
+            segment_ids = np.ones_like(input_ids)
+        if segment_ids.shape != input_ids.shape:
+            raise ValueError(f"segment_ids {segment_ids.shape} must match input_ids {input_ids.shape}")
+        if "positions" in batch:
+            positions = np.asarray(batch["positions"], np.int32)
+        else:
+            positions = _segment_positions_np(segment_ids)
+        if input_ids.shape[0] % self.batch_divisor:
+            raise ValueError(
+                f"batch of {input_ids.shape[0]} rows does not split over {self.batch_divisor} devices of the "
+                f"mesh's {BATCH_MESH_AXES} axes; use a multiple of {self.batch_divisor} rows"
+            )
+        num_segments = _segments_bucket(int(segment_ids.max(initial=0)))
+        return self._compiled(
+            self.graphdef, self.params, self._put(input_ids), self._put(positions), self._put(segment_ids),
+            top_k=self.top_k, num_segments=num_segments,
+        )
+
+    def __call__(self, batches: Iterable[Batch], language: str, *, max_tokens: int | None = None,
+                 progress: bool = False) -> NeuronStats:
+        """Accumulate `language`'s statistics over `batches` (stops after the batch reaching `max_tokens`)."""
+        stats = NeuronStats.zeros([language], self.num_layers, self.intermediate_size, self.top_k,
+                                  metadata=self.metadata)
+        bar = _progress_bar(progress, language, max_tokens)
+        pending = None
+        started = time.perf_counter()
+
+        def collect(result: dict[str, jax.Array]) -> int:
+            host = jax.device_get(result)  # exact: int32 per batch, summed into int64 / float64 on the host
+            stats.active_count[0] += host["active"]
+            stats.importance_sum[0] += host["importance"]
+            stats.topk_count[0] += host["topk"]
+            stats.token_count[0] += int(host["tokens"])
+            stats.document_count[0] += int(host["documents"])
+            if bar is not None:
+                bar.update(int(host["tokens"]))
+            return int(host["tokens"])
+
+        seen = 0
+        for batch in batches:
+            result = self.dispatch(batch)
+            # Keep one batch in flight: read the previous batch's results while this one computes.
+            if pending is not None:
+                seen += collect(pending)
+            pending = result
+            # Counting real tokens on the host avoids waiting for the device to decide when to stop.
+            seen_if_done = seen + int(np.count_nonzero(_token_mask_np(batch)))
+            if max_tokens is not None and seen_if_done >= max_tokens:
+                break
+        if pending is not None:
+            collect(pending)
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - started
+        stats.metadata = {**stats.metadata, "seconds": {language: elapsed}}
+        return stats
+
+
+def _token_mask_np(batch: Batch) -> np.ndarray:
+    if "segment_ids" in batch:
+        return np.asarray(batch["segment_ids"]) > 0
+    if "attention_mask" in batch:
+        return np.asarray(batch["attention_mask"]) > 0
+    return np.ones(np.shape(batch["input_ids"]), bool)
+
+
+def _segment_positions_np(segment_ids: np.ndarray) -> np.ndarray:
+    """Positions restarting at each segment (as the model's default), computed on the host."""
+    index = np.arange(segment_ids.shape[1])
+    is_start = np.concatenate([np.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    start = np.maximum.accumulate(np.where(is_start, index, 0), axis=1)
+    return (index - start).astype(np.int32)
+
+
+def _progress_bar(enabled: bool, language: str, max_tokens: int | None):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=max_tokens, desc=f"lsn stats [{language}]", unit="tok", unit_scale=True)
+
+
+def compute_statistics(model: nnx.Module, batches_by_language: Mapping[str, Iterable[Batch]], *,
+                       top_k: int | None = None, mesh: Mesh | None = None, max_tokens: int | None = None,
+                       progress: bool = False, metadata: dict | None = None) -> NeuronStats:
+    """NeuronStats of every language (one compiled pass reused across languages), merged into one object."""
+    statistics_pass = StatisticsPass(model, top_k=top_k, mesh=mesh, metadata=metadata)
+    merged: NeuronStats | None = None
+    seconds: dict[str, float] = {}
+    for language, batches in batches_by_language.items():
+        stats = statistics_pass(batches, language, max_tokens=max_tokens, progress=progress)
+        seconds.update(stats.metadata.get("seconds", {}))
+        merged = stats if merged is None else merged.merge(stats)
+    if merged is None:
+        raise ValueError("compute_statistics needs at least one language")
+    merged.metadata["seconds"] = seconds
+    merged.metadata["languages"] = merged.languages
+    merged.metadata["token_count"] = dict(zip(merged.languages, merged.token_count.tolist()))
+    return merged
