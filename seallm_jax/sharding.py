@@ -1,0 +1,260 @@
+"""Device mesh, logical-axis rules and placement of params and batches on the mesh.
+
+Model code names array dimensions logically ('embed', 'mlp', ...); this module maps them to mesh axes.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical name, mesh axes) pairs, tried in order for each dimension (largest dimension first). A name
+# may appear several times: the first rule whose mesh axes are still free in this array, have more
+# than one device and divide the dimension wins. This gives "FSDP on the largest embed/vocab dim":
+# the vocab dim of the embedding takes 'tensor' when the mesh has a tensor axis, else 'fsdp'.
+DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("vocab", "fsdp"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("length", None),
+    ("head_dim", None),
+)
+
+LogicalAxes = tuple[str | None, ...]
+Rules = Sequence[tuple[str, Any]]
+
+
+def _mesh_shape(mesh_config: Mapping[str, int], num_devices: int, what: str) -> tuple[int, ...]:
+    sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+    unknown = [axis for axis, size in zip(MESH_AXES, sizes) if size == -1]
+    if len(unknown) > 1:
+        raise ValueError(f"{what}: only one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    fixed = math.prod(size for size in sizes if size != -1)
+    if unknown:
+        if num_devices % fixed:
+            raise ValueError(f"{what}: {num_devices} devices are not divisible by the fixed axes "
+                             f"{dict(zip(MESH_AXES, sizes))}")
+        sizes[sizes.index(-1)] = num_devices // fixed
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"{what}: mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                         f"but {num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config: Mapping[str, Any] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The ('data', 'fsdp', 'tensor') mesh from `config.mesh` (a size of -1 takes the rest).
+
+    Multi-slice (TPU over DCN): `mesh.dcn_data` / `mesh.dcn_fsdp` > 1 lay that many slices along the
+    axis, with the ICI sizes above describing one slice; collectives across slices then only run on
+    the axis that spans them (data parallelism across slices is the usual choice).
+    """
+    mesh_config = dict(mesh_config or {"data": 1, "fsdp": -1, "tensor": 1})
+    devices = list(devices if devices is not None else jax.devices())
+    dcn = tuple(int(mesh_config.get(f"dcn_{axis}", 1)) for axis in MESH_AXES)
+    num_slices = math.prod(dcn)
+    if num_slices > 1:
+        per_slice = _mesh_shape(mesh_config, len(devices) // num_slices, "config.mesh (per slice)")
+        device_array = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices=devices)
+    else:
+        shape = _mesh_shape(mesh_config, len(devices), "config.mesh")
+        try:  # topology-aware order on TPU/GPU; plain order elsewhere
+            device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            device_array = np.asarray(devices).reshape(shape)
+    # Auto axes: jit's in/out shardings decide the layout and XLA propagates the rest.
+    return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _rules_by_name(rules: Rules) -> dict[str, list[tuple[str, ...]]]:
+    by_name: dict[str, list[tuple[str, ...]]] = {}
+    for name, axes in rules:
+        if axes is None:
+            axes = ()
+        elif isinstance(axes, str):
+            axes = (axes,)
+        by_name.setdefault(name, []).append(tuple(axes))
+    return by_name
+
+
+def logical_to_spec(logical_axes: LogicalAxes, shape: Sequence[int], mesh: Mesh,
+                    rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> PartitionSpec:
+    """PartitionSpec for one array from its logical axes and the rules.
+
+    Dimensions are visited largest first, so FSDP lands on the biggest shardable dimension; a mesh
+    axis is used once per array; axes of size 1 are dropped; a rule that does not divide the
+    dimension is skipped (that dimension stays replicated rather than padded).
+    """
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {logical_axes} do not match shape {tuple(shape)}")
+    by_name = _rules_by_name(rules)
+    spec: list[Any] = [None] * len(shape)
+    used: set[str] = set()
+    order = sorted(range(len(shape)), key=lambda i: -shape[i])
+    for i in order:
+        name = logical_axes[i]
+        if name is None:
+            continue
+        if name not in by_name:
+            raise KeyError(f"logical axis {name!r} has no rule in config.sharding.logical_axis_rules "
+                           f"(known: {sorted(by_name)}); add ('{name}', None) to replicate it")
+        for axes in by_name[name]:
+            axes = tuple(axis for axis in axes if mesh.shape.get(axis, 1) > 1)
+            if not axes or used.intersection(axes):
+                continue
+            if shape[i] % math.prod(mesh.shape[axis] for axis in axes):
+                continue
+            spec[i] = axes[0] if len(axes) == 1 else axes
+            used.update(axes)
+            break
+    return PartitionSpec(*spec)
+
+
+def _is_axes_leaf(x: Any) -> bool:
+    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def tree_shardings(abstract_tree: Any, logical_axes_tree: Any, mesh: Mesh,
+                   rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Any:
+    """NamedSharding for every array of a tree, given the matching tree of logical-axis tuples."""
+    def one(axes: LogicalAxes, leaf: Any) -> NamedSharding:
+        return NamedSharding(mesh, logical_to_spec(axes, leaf.shape, mesh, rules))
+    return jax.tree.map(one, logical_axes_tree, abstract_tree, is_leaf=_is_axes_leaf)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def follow_param_shardings(abstract_tree: Any, abstract_params: Any, params_shardings: Any,
+                           mesh: Mesh) -> Any:
+    """Shardings for a tree that embeds copies of the params tree (optimizer state: mu, nu, ...).
+
+    A leaf whose key path ends with a parameter's path and has that parameter's shape gets the
+    parameter's sharding; everything else (counts, scalars) is replicated.
+    """
+    by_path: dict[tuple[str, ...], tuple[tuple[int, ...], NamedSharding]] = {}
+    flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    for (path, param), sharding in zip(flat_params, jax.tree.leaves(params_shardings)):
+        by_path[_path_names(path)] = (tuple(param.shape), sharding)
+
+    def one(path: Any, leaf: Any) -> NamedSharding:
+        names = _path_names(path)
+        for start in range(len(names)):
+            match = by_path.get(names[start:])
+            if match is not None and match[0] == tuple(leaf.shape):
+                return match[1]
+        return replicated(mesh)
+    return jax.tree_util.tree_map_with_path(one, abstract_tree)
+
+
+def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    names = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                names.append(str(getattr(entry, attr)))
+                break
+        else:
+            names.append(str(entry))
+    return tuple(names)
+
+
+def init_sharded(init_fn: Callable[[], Any], shardings_fn: Callable[[Any], Any]) -> Any:
+    """Run `init_fn` under jit straight into its sharding: no full copy ever sits on one device.
+
+    `shardings_fn(abstract_tree)` gives the NamedSharding tree for the `jax.eval_shape` result.
+    """
+    abstract = jax.eval_shape(init_fn)
+    return jax.jit(init_fn, out_shardings=shardings_fn(abstract))()
+
+
+def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying their target sharding (what Orbax restores into)."""
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        abstract_tree, shardings)
+
+
+def place_host_arrays(host_tree: Any, shardings: Any) -> Any:
+    """Put host (numpy) arrays onto the mesh, each device taking only its own slice.
+
+    Used for imported Hugging Face weights: every process holds (or lazily reads) the full host
+    array, and each device receives only its shard, so no device ever holds a full copy.
+    """
+    def one(array: Any, sharding: NamedSharding) -> jax.Array:
+        array = np.asarray(array)
+        return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+    return jax.tree.map(one, host_tree, shardings)
+
+
+def param_sharding_callback(mesh: Mesh, logical_axes_tree: Any,
+                            rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Callable[[tuple[str, ...], tuple[int, ...]], NamedSharding]:
+    """`callback(path, shape) -> NamedSharding` for loaders that place tensors one at a time.
+
+    `path` is the parameter's key path, e.g. ('model', 'layers', 'mlp', 'up_proj', 'kernel').
+    """
+    table = {_path_names(path): axes for path, axes in
+             jax.tree_util.tree_flatten_with_path(logical_axes_tree, is_leaf=_is_axes_leaf)[0]}
+
+    def callback(path: Sequence[str], shape: Sequence[int]) -> NamedSharding:
+        key = tuple(str(p) for p in path)
+        if key not in table:
+            raise KeyError(f"no logical axes for parameter {'/'.join(key)}")
+        return NamedSharding(mesh, logical_to_spec(table[key], shape, mesh, rules))
+    return callback
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES, ndim: int = 2,
+                   batch_size: int | None = None) -> NamedSharding:
+    """Sharding of a `[batch, length, ...]` array: batch over the 'batch' rule's mesh axes."""
+    shape = (batch_size if batch_size is not None else _batch_divisor(mesh, rules),) + (1,) * (ndim - 1)
+    spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), shape, mesh, rules)
+    return NamedSharding(mesh, spec)
+
+
+def _batch_divisor(mesh: Mesh, rules: Rules) -> int:
+    axes = _rules_by_name(rules).get("batch", [()])[0]
+    return math.prod(mesh.shape.get(axis, 1) for axis in axes)
+
+
+def process_batch_rows(mesh: Mesh, global_batch_size: int,
+                       rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> tuple[int, int]:
+    """The contiguous rows [start, stop) of the global batch that this process must load."""
+    divisor = _batch_divisor(mesh, rules)
+    if global_batch_size % divisor:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {divisor} "
+                         f"devices the batch is sharded over (mesh {dict(mesh.shape)})")
+    sharding = batch_sharding(mesh, rules, batch_size=global_batch_size)
+    rows = sorted({(index[0].start or 0, index[0].stop or global_batch_size)
+                   for index in sharding.addressable_devices_indices_map((global_batch_size, 1)).values()})
+    start, stop = rows[0][0], rows[-1][1]
+    covered = sum(b - a for a, b in rows)
+    if covered != stop - start:
+        raise ValueError(f"this process's batch rows {rows} are not contiguous; reorder the mesh "
+                         "so that each process's devices are neighbours along the batch axes")
+    return start, stop
+
+
+def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int,
+                rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> dict[str, jax.Array]:
+    """Host-local numpy batch (this process's rows) -> global jax.Arrays sharded over the batch axes."""
+    out = {}
+    for name, array in local_batch.items():
+        array = np.asarray(array)
+        sharding = batch_sharding(mesh, rules, ndim=array.ndim, batch_size=global_batch_size)
+        out[name] = jax.make_array_from_process_local_data(
+            sharding, array, (global_batch_size,) + array.shape[1:])
+    return out

@@ -1,0 +1,117 @@
+"""Training config: the defaults every recipe starts from, config-file loading and `--config.KEY=VALUE` overrides.
+
+Config files (configs/*.py) define `get_config(arg=None)`; `path.py:arg` passes `arg` (e.g. `gpu`/`tpu`).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from seallm_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a training run reads, with its default; recipes override what they need."""
+    c = ml_collections.ConfigDict()
+    # Qwen2Config fields, plus init_from: a Hugging Face directory to start from ('' = random init).
+    c.model = ml_collections.ConfigDict(dict(
+        init_from="", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True,
+        dtype="float32", param_dtype="float32", remat="none", attention_impl="xla"))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+    c.sharding = ml_collections.ConfigDict(dict(
+        logical_axis_rules=[list(rule) if not isinstance(rule[1], tuple) else [rule[0], list(rule[1])]
+                            for rule in DEFAULT_LOGICAL_AXIS_RULES]))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, global_batch_size=8, seq_len=512, micro_batches=1, seed=0, z_loss_weight=0.0,
+        log_every=10, eval_every=200, eval_batches=4, peak_flops=0.0, progress_bar=True))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=3e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1,
+        decay_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
+    # source: 'synthetic' (random documents of arithmetic token sequences, learnable; tests and
+    # benchmarks) or 'corpus' (the shipped SEA corpus / TFDS, seallm_jax.data).
+    c.data = ml_collections.ConfigDict(dict(source="synthetic", languages=["en", "zh", "id", "vi", "th"],
+                                            path="", seed=0))
+    # LSN training: neurons = a neuron-set JSON; set => seallm_jax.lsn.optim.masked wraps the optimizer.
+    c.lsn = ml_collections.ConfigDict(dict(neurons="", languages=[]))
+    # Multi-process: 'auto' (SLURM / TPU pod / JAX_* env vars), 'none' (single process).
+    c.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
+    return c
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load `path.py[:arg]` and apply `--config.a.b=value` overrides (types follow the defaults)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    module_name = f"_seallm_config_{abs(hash(os.path.abspath(path)))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"config file {path} has no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    apply_overrides(config, overrides)
+    return config
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered in ("none", "null"):
+            return None
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Apply absl-style overrides: `--config.train.steps=10` or `--config.train.steps 10`."""
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--config."):
+            raise ValueError(f"unrecognized argument {item!r}: overrides look like --config.KEY=VALUE")
+        key, eq, value = item[len("--config."):].partition("=")
+        if not eq:
+            if i + 1 >= len(items):
+                raise ValueError(f"override {item} has no value")
+            value = items[i + 1]
+            i += 1
+        i += 1
+        _set(config, key, value)
+
+
+def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if part not in node:
+            raise KeyError(f"--config.{key}: config has no section {part!r}")
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(f"--config.{key}: no such field (known in this section: {sorted(node.keys())})")
+    current = node[leaf]
+    value = _parse_value(text)
+    if isinstance(current, str) and not isinstance(value, str):
+        value = text  # '--config.model.init_from=123' stays a string
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, (list, tuple)) and isinstance(value, str):
+        value = [v for v in value.split(",") if v]  # --config.data.languages=th,vi
+    try:
+        node[leaf] = value
+    except TypeError as error:
+        raise TypeError(f"--config.{key}={text}: {error}") from None

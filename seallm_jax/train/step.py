@@ -1,0 +1,213 @@
+"""Train state, loss and the jitted, sharded train/eval steps.
+
+The loss is next-token cross-entropy normalised by the number of target tokens in the global batch,
+so it does not depend on the mesh, the number of processes or the micro-batch split.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from seallm_jax import sharding as shd
+from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, param_logical_axes
+from seallm_jax.model.axes import activation_sharding
+
+Batch = Mapping[str, jax.Array]
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 scalar: optimizer steps taken
+    params: Any              # nested dict of arrays (fp32 master weights)
+    opt_state: Any           # optax state (mu/nu mirror params)
+    rng: jax.Array           # uint32[2] raw key, folded with the step where randomness is needed
+
+
+def cross_entropy_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Masked sums of token cross-entropy and of log(Z)^2 (z-loss), both float32 scalars.
+
+    logits: float32 [batch, length, vocab]; targets: int32 [batch, length]; loss_mask: [batch, length].
+    """
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    mask = loss_mask.astype(jnp.float32)
+    return jnp.sum((log_z - target_logit) * mask), jnp.sum(jnp.square(log_z) * mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """What the step needs from config, as plain values (hashable: part of the jit closure)."""
+    micro_batches: int = 1
+    z_loss_weight: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "StepSettings":
+        return cls(micro_batches=int(config.train.micro_batches), z_loss_weight=float(config.train.z_loss_weight))
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> Qwen2Config:
+    """Qwen2Config from `config.model`; with `init_from` the architecture comes from its config.json."""
+    fields = {k: v for k, v in config.model.to_dict().items() if k != "init_from"}
+    init_from = config.model.get("init_from")
+    if init_from:
+        compute = {k: fields[k] for k in ("dtype", "param_dtype", "remat", "attention_impl") if k in fields}
+        return Qwen2Config.from_hf(init_from, **compute)
+    known = {f.name for f in dataclasses.fields(Qwen2Config)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"config.model has unknown fields {unknown}; Qwen2Config fields are {sorted(known)}")
+    return Qwen2Config(**fields)
+
+
+def activation_rules(rules: shd.Rules, mesh: Mesh) -> dict[str, Any]:
+    """Activation constraints: batch over its mesh axes, the per-head/per-neuron dims over 'tensor'.
+
+    Activations never take 'fsdp' on a feature dim ('fsdp' already splits the batch), so each name
+    maps to its first rule whose axes do not overlap the batch axes.
+    """
+    by_name = shd._rules_by_name(rules)
+    batch_axes = tuple(a for a in by_name.get("batch", [()])[0] if mesh.shape.get(a, 1) > 1)
+    out: dict[str, Any] = {"batch": batch_axes or None}
+    for name, options in by_name.items():
+        if name == "batch":
+            continue
+        for axes in options:
+            axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+            if axes and not set(axes) & set(batch_axes):
+                out[name] = axes
+                break
+    return out
+
+
+class Trainer:
+    """Builds the sharded train state and the jitted train/eval steps for one config and mesh."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, optimizer: optax.GradientTransformation,
+                 schedule: optax.Schedule, model_config: Qwen2Config | None = None):
+        self.config = config
+        self.mesh = mesh
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.model_config = model_config or model_config_from(config)
+        self.settings = StepSettings.from_config(config)
+        self.rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
+        self.global_batch_size = int(config.train.global_batch_size)
+        if self.global_batch_size % self.settings.micro_batches:
+            raise ValueError(f"config.train.global_batch_size={self.global_batch_size} is not divisible by "
+                             f"config.train.micro_batches={self.settings.micro_batches}")
+        model = nnx.eval_shape(lambda: Qwen2ForCausalLM(self.model_config, rngs=nnx.Rngs(0)))
+        self.graphdef, abstract_state = nnx.split(model, nnx.Param)
+        self.abstract_params = abstract_state.to_pure_dict()
+        self.logical_axes = param_logical_axes(self.abstract_params)
+        self.param_shardings = shd.tree_shardings(self.abstract_params, self.logical_axes, mesh, self.rules)
+        abstract_opt = jax.eval_shape(optimizer.init, self.abstract_params)
+        self.opt_shardings = shd.follow_param_shardings(abstract_opt, self.abstract_params,
+                                                        self.param_shardings, mesh)
+        rep = shd.replicated(mesh)
+        self.state_shardings = TrainState(step=rep, params=self.param_shardings, opt_state=self.opt_shardings, rng=rep)
+        self.abstract_state = TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32), params=self.abstract_params, opt_state=abstract_opt,
+            rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+        self.batch_shardings = {key: shd.batch_sharding(mesh, self.rules, batch_size=self.global_batch_size)
+                                for key in BATCH_KEYS}
+        self.activation_rules = activation_rules(self.rules, mesh)
+        self._train_step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_shardings),
+                                   out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
+        self._eval_step = jax.jit(self._eval, in_shardings=(self.param_shardings, self.batch_shardings),
+                                  out_shardings=rep)
+
+    # ---- state ----------------------------------------------------------------------------------------
+    def init_state(self, seed: int, params: Any | None = None) -> TrainState:
+        """Fresh state straight into its sharding; `params` (already on the mesh) replaces the random init."""
+        def fresh(p: Any) -> TrainState:
+            return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p),
+                              rng=jax.random.PRNGKey(seed))
+
+        if params is None:
+            def init() -> TrainState:
+                model = Qwen2ForCausalLM(self.model_config, rngs=nnx.Rngs(seed))
+                return fresh(nnx.state(model, nnx.Param).to_pure_dict())
+            return shd.init_sharded(init, lambda _abstract: self.state_shardings)
+        return jax.jit(fresh, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings)(params)
+
+    # ---- loss -----------------------------------------------------------------------------------------
+    def _sums(self, params: Any, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        model = nnx.merge(self.graphdef, params)
+        logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+        return cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+
+    def _loss_and_grads(self, params: Any, batch: Batch) -> tuple[dict[str, jax.Array], Any]:
+        z_weight = self.settings.z_loss_weight
+        num_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+
+        def objective(p: Any, micro: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+            ce_sum, z_sum = self._sums(p, micro)
+            # Divide by the global target-token count (not the micro-batch's): the accumulated
+            # gradient is then exactly the gradient of the global-batch mean loss.
+            return (ce_sum + z_weight * z_sum) / num_tokens, (ce_sum, z_sum)
+
+        grad_fn = jax.grad(objective, has_aux=True)
+        n = self.settings.micro_batches
+        if n == 1:
+            grads, (ce_sum, z_sum) = grad_fn(params, batch)
+        else:
+            # Micro-batch i takes rows i, i+n, ... so every device keeps working on its own rows.
+            def split(x: jax.Array) -> jax.Array:
+                x = x.reshape(x.shape[0] // n, n, *x.shape[1:])
+                return jnp.moveaxis(x, 1, 0)
+            micro_batches = {k: split(v) for k, v in batch.items()}
+
+            def accumulate(carry, micro):
+                grads_sum, ce_acc, z_acc = carry
+                g, (ce, z) = grad_fn(params, micro)
+                grads_sum = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads_sum, g)
+                return (grads_sum, ce_acc + ce, z_acc + z), None
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            (grads, ce_sum, z_sum), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), jnp.float32(0)),
+                                                      micro_batches)
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        metrics = {"loss": ce_sum / num_tokens, "z_loss": z_sum / num_tokens, "target_tokens": num_tokens}
+        return metrics, grads
+
+    def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        with activation_sharding(self.mesh, self.activation_rules):
+            metrics, grads = self._loss_and_grads(state.params, batch)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+        return new_state, metrics
+
+    def _eval(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+        with activation_sharding(self.mesh, self.activation_rules):
+            ce_sum, _ = self._sums(params, batch)
+        return {"loss_sum": ce_sum, "target_tokens": jnp.sum(batch["loss_mask"].astype(jnp.float32))}
+
+    # ---- public steps ---------------------------------------------------------------------------------
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer step on a global batch (donates `state`)."""
+        return self._train_step(state, batch)
+
+    def eval_step(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+        """Summed cross-entropy and target-token count of one global batch (no update)."""
+        return self._eval_step(params, batch)
+
+    def put_batch(self, local_batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """This process's rows (numpy) -> the global batch on the mesh."""
+        missing = [k for k in BATCH_KEYS if k not in local_batch]
+        if missing:
+            raise KeyError(f"batch is missing {missing}; a batch needs {list(BATCH_KEYS)}")
+        return shd.shard_batch({k: local_batch[k] for k in BATCH_KEYS}, self.mesh, self.global_batch_size,
+                               self.rules)
