@@ -1,0 +1,61 @@
+"""Forward-pass throughput: seallm-jax vs transformers, same Qwen2 config, one process, side by side.
+
+    python benchmarks/forward.py --batch 1 --length 128            # Qwen2-0.5B shape, float32, CPU
+    python benchmarks/forward.py --num-hidden-layers 4 --batch 4   # a quicker look
+
+Prints tokens/s of each and the ratio (seallm-jax / transformers).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from benchmarks.common import add_model_args, model_config, time_it, torch_config
+from seallm_jax import Qwen2ForCausalLM
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=5)
+    args = parser.parse_args()
+    config = model_config(args)
+    tokens = args.batch * args.length
+    ids = np.random.RandomState(0).randint(0, config.vocab_size, (args.batch, args.length)).astype(np.int32)
+    print(f"config: {config.num_parameters() / 1e6:.0f}M params, batch {args.batch} x length {args.length}, float32, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+    model = Qwen2ForCausalLM(config, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    forward = jax.jit(lambda params, ids: nnx.merge(graphdef, params)(ids))
+    jax_ids = jnp.asarray(ids)
+    jax_seconds = time_it(lambda: forward(params, jax_ids).block_until_ready(), warmup=args.warmup, iterations=args.iterations)
+    del model, params
+
+    torch.manual_seed(0)
+    reference = transformers.AutoModelForCausalLM.from_config(torch_config(config), attn_implementation="sdpa").eval()
+    torch_ids = torch.as_tensor(ids, dtype=torch.long)
+
+    def torch_forward():
+        with torch.inference_mode():
+            return reference(torch_ids).logits
+
+    torch_seconds = time_it(torch_forward, warmup=args.warmup, iterations=args.iterations)
+    print(f"seallm-jax    : {tokens / jax_seconds:10.1f} tokens/s ({jax_seconds * 1e3:.0f} ms/forward)")
+    print(f"transformers  : {tokens / torch_seconds:10.1f} tokens/s ({torch_seconds * 1e3:.0f} ms/forward)")
+    print(f"ratio (seallm-jax / transformers): {torch_seconds / jax_seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
