@@ -38,8 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
     # source: 'synthetic' (random documents of arithmetic token sequences, learnable; tests and
     # benchmarks) or 'corpus' (the shipped SEA corpus / TFDS, seallm_jax.data).
+    # corpus: tokenizer ('' = the bundled Qwen2 tokenizer), weighting of
+    # languages ('proportional' | 'temperature' | 'uniform', see seallm_jax.data.mixture).
     c.data = ml_collections.ConfigDict(dict(source="synthetic", languages=["en", "zh", "id", "vi", "th"],
-                                            path="", seed=0))
+                                            tokenizer="", weighting="proportional", seed=0))
     # LSN training: neurons = a neuron-set JSON; set => seallm_jax.lsn.optim.masked wraps the optimizer.
     c.lsn = ml_collections.ConfigDict(dict(neurons="", languages=[]))
     # Multi-process: 'auto' (SLURM / TPU pod / JAX_* env vars), 'none' (single process).

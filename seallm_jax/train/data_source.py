@@ -5,7 +5,6 @@ exposes `state()` / `restore(state)`: a JSON-serialisable position saved with ev
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -81,8 +80,8 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
                 vocab_size: int) -> BatchSource:
     """The batch source for `split` ('train' or 'eval') of `config.data.source`.
 
-    'corpus' delegates to `seallm_jax.data.make_train_stream(config, split=, row_start=, row_stop=)`,
-    the data package's packing stream over the shipped corpus.
+    'corpus' is the data package's packing stream (`seallm_jax.data.stream.pretraining_stream`) over
+    the shipped corpus, this process reading its own shard of documents.
     """
     source = config.data.source
     global_batch = int(config.train.global_batch_size)
@@ -92,6 +91,12 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
         return SyntheticSource(vocab_size=vocab_size, seq_len=int(config.train.seq_len), global_batch_size=global_batch,
                                row_start=row_start, row_stop=row_stop, seed=seed)
     if source == "corpus":
-        data = importlib.import_module("seallm_jax.data")
-        return data.make_train_stream(config, split=split, row_start=row_start, row_stop=row_stop)
+        from seallm_jax.data.stream import pretraining_stream
+        rows = row_stop - row_start
+        data = config.data
+        return pretraining_stream(
+            languages=list(data.languages) or None, split="validation" if split == "eval" else "train",
+            seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
+            tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
+            weighting=data.weighting)
     raise ValueError(f"config.data.source={source!r}: expected 'synthetic' or 'corpus'")
