@@ -1,0 +1,146 @@
+"""The `seallm-jax eval` command: run benchmark tasks on a model, and plot results of several models.
+
+`seallm-jax eval --model DIR --tasks ppl,mc,mgsm,chrf,refusal,safety,seabench --data-dir DIR --out R.json`;
+`seallm-jax eval plot R1.json R2.json --out compare.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_TASKS = "ppl,chrf"  # the two that need no downloaded benchmark: they run on the shipped corpus
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a model: perplexity, exams, MGSM, chrF, refusal, safety, SeaBench",
+        description="Run SeaLLMs-3-style benchmarks on a model and write a results JSON "
+                    "(`seallm-jax eval plot R1.json R2.json --out X.png` compares results files).",
+    )
+    parser.add_argument("--model", metavar="DIR", help="Hugging Face model directory or Orbax checkpoint")
+    parser.add_argument("--tokenizer", metavar="DIR",
+                        help="tokenizer directory (default: the model's own, else the built-in Qwen2 tokenizer)")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS,
+                        help=f"comma-separated: ppl,mc,mgsm,chrf,refusal,safety,seabench (default {DEFAULT_TASKS})")
+    parser.add_argument("--data-dir", metavar="DIR", help="benchmark files, laid out as in docs/eval.md")
+    parser.add_argument("--languages", metavar="CODES", help="comma-separated language codes (default: all present)")
+    parser.add_argument("--out", metavar="JSON", default="eval_results.json", help="results file to write")
+    parser.add_argument("--output-dir", metavar="DIR", help="where generated answers go (default: next to --out)")
+    parser.add_argument("--model-name", help="name used in results and SeaBench outputs (default: the model dir name)")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N examples per language and benchmark")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="rows per scoring/decoding batch")
+    parser.add_argument("--max-length", type=int, default=2048, metavar="T", help="longest scored sequence in tokens")
+    parser.add_argument("--num-shots", type=int, default=3, metavar="K", help="shots for multiple choice")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="cap on generated tokens for every generative task (default: per task)")
+    parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16")
+    parser.add_argument("--mesh", metavar="AXES",
+                        help="device mesh, e.g. data=-1 or data=2,fsdp=4: shards batches (and params) over devices")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_eval)
+
+    commands = parser.add_subparsers(dest="eval_command", metavar="plot")
+    plot = commands.add_parser("plot", help="compare results files in one PNG")
+    plot.add_argument("results", nargs="+", metavar="RESULTS.json")
+    plot.add_argument("--out", required=True, metavar="PNG", dest="plot_out")
+    plot.add_argument("--labels", help="comma-separated model labels (default: model names)")
+    plot.set_defaults(func=_run_plot)
+
+
+def _fail(message: str) -> int:
+    print(f"seallm-jax eval: {message}", file=sys.stderr)
+    return 2
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """"data=2,fsdp=-1" -> {"data": 2, "fsdp": -1}."""
+    sizes = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in ("data", "fsdp", "tensor") or not value:
+            raise ValueError(f"--mesh {spec!r}: expected AXIS=SIZE pairs over data, fsdp, tensor")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def load_model(path: str, dtype: str, mesh=None):
+    """The model from a Hugging Face directory or an Orbax checkpoint, sharded over `mesh` if given."""
+    from seallm_jax import hf
+    from seallm_jax.model import param_logical_axes
+    from seallm_jax.sharding import place_host_arrays, tree_shardings
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path} does not exist")
+
+    def shardings(abstract):
+        return tree_shardings(abstract, param_logical_axes(abstract), mesh)
+
+    if os.path.isfile(os.path.join(path, "config.json")) and any(
+        name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in os.listdir(path)
+    ):
+        return hf.load_pretrained(path, dtype=dtype, sharding=shardings if mesh is not None else None)
+    config, params = hf.load_orbax(path)
+    if mesh is not None:
+        import jax
+
+        params = place_host_arrays(jax.device_get(params), shardings(params))
+    return hf.model_from_params(config.replace(dtype=dtype), params)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from seallm_jax.eval.core import EvalConfig, EvalContext, MissingDataError
+    from seallm_jax.eval.formats import FormatError
+    from seallm_jax.eval.generation import GenerationConfig
+    from seallm_jax.eval.languages import check_languages
+    from seallm_jax.eval.runner import check_data, parse_tasks, results_document, run_tasks, save_results
+    from seallm_jax.eval.scoring import ScoringConfig
+    from seallm_jax.tokenizer import has_tokenizer_files, load_tokenizer
+
+    if not args.model:
+        return _fail("--model is required (or use `seallm-jax eval plot RESULTS.json ... --out PNG`)")
+    try:
+        tasks = parse_tasks(args.tasks)
+        languages = check_languages([c.strip() for c in args.languages.split(",") if c.strip()]) if args.languages else None
+        scoring = ScoringConfig(batch_size=args.batch_size, max_length=args.max_length, show_progress=not args.no_progress)
+        generation = GenerationConfig(batch_size=args.batch_size, max_prompt_length=args.max_length,
+                                      show_progress=not args.no_progress)
+        config = EvalConfig(scoring=scoring, generation=generation, limit=args.limit, num_shots=args.num_shots)
+        if args.max_new_tokens is not None:
+            config = dataclasses.replace(config, **{field: args.max_new_tokens for field in (
+                "mgsm_max_new_tokens", "translation_max_new_tokens", "refusal_max_new_tokens", "seabench_max_new_tokens")})
+        mesh = None
+        if args.mesh:
+            from seallm_jax.sharding import make_mesh
+
+            mesh = make_mesh(parse_mesh(args.mesh))
+        model_name = args.model_name or Path(os.path.abspath(args.model)).name
+        ctx = EvalContext(
+            model=None, tokenizer=None, config=config, data_dir=Path(args.data_dir) if args.data_dir else None,
+            languages=languages, output_dir=Path(args.output_dir) if args.output_dir else Path(args.out).parent,
+            model_name=model_name, mesh=mesh,
+        )
+        check_data(ctx, tasks)  # before the (slow) model load
+        ctx.model = load_model(args.model, args.dtype, mesh)
+        tokenizer_dir = args.tokenizer or (args.model if has_tokenizer_files(args.model) else None)
+        ctx.tokenizer = load_tokenizer(tokenizer_dir)
+        results = run_tasks(ctx, tasks, table_stream=sys.stdout)
+    except (MissingDataError, FormatError, FileNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    path = save_results(args.out, results_document(model_name, results, config))
+    print(f"wrote {path}")
+    return 0
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from seallm_jax.eval.plot import plot_comparison
+
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    try:
+        path = plot_comparison(args.results, args.plot_out, labels)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    print(f"wrote {path}")
+    return 0

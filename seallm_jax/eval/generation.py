@@ -1,0 +1,103 @@
+"""Batched generation for the generative tasks, on top of `seallm_jax.model.generate`.
+
+Prompts are sorted by length and cut into batches of one fixed size (a short last batch is padded
+with copies), so decoding compiles once per prompt-length bucket, not once per batch or example.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from seallm_jax.eval.scoring import BATCH_MESH_AXES
+from seallm_jax.model import generate as generate_module
+from seallm_jax.model.axes import activation_sharding
+
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": ...}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Greedy decoding shapes: fixed batch size, prompt-length buckets, a cap on prompt length."""
+
+    batch_size: int = 8
+    # Prompts are left-padded to a power of two at least this long (one compile per bucket).
+    min_prompt_bucket: int = 64
+    # Longer prompts keep their last `max_prompt_length` tokens (the question sits at the end).
+    max_prompt_length: int = 2048
+    show_progress: bool = True
+
+
+class BatchGenerator:
+    """Greedy completions for many prompts, with compile counting and optional batch sharding."""
+
+    def __init__(self, model: nnx.Module, tokenizer: PreTrainedTokenizerBase,
+                 config: GenerationConfig = GenerationConfig(), mesh: Mesh | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.mesh = mesh
+        self.batch_size = config.batch_size
+        if mesh is not None:
+            divisor = 1
+            for axis in BATCH_MESH_AXES:
+                divisor *= mesh.shape.get(axis, 1)
+            self.batch_size = -(-config.batch_size // divisor) * divisor
+        self.stop_ids = generate_module.stop_token_ids(tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
+        self._compiles_at_start = self._cache_size()
+
+    @staticmethod
+    def _cache_size() -> int:
+        return generate_module._generate_jit._cache_size()
+
+    @property
+    def compile_count(self) -> int:
+        """Programs the decoder compiled since this generator was made."""
+        return self._cache_size() - self._compiles_at_start
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """A conversation in the tokenizer's chat template, ending with the assistant's turn opened."""
+        return list(self.tokenizer.apply_chat_template(
+            list(messages), tokenize=True, add_generation_prompt=True, return_dict=False
+        ))
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 stop_at_newline: bool = False, description: str = "generating") -> list[str]:
+        """Greedy completions of token-id prompts, decoded; cut at the first newline if asked."""
+        prompts = [list(prompt)[-self.config.max_prompt_length:] for prompt in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        texts: list[str] = [""] * len(prompts)
+        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc=description, disable=not self.config.show_progress, leave=False):
+            batch_prompts = [prompts[i] for i in batch]
+            batch_prompts += [batch_prompts[-1]] * (self.batch_size - len(batch_prompts))
+            tokens = self._generate(batch_prompts, max_new_tokens)
+            for row, index in enumerate(batch):
+                ids = tokens[row].tolist()
+                end = next((i for i, token in enumerate(ids) if token in self.stop_ids), len(ids))
+                text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+                texts[index] = text.strip().split("\n")[0].strip() if stop_at_newline else text.strip()
+        return texts
+
+    def _generate(self, batch_prompts: list[list[int]], max_new_tokens: int):
+        def run():
+            return generate_module.generate(
+                self.model, batch_prompts, max_new_tokens=max_new_tokens, eos_token_ids=self.stop_ids,
+                pad_token_id=self.pad_id, min_prompt_bucket=self.config.min_prompt_bucket,
+            )
+
+        if self.mesh is None:
+            return run()
+        # The batch dimension of every activation is split over the data axes while tracing.
+        axes = tuple(axis for axis in BATCH_MESH_AXES if axis in self.mesh.shape)
+        with activation_sharding(self.mesh, {"batch": axes}):
+            return run()

@@ -1,0 +1,73 @@
+"""Language tables the evaluation tasks need: display names, Flores-200 codes, benchmark file names.
+
+Codes are the project's ISO 639-1 codes (en, zh, id, vi, th, tl, ms, my, km, lo, ta, jv).
+"""
+from __future__ import annotations
+
+# Code -> English name, used in prompts ("Translate the following Thai text ...") and tables.
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "English",
+    "zh": "Chinese",
+    "id": "Indonesian",
+    "vi": "Vietnamese",
+    "th": "Thai",
+    "tl": "Tagalog",
+    "ms": "Malay",
+    "my": "Burmese",
+    "km": "Khmer",
+    "lo": "Lao",
+    "ta": "Tamil",
+    "jv": "Javanese",
+}
+
+# Code -> Flores-200 file stem (`flores200_dataset/dev/tha_Thai.dev`).
+FLORES_CODES: dict[str, str] = {
+    "en": "eng_Latn",
+    "zh": "zho_Hans",
+    "id": "ind_Latn",
+    "vi": "vie_Latn",
+    "th": "tha_Thai",
+    "tl": "tgl_Latn",
+    "ms": "zsm_Latn",
+    "my": "mya_Mymr",
+    "km": "khm_Khmr",
+    "lo": "lao_Laoo",
+    "ta": "tam_Taml",
+    "jv": "jav_Latn",
+}
+
+# M3Exam and SeaExam name their files and `language` fields with lower-case English names.
+BENCHMARK_LANGUAGE_NAMES: dict[str, str] = {code: name.lower() for code, name in LANGUAGE_NAMES.items()}
+
+# Languages whose usual decimal separator is a comma ("1.234,5" = 1234.5). Used only to break the
+# tie of a lone separator before exactly three digits ("1.234"); unambiguous forms parse the same
+# way in every language.
+COMMA_DECIMAL_LANGUAGES: frozenset[str] = frozenset({"id", "vi", "jv", "de", "es", "fr", "it", "pt", "ru"})
+
+
+def language_from_name(name: str) -> str:
+    """Map a benchmark's language field ("thai", "Thai", "th") to the project's code."""
+    key = name.strip().lower()
+    if key in LANGUAGE_NAMES:
+        return key
+    for code, full in BENCHMARK_LANGUAGE_NAMES.items():
+        if key == full:
+            return code
+    # Names outside the project's list (M3Exam has e.g. "swahili") are kept as given, so their
+    # results are still reported rather than dropped.
+    return key
+
+
+def language_name(code: str) -> str:
+    """English display name of a language code; the code itself when unknown."""
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def check_languages(codes: list[str]) -> list[str]:
+    """Validate user-given language codes; an unknown code lists the known ones."""
+    unknown = [code for code in codes if code not in LANGUAGE_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown language code(s) {unknown}; known codes: {', '.join(LANGUAGE_NAMES)}"
+        )
+    return codes
