@@ -1,0 +1,318 @@
+"""Masked optimizers for LSN training: only the selected neurons' parameters change, bit-for-bit elsewhere.
+
+`lsn_masked(inner, neuron_set, ...)` wraps any optax optimizer; `lean=True` keeps optimizer state (and, with
+`NeuronSlices` in the train step, gradients) only for the selected neurons' gathered kernel slices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+Params = Mapping[str, Any]  # nested dict of arrays (nnx.split(...)[1].to_pure_dict())
+Path = tuple[str, ...]
+
+# Added to a frozen parameter, -0.0 leaves every float bit-identical (x + -0.0 == x, including x = -0.0,
+# whereas -0.0 + +0.0 = +0.0); frozen elements therefore receive -0.0 as their update.
+FROZEN_UPDATE = -0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitGroup:
+    """Trainable units of one stacked parameter: `layer_ids[l]` indexes axis `axis` of layer l's slice.
+
+    The parameter is `[layers, ...]` (the scan axis first); e.g. gate_proj/kernel `[L, E, I]` has its
+    neurons on axis 2 (columns), down_proj/kernel `[L, I, E]` on axis 1 (rows).
+    """
+
+    path: Path
+    axis: int
+    size: int  # units along `axis`
+    layer_ids: tuple[np.ndarray, ...]
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.path)
+
+    @property
+    def num_units(self) -> int:
+        return int(sum(ids.size for ids in self.layer_ids))
+
+    @property
+    def max_units(self) -> int:
+        """Units of the fullest layer: the width of the gathered slice (lean mode pads the others)."""
+        return max((ids.size for ids in self.layer_ids), default=0)
+
+    def element_mask(self, shape: Sequence[int]) -> np.ndarray:
+        """Boolean mask broadcastable to `shape`: True on the selected units (all other axes size 1)."""
+        mask_shape = [1] * len(shape)
+        mask_shape[0], mask_shape[self.axis] = shape[0], shape[self.axis]
+        mask = np.zeros((shape[0], shape[self.axis]), bool)
+        for layer, ids in enumerate(self.layer_ids):
+            mask[layer, ids] = True
+        return mask.reshape(mask_shape)
+
+    def padded_index(self) -> np.ndarray:
+        """`[L, max_units]` int32 unit ids; padding uses `size` (out of range: gathers 0, scatters nothing)."""
+        index = np.full((len(self.layer_ids), max(self.max_units, 1)), self.size, np.int32)
+        for layer, ids in enumerate(self.layer_ids):
+            index[layer, : ids.size] = ids
+        return index
+
+
+def _ffn_path(matrix: str) -> Path:
+    return ("model", "layers", "mlp", matrix, "kernel")
+
+
+def _attention_path(projection: str, leaf: str) -> Path:
+    return ("model", "layers", "self_attn", projection, leaf)
+
+
+def trainable_groups(neuron_set: NeuronSet, languages: Sequence[str] | None = None,
+                     matrices: Sequence[str] = FFN_MATRICES, attention: Sequence[str] = (),
+                     attention_bias: bool = True, params: Params | None = None) -> list[UnitGroup]:
+    """The parameter slices LSN training updates, from the union of `languages`' neurons (all when None).
+
+    matrices: which FFN kernels train ('gate_proj', 'up_proj', 'down_proj'; PLND's reference uses up + down).
+    attention: PLND attention projections whose selected output units train (kernel columns and, with
+        `attention_bias`, their bias entries when the model has biases).
+    params: when given, the groups are checked against (and biases looked up in) the parameter tree.
+    """
+    unknown = [m for m in matrices if m not in FFN_MATRICES]
+    if unknown:
+        raise ValueError(f"unknown FFN matrices {unknown}; expected a subset of {FFN_MATRICES}")
+    unknown = [p for p in attention if p not in ATTENTION_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"unknown attention projections {unknown}; expected a subset of {ATTENTION_PROJECTIONS}")
+    union = neuron_set.union(languages)
+    layer_ids = tuple(union.get(layer, np.zeros(0, np.int64)) for layer in range(neuron_set.num_layers))
+    groups = [
+        UnitGroup(_ffn_path(m), axis=1 if m == "down_proj" else 2, size=neuron_set.intermediate_size,
+                  layer_ids=layer_ids)
+        for m in matrices
+    ]
+    for projection in attention:
+        size = neuron_set.attention_sizes.get(projection)
+        if size is None or projection not in neuron_set.attention:
+            raise ValueError(f"the neuron set has no attention units for {projection!r}")
+        mask = neuron_set.attention_mask(projection, languages)
+        ids = tuple(np.flatnonzero(mask[layer]) for layer in range(neuron_set.num_layers))
+        groups.append(UnitGroup(_attention_path(projection, "kernel"), axis=2, size=size, layer_ids=ids))
+        if attention_bias and (params is None or _has_path(params, _attention_path(projection, "bias"))):
+            groups.append(UnitGroup(_attention_path(projection, "bias"), axis=1, size=size, layer_ids=ids))
+    if params is not None:
+        check_groups(groups, params)
+    return groups
+
+
+def check_groups(groups: Sequence[UnitGroup], params: Params) -> None:
+    """Raise ValueError naming the parameter when a group does not fit the parameter tree."""
+    for group in groups:
+        if not _has_path(params, group.path):
+            raise ValueError(f"LSN training: the model has no parameter {group.name}")
+        shape = _get_path(params, group.path).shape
+        if shape[0] != len(group.layer_ids) or shape[group.axis] != group.size:
+            raise ValueError(
+                f"LSN training: {group.name} has shape {tuple(shape)}, but the neuron set is for "
+                f"{len(group.layer_ids)} layers x {group.size} units on axis {group.axis}"
+            )
+
+
+# ---- nested-dict helpers ----------------------------------------------------------------------------------
+def _has_path(tree: Any, path: Path) -> bool:
+    for key in path:
+        if not isinstance(tree, Mapping) and not hasattr(tree, "keys") or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def _get_path(tree: Any, path: Path) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set_path(tree: dict, path: Path, value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _path_strings(key_path: tuple) -> Path:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
+
+
+def _trainable_leaf_tree(params: Params, groups: Sequence[UnitGroup]) -> Any:
+    paths = {group.path for group in groups}
+    return jax.tree_util.tree_map_with_path(lambda kp, _: _path_strings(kp) in paths, params)
+
+
+# ---- gathered slices (lean mode) --------------------------------------------------------------------------
+class NeuronSlices:
+    """Gather the selected units' slices of a parameter-shaped tree into a small tree, and scatter them back.
+
+    `gather(tree)` -> nested dict with only the groups' paths, each `[L, max_units, ...]` (the unit axis
+    moved to position 1; padding rows are 0). `scatter(tree, slices)` writes the slices back (padding is
+    dropped). A gradient-lean train step differentiates w.r.t. the slices:
+
+        slices = NeuronSlices(groups)
+        trainable = slices.gather(params)
+        grads = jax.grad(lambda t: loss(slices.scatter(params, t), batch))(trainable)
+        updates, opt_state = inner.update(grads, opt_state, trainable)
+        params = slices.scatter(params, optax.apply_updates(trainable, updates))
+    """
+
+    def __init__(self, groups: Sequence[UnitGroup]):
+        self.groups = list(groups)
+        self._index = {group.path: group.padded_index() for group in self.groups}
+
+    def _gather_one(self, group: UnitGroup, leaf: jax.Array) -> jax.Array:
+        moved = jnp.moveaxis(leaf, group.axis, 1)  # [L, U, ...]
+        rows = jnp.arange(moved.shape[0])[:, None]
+        return moved.at[rows, self._index[group.path]].get(mode="fill", fill_value=0)
+
+    def gather(self, tree: Params) -> dict:
+        out: dict = {}
+        for group in self.groups:
+            _set_path(out, group.path, self._gather_one(group, _get_path(tree, group.path)))
+        return out
+
+    def _scatter_one(self, group: UnitGroup, leaf: jax.Array, values: jax.Array) -> jax.Array:
+        moved = jnp.moveaxis(leaf, group.axis, 1)
+        rows = jnp.arange(moved.shape[0])[:, None]
+        moved = moved.at[rows, self._index[group.path]].set(values.astype(moved.dtype), mode="drop")
+        return jnp.moveaxis(moved, 1, group.axis)
+
+    def scatter(self, tree: Params, slices: Params) -> Any:
+        """A copy of `tree` with the groups' slices replaced by `slices` (other leaves are the same arrays)."""
+        by_path = {group.path: group for group in self.groups}
+
+        def one(key_path, leaf):
+            path = _path_strings(key_path)
+            group = by_path.get(path)
+            return leaf if group is None else self._scatter_one(group, leaf, _get_path(slices, path))
+
+        return jax.tree_util.tree_map_with_path(one, tree)
+
+    def scatter_updates(self, template: Params, slice_updates: Params) -> Any:
+        """A full update tree: `slice_updates` on the selected units, -0.0 (bit-exact no-op) everywhere else."""
+        by_path = {group.path: group for group in self.groups}
+
+        def one(key_path, leaf):
+            path = _path_strings(key_path)
+            frozen = jnp.full(leaf.shape, FROZEN_UPDATE, leaf.dtype)
+            group = by_path.get(path)
+            return frozen if group is None else self._scatter_one(group, frozen, _get_path(slice_updates, path))
+
+        return jax.tree_util.tree_map_with_path(one, template)
+
+
+# ---- the masked optimizer ----------------------------------------------------------------------------------
+def masked_by_groups(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
+                     lean: bool = False) -> optax.GradientTransformation:
+    """Wrap `inner` so that only the groups' units change; everything else gets a -0.0 (no-op) update.
+
+    Dense mode: `inner` runs under `optax.masked` on the parameters that hold selected units (frozen
+    parameters carry no state); gradients outside the units are zeroed first (so clipping by global norm
+    sees only trainable elements) and `inner`'s updates outside the units (weight decay!) are discarded.
+    Lean mode: `inner` runs on the gathered `[L, max_units, ...]` slices only, so its state is proportional
+    to the number of selected units; updates are scattered back. Both give the same parameters for
+    element-wise optimizers (SGD, Adam(W), Lion, ...), to float32 rounding.
+    """
+    groups = list(groups)
+    by_path = {group.path: group for group in groups}
+
+    if lean:
+        slices = NeuronSlices(groups)
+
+        def init_lean(params):
+            check_groups(groups, params)
+            return inner.init(slices.gather(params))
+
+        def update_lean(updates, state, params=None, **extra):
+            gathered_params = None if params is None else slices.gather(params)
+            slice_updates, state = inner.update(slices.gather(updates), state, gathered_params, **extra)
+            return slices.scatter_updates(updates, slice_updates), state
+
+        return optax.GradientTransformationExtraArgs(init_lean, update_lean)
+
+    def masked_inner(params):
+        return optax.masked(inner, _trainable_leaf_tree(params, groups))
+
+    def keep_units(updates, frozen_value: float | None):
+        """Selected units keep their value; others get `frozen_value` (None: leave whole frozen leaves as they
+        are and zero the rest of trainable leaves, which is what gradients need)."""
+        def one(key_path, leaf):
+            group = by_path.get(_path_strings(key_path))
+            if group is None:
+                return leaf if frozen_value is None else jnp.full(leaf.shape, frozen_value, leaf.dtype)
+            outside = 0.0 if frozen_value is None else frozen_value
+            return jnp.where(group.element_mask(leaf.shape), leaf, jnp.asarray(outside, leaf.dtype))
+
+        return jax.tree_util.tree_map_with_path(one, updates)
+
+    def init_dense(params):
+        check_groups(groups, params)
+        return masked_inner(params).init(params)
+
+    def update_dense(updates, state, params=None, **extra):
+        if params is None:
+            raise ValueError("the LSN-masked optimizer needs `params` in update() (to know which leaves train)")
+        gradients = keep_units(updates, frozen_value=None)  # zero outside the units; frozen leaves are skipped by masked
+        new_updates, state = masked_inner(params).update(gradients, state, params, **extra)
+        return keep_units(new_updates, frozen_value=FROZEN_UPDATE), state
+
+    return optax.GradientTransformationExtraArgs(init_dense, update_dense)
+
+
+def lsn_masked(inner: optax.GradientTransformation, neuron_set: NeuronSet, *,
+               languages: Sequence[str] | None = None, matrices: Sequence[str] = FFN_MATRICES,
+               attention: Sequence[str] = (), attention_bias: bool = True,
+               lean: bool = False) -> optax.GradientTransformation:
+    """`inner` restricted to the neurons of `languages` (see `trainable_groups` and `masked_by_groups`)."""
+    groups = trainable_groups(neuron_set, languages, matrices, attention, attention_bias)
+    if not any(group.num_units for group in groups):
+        raise ValueError(f"the neuron set selects no neurons for languages {languages or sorted(neuron_set.languages)}")
+    return masked_by_groups(inner, groups, lean=lean)
+
+
+def trainable_count(params: Params, groups: Sequence[UnitGroup]) -> tuple[int, int]:
+    """(trainable parameter elements, all parameter elements) — for the 'trainable fraction' log line."""
+    total = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+    trainable = 0
+    for group in groups:
+        shape = _get_path(params, group.path).shape
+        per_unit = math.prod(shape) // (shape[0] * shape[group.axis])
+        trainable += group.num_units * per_unit
+    return trainable, total
+
+
+def masked(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
+    """The training engine's hook: wrap `optimizer` per `config.lsn`.
+
+    Reads config.lsn.neurons (neuron-set JSON), .languages (list or comma string; empty = all in the file),
+    .matrices (default gate/up/down), .attention (default none), .lean (default False).
+    """
+    lsn = config.lsn
+    neuron_set = NeuronSet.load(lsn.neurons)
+    languages = lsn.get("languages") or None
+    if isinstance(languages, str):
+        languages = [lang.strip() for lang in languages.split(",") if lang.strip()]
+    matrices = lsn.get("matrices") or FFN_MATRICES
+    if isinstance(matrices, str):
+        matrices = [m.strip() for m in matrices.split(",") if m.strip()]
+    attention = lsn.get("attention") or ()
+    if isinstance(attention, str):
+        attention = [p.strip() for p in attention.split(",") if p.strip()]
+    return lsn_masked(optimizer, neuron_set, languages=languages, matrices=tuple(matrices),
+                      attention=tuple(attention), lean=bool(lsn.get("lean", False)))
