@@ -1,0 +1,34 @@
+"""`seallm-jax train --config CONFIG.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train or resume a model from an ml_collections config",
+        description="Train (or resume, if DIR/checkpoints holds a complete checkpoint) from a config file. "
+                    "Override any field with --config.SECTION.KEY=VALUE, e.g. --config.train.steps=100.")
+    parser.add_argument("--config", required=True, metavar="CONFIG.py[:ARG]",
+                        help="config file defining get_config(); ':ARG' is passed to it (e.g. configs/qwen2_7b.py:tpu)")
+    parser.add_argument("--workdir", required=True, metavar="DIR",
+                        help="run directory: metrics.jsonl, tensorboard/, checkpoints/")
+    parser.set_defaults(func=run, accepts_overrides=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from seallm_jax.train.config import load_config
+    from seallm_jax.train.loop import TrainingDivergedError, train
+
+    try:
+        config = load_config(args.config, getattr(args, "overrides", None) or [])
+    except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError) as error:
+        print(f"seallm-jax train: {error}", file=sys.stderr)
+        return 2
+    try:
+        train(config, args.workdir)
+    except TrainingDivergedError as error:
+        print(f"seallm-jax train: {error}", file=sys.stderr)
+        return 1
+    return 0

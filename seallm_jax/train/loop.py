@@ -1,0 +1,255 @@
+"""The training loop: resume or initialise, step, log, evaluate, checkpoint, survive preemption.
+
+`train(config, workdir)` is what `seallm-jax train` runs; rerunning it on the same workdir resumes
+from the latest complete checkpoint with the same data position, so the loss sequence continues
+exactly as if the run had never stopped.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from seallm_jax import distributed
+from seallm_jax import sharding as shd
+from seallm_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from seallm_jax.train.data_source import make_source
+from seallm_jax.train.metrics import MetricsWriter, mfu
+from seallm_jax.train.optim import OptimizerWrapper, build_optimizer, build_schedule
+from seallm_jax.train.step import Trainer, TrainState, model_config_from
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or Inf; the run stops and the last good checkpoint stays as it was."""
+
+
+class _StopRequest:
+    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        # JAX's multi-process runtime has its own preemption notifier (see _preempted); a Python
+        # handler is only installed for single-process runs, and only from the main thread.
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _log(message: str) -> None:
+    if distributed.is_primary():
+        print(message, flush=True)
+
+
+def _preempted(stop: _StopRequest, checkpointer: Checkpointer, step: int) -> bool:
+    if jax.process_count() > 1:
+        # All processes agree on the same step to stop at (JAX's preemption sync point).
+        return bool(checkpointer.manager.reached_preemption(step))
+    return stop.requested
+
+
+def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> TrainState:
+    init_from = config.model.get("init_from")
+    if not init_from:
+        return trainer.init_state(int(config.train.seed))
+    from seallm_jax import hf
+    # Every process reads the tensors on the host; each device receives only its own shard.
+    host_params = hf.read_params(init_from, trainer.model_config, trainer.abstract_params)
+    params = shd.place_host_arrays(host_params, trainer.param_shardings)
+    _log(f"initialised from Hugging Face checkpoint {init_from}")
+    return trainer.init_state(int(config.train.seed), params=params)
+
+
+def _evaluate(trainer: Trainer, state: TrainState, source: Any, initial_state: dict, num_batches: int) -> float:
+    """Mean held-out cross-entropy over the same `num_batches` batches every time."""
+    source.restore(initial_state)
+    loss_sum, tokens = 0.0, 0.0
+    for _ in range(num_batches):
+        try:
+            batch = next(source)
+        except StopIteration:
+            break
+        out = jax.device_get(trainer.eval_step(state.params, trainer.put_batch(batch)))
+        loss_sum += float(out["loss_sum"])
+        tokens += float(out["target_tokens"])
+    return loss_sum / max(tokens, 1.0)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          optimizer_wrapper: OptimizerWrapper | None = None,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training in `workdir`; returns {'status', 'step', 'losses', 'eval_losses'}.
+
+    status is 'completed' or 'preempted' (SIGTERM: a checkpoint of the current step was saved).
+    Raises TrainingDivergedError on a NaN/Inf loss without checkpointing the bad state.
+    """
+    distributed.initialize(config.distributed.mode, int(config.distributed.initialization_timeout))
+    primary = distributed.is_primary()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if primary:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json(indent=2))
+
+    mesh = shd.make_mesh(config.mesh.to_dict())
+    model_config = model_config_from(config)
+    trainer = Trainer(config, mesh, build_optimizer(config, optimizer_wrapper), build_schedule(config),
+                      model_config=model_config)
+    train_cfg = config.train
+    total_steps, global_batch, seq_len = int(train_cfg.steps), int(train_cfg.global_batch_size), int(train_cfg.seq_len)
+    row_start, row_stop = shd.process_batch_rows(mesh, global_batch, trainer.rules)
+    source = make_source(config, split="train", row_start=row_start, row_stop=row_stop,
+                         vocab_size=model_config.vocab_size)
+    eval_every, eval_batches = int(train_cfg.eval_every), int(train_cfg.eval_batches)
+    eval_source = (make_source(config, split="eval", row_start=row_start, row_stop=row_stop,
+                               vocab_size=model_config.vocab_size) if eval_every > 0 and eval_batches > 0 else None)
+    eval_initial = eval_source.state() if eval_source is not None else {}
+
+    ckpt_cfg = config.checkpoint
+    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR), keep=int(ckpt_cfg.keep),
+                                async_save=bool(ckpt_cfg.async_save))
+    writer = MetricsWriter(workdir, enabled=primary)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        restored = checkpointer.restore(
+            latest,
+            abstract_params=shd.abstract_with_shardings(trainer.abstract_params, trainer.param_shardings),
+            abstract_opt_state=shd.abstract_with_shardings(trainer.abstract_state.opt_state, trainer.opt_shardings))
+        rep = shd.replicated(mesh)
+        state = TrainState(step=jax.device_put(jnp.asarray(latest, jnp.int32), rep), params=restored["params"],
+                           opt_state=restored["opt_state"], rng=jax.device_put(jnp.asarray(restored["rng"]), rep))
+        source.restore(restored["meta"]["data_state"])
+        writer.truncate_after(latest)
+        _log(f"resumed from {checkpointer.directory}/{latest}")
+    else:
+        state = _initial_state(trainer, config)
+    start = latest or 0
+
+    n_params = model_config.num_parameters()
+    flops_per_token = model_config.flops_per_token(seq_len)
+    _log(f"model: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
+         f"{jax.process_count()} process(es); steps {start}->{total_steps}")
+
+    stop = _StopRequest()
+    stop.install()
+    progress = None
+    if primary and train_cfg.progress_bar:
+        from tqdm import tqdm
+        progress = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    log_every, ckpt_every = max(int(train_cfg.log_every), 1), int(ckpt_cfg.every)
+    tokens_per_step = global_batch * seq_len
+    losses: dict[int, float] = {}
+    eval_losses: dict[int, float] = {}
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    last_saved = latest
+    interval_start, interval_steps = time.perf_counter(), 0
+    status = "completed"
+    step = start
+
+    def flush() -> dict[str, float] | None:
+        """Fetch pending step metrics; stop on a non-finite loss before anything is saved."""
+        nonlocal pending
+        if not pending:
+            return None
+        fetched = jax.device_get(pending)
+        pending = []
+        last = None
+        for done, metrics in fetched:
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                checkpointer.wait()  # let a save of an earlier, good step finish
+                good = checkpointer.latest_step()
+                raise TrainingDivergedError(
+                    f"loss is {loss} at step {done}: training stopped. The last good checkpoint "
+                    f"({'step ' + str(good) if good is not None else 'none'}) in {checkpointer.directory} "
+                    "is untouched; lower config.optimizer.learning_rate or check the data, then rerun to resume.")
+            losses[done] = loss
+            last = {k: float(v) for k, v in metrics.items()}
+            last["step"] = done
+        return last
+
+    def save(done: int) -> None:
+        nonlocal last_saved
+        if last_saved == done:
+            return
+        checkpointer.save(done, params=state.params, opt_state=state.opt_state, rng=state.rng,
+                          data_state=source.state())
+        last_saved = done
+
+    try:
+        while step < total_steps:
+            if _preempted(stop, checkpointer, step):
+                flush()
+                save(step)
+                status = "preempted"
+                _log(f"preempted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume")
+                break
+            batch = trainer.put_batch(next(source))
+            state, metrics = trainer.train_step(state, batch)
+            step += 1
+            pending.append((step, metrics))
+            interval_steps += 1
+            if progress is not None:
+                progress.update(1)
+            if step == start + 1:
+                # The first step includes compilation: keep it out of the throughput figures.
+                jax.block_until_ready(metrics)
+                interval_start, interval_steps = time.perf_counter(), 0
+            is_log = step % log_every == 0 or step == total_steps
+            is_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or step == total_steps
+            if not (is_log or is_ckpt):
+                continue
+            last = flush()
+            if is_log and last is not None:
+                elapsed = time.perf_counter() - interval_start
+                record = {k: last[k] for k in ("loss", "grad_norm", "learning_rate", "z_loss") if k in last}
+                if interval_steps > 0 and elapsed > 0:
+                    tokens_per_s = interval_steps * tokens_per_step / elapsed
+                    record["tokens_per_s"] = tokens_per_s
+                    record["mfu"] = mfu(flops_per_token, tokens_per_s, float(train_cfg.peak_flops), jax.device_count())
+                if eval_source is not None and step % eval_every == 0:
+                    eval_losses[step] = record["eval_loss"] = _evaluate(trainer, state, eval_source, eval_initial,
+                                                                        eval_batches)
+                writer.write(step, record)
+                if on_step is not None:
+                    on_step(step, record)
+                if progress is not None:
+                    postfix = {"loss": f"{record['loss']:.4f}"}
+                    if "tokens_per_s" in record:
+                        postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
+                    if "eval_loss" in record:
+                        postfix["eval"] = f"{record['eval_loss']:.4f}"
+                    progress.set_postfix(postfix, refresh=False)
+                interval_start, interval_steps = time.perf_counter(), 0
+            if is_ckpt:
+                save(step)
+        else:
+            flush()
+            save(step)
+    finally:
+        stop.uninstall()
+        if progress is not None:
+            progress.close()
+        writer.close()
+        checkpointer.close()
+    _log(f"{status} at step {step}; checkpoints in {checkpointer.directory}")
+    return {"status": status, "step": step, "losses": losses, "eval_losses": eval_losses}
