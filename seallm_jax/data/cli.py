@@ -1,0 +1,86 @@
+"""`seallm-jax data ...`: corpus statistics with the real Qwen2 tokenizer, and preparing the TFDS
+dataset offline.
+"""
+from __future__ import annotations
+
+import argparse
+
+from seallm_jax.data.corpus import SPLITS, Document, load_corpus, load_files
+
+
+def corpus_stats(corpus: dict[str, list[Document]], tokenizer: object | None = None) -> list[dict]:
+    """Per language: documents, tokens and share of all tokens."""
+    from seallm_jax.data.stream import as_tokenizer
+
+    adapter = as_tokenizer(tokenizer)
+    rows = []
+    for language, documents in corpus.items():
+        tokens = sum(len(ids) for ids in adapter.encode_batch([doc.text for doc in documents]))
+        rows.append({"language": language, "documents": len(documents), "tokens": tokens})
+    total = sum(row["tokens"] for row in rows) or 1
+    for row in rows:
+        row["share"] = row["tokens"] / total
+    return rows
+
+
+def format_stats(rows: list[dict]) -> str:
+    lines = [f"{'language':<9}{'documents':>11}{'tokens':>11}{'share':>8}"]
+    for row in rows:
+        lines.append(f"{row['language']:<9}{row['documents']:>11}{row['tokens']:>11}{row['share']:>8.1%}")
+    lines.append(f"{'total':<9}{sum(r['documents'] for r in rows):>11}{sum(r['tokens'] for r in rows):>11}"
+                 f"{'100.0%':>8}")
+    return "\n".join(lines)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    split = None if args.split == "all" else args.split
+    if args.files:
+        files: dict[str, list[str]] = {}
+        for spec in args.files:
+            language, _, path = spec.partition("=")
+            if not path:
+                raise SystemExit(f"--file expects LANG=PATH, got {spec!r}")
+            files.setdefault(language, []).append(path)
+        corpus = load_files(files, split=split)
+    else:
+        corpus = load_corpus(split, args.languages)
+    tokenizer = None
+    if args.tokenizer:
+        from seallm_jax.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    print(f"split: {args.split}")
+    print(format_stats(corpus_stats(corpus, tokenizer)))
+    return 0
+
+
+def _build_tfds(args: argparse.Namespace) -> int:
+    try:
+        from seallm_jax.data.tfds_sea import Builder
+    except ImportError as error:
+        raise SystemExit(f"TFDS is an optional extra ({error}); pip install 'seallm-jax[tfds]'") from None
+    builder = Builder(config=args.config, data_dir=args.data_dir)
+    builder.download_and_prepare()
+    for split, info in builder.info.splits.items():
+        print(f"{split}\t{info.num_examples}")
+    print(f"prepared sea_corpus/{args.config} in {args.data_dir}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="corpus statistics, TFDS preparation")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    stats = commands.add_parser("stats", help="documents, tokens and token share per language")
+    stats.add_argument("--split", default="train", choices=[*SPLITS, "all"])
+    stats.add_argument("--languages", nargs="+", help="language codes (default: all shipped)")
+    stats.add_argument("--file", dest="files", action="append", metavar="LANG=PATH",
+                       help="count a user corpus instead of the shipped one (repeatable)")
+    stats.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: Qwen2)")
+    stats.set_defaults(func=_stats)
+
+    tfds_parser = commands.add_parser("build-tfds", help="prepare the sea_corpus TFDS dataset offline")
+    tfds_parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")
+    tfds_parser.add_argument("--config", default="all", help="'all' or a language code")
+    tfds_parser.set_defaults(func=_build_tfds)
