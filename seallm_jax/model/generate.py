@@ -1,0 +1,217 @@
+"""Jitted autoregressive decoding with the KV cache: greedy or sampled (temperature, top-k, top-p).
+
+Prompts of different lengths are left-padded to a length bucket; prefill and the whole decode loop
+(`jax.lax.while_loop`) run in one jitted call, compiled once per (batch, bucket, max_new_tokens).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from transformers import PreTrainedTokenizerBase
+
+from seallm_jax.model.qwen2 import Qwen2ForCausalLM
+
+Array = jax.Array
+Float = Array  # float arrays (logits); the alias keeps signatures readable
+
+DEFAULT_MAX_NEW_TOKENS = 64
+# Prompts are left-padded to the next power of two at least this long, so that prompts of similar
+# length share one compiled program.
+MIN_PROMPT_BUCKET = 16
+# Stop tokens are passed as a fixed-size array (unused slots -1, an id no token has), so the number
+# of stop tokens does not change the compiled program.
+MAX_STOP_TOKENS = 8
+# Qwen2 chat models end a turn with <|im_end|> and a document with <|endoftext|>: stop at either.
+QWEN2_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
+    """The padded prompt length: the smallest power of two >= max(length, minimum)."""
+    needed = max(int(length), int(minimum), 1)
+    return 1 << (needed - 1).bit_length()
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask [batch, length], each prompt right-aligned (left padding)."""
+    input_ids = np.zeros((len(prompts), length), np.int32)
+    attention_mask = np.zeros((len(prompts), length), np.int32)
+    for row, prompt in enumerate(prompts):
+        if len(prompt):
+            input_ids[row, length - len(prompt):] = prompt
+            attention_mask[row, length - len(prompt):] = 1
+    return input_ids, attention_mask
+
+
+def filter_logits(logits: Float, temperature: Array, top_k: Array, top_p: Array) -> Array:
+    """Logits [batch, vocab] scaled by 1/temperature with everything outside top-k and top-p at -inf.
+
+    Applied in `transformers`' order: temperature, then top-k (0 = off), then top-p (nucleus: the
+    smallest set of most likely tokens whose probability reaches `top_p`; 1.0 = off). The most likely
+    token always survives.
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    vocab = logits.shape[-1]
+    descending = -jnp.sort(-logits, axis=-1)
+    rank = jnp.arange(vocab)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    descending = jnp.where(rank < k, descending, -jnp.inf)
+    probs = jax.nn.softmax(descending, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = (rank < k) & ((mass_before < top_p) | (rank == 0))
+    threshold = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def _next_token(logits: Float, key: Array, temperature: Array, top_k: Array, top_p: Array, greedy: bool) -> Array:
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    filtered = filter_logits(logits, temperature, top_k, top_p)
+    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
+def _generate_jit(
+    graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, attention_mask: Array, eos_ids: Array,
+    pad_id: Array, temperature: Array, top_k: Array, top_p: Array, key: Array, *,
+    max_new_tokens: int, greedy: bool,
+) -> Array:
+    """Prefill the left-padded prompts, then decode until every row hit EOS or `max_new_tokens`."""
+    model = nnx.merge(graphdef, state)
+    batch, prompt_length = input_ids.shape
+    cache = model.init_cache(batch, prompt_length + max_new_tokens)
+    # Positions count real tokens only (as transformers' generate does), so padding does not shift them.
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
+    logits, cache = model(input_ids, positions=positions, attention_mask=attention_mask, cache=cache)
+
+    def emit(output, step, token, finished):
+        token = jnp.where(finished, pad_id, token)  # a finished row emits padding
+        output = jax.lax.dynamic_update_slice(output, token[:, None], (0, step))
+        return output, token, finished | jnp.isin(token, eos_ids)
+
+    output = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+    token = _next_token(logits[:, -1], jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy)
+    output, token, finished = emit(output, 0, token, jnp.zeros((batch,), bool))
+
+    def keep_going(carry):
+        step, _, _, _, finished, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(finished)
+
+    def decode_step(carry):
+        step, cache, token, position, finished, output = carry
+        step_model = nnx.merge(graphdef, state)
+        logits, cache = step_model(
+            token[:, None], positions=position[:, None], attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache
+        )
+        token = _next_token(logits[:, -1], jax.random.fold_in(key, step), temperature, top_k, top_p, greedy)
+        output, token, finished = emit(output, step, token, finished)
+        return step + 1, cache, token, position + 1, finished, output
+
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, finished, output)
+    return jax.lax.while_loop(keep_going, decode_step, carry)[-1]
+
+
+def generate(
+    model: Qwen2ForCausalLM,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_ids: int | Sequence[int] = (),
+    pad_token_id: int = 0,
+    seed: int = 0,
+    min_prompt_bucket: int = MIN_PROMPT_BUCKET,
+) -> np.ndarray:
+    """New tokens [batch, max_new_tokens] for a batch of token-id prompts of any lengths.
+
+    `temperature=0` decodes greedily; otherwise tokens are sampled from the temperature-scaled
+    distribution restricted by `top_k` (0 = off) and `top_p` (1.0 = off). A row stops after emitting
+    one of `eos_token_ids` (the EOS token is kept) and shows `pad_token_id` afterwards.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if not prompts:
+        raise ValueError("no prompts given")
+    vocab_size = model.config.vocab_size
+    for row, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {row} is empty: every prompt needs at least one token")
+        bad = [int(t) for t in prompt if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {row} has token ids outside the model's vocabulary [0, {vocab_size}): {bad[:5]}")
+    stops = np.atleast_1d(np.asarray(eos_token_ids, np.int32)).reshape(-1)
+    if stops.size > MAX_STOP_TOKENS:
+        raise ValueError(f"at most {MAX_STOP_TOKENS} eos_token_ids are supported, got {stops.size}")
+    eos = np.full((MAX_STOP_TOKENS,), -1, np.int32)
+    eos[: stops.size] = stops
+
+    length = prompt_bucket(max(len(p) for p in prompts), min_prompt_bucket)
+    input_ids, attention_mask = left_pad(prompts, length)
+    graphdef, state = nnx.split(model)
+    greedy = temperature == 0.0
+    tokens = _generate_jit(
+        graphdef, state, input_ids, attention_mask, jnp.asarray(eos), jnp.int32(pad_token_id),
+        jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p),
+        jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy,
+    )
+    return np.asarray(jax.device_get(tokens))
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's EOS plus Qwen2's end-of-turn / end-of-text tokens where the vocabulary has them."""
+    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in QWEN2_STOP_TOKENS if token in vocab and vocab[token] not in ids]
+    return ids
+
+
+def generate_text(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    chat: bool = False,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_ids: Sequence[int] | None = None,
+) -> list[str]:
+    """Completions of text prompts. `chat=True` wraps each prompt as a user turn in the tokenizer's chat
+    template (ChatML for Qwen2) and asks for the assistant's reply. The returned text stops before EOS.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    if chat:
+        encoded = [
+            list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True, return_dict=False
+            ))
+            for prompt in prompts
+        ]
+    else:
+        encoded = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+    stops = list(eos_token_ids) if eos_token_ids is not None else stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    tokens = generate(
+        model, encoded, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_token_ids=stops, pad_token_id=pad, seed=seed,
+    )
+    texts = []
+    for row in tokens.tolist():
+        end = next((i for i, token in enumerate(row) if token in stops), len(row))
+        texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return texts
