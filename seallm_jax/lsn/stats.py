@@ -286,27 +286,28 @@ class StatisticsPass:
         # Each process passes its own rows; jax assembles the global batch (works on one process too).
         return jax.make_array_from_process_local_data(self.batch_sharding, array)
 
-    def dispatch(self, batch: Batch) -> dict[str, jax.Array]:
-        """Start the statistics of one batch (asynchronously) and return the device results."""
+    def dispatch(self, batch: Batch, num_segments: int | None = None) -> dict[str, jax.Array]:
+        """Start the statistics of one batch (asynchronously) and return the device results.
+
+        `num_segments` (document slots per row, static) must be the same on every process; by default it
+        comes from this batch's largest segment id.
+        """
         input_ids = np.asarray(batch["input_ids"], np.int32)
-        if "segment_ids" in batch:
-            segment_ids = np.asarray(batch["segment_ids"], np.int32)
-        elif "attention_mask" in batch:
-            segment_ids = np.asarray(batch["attention_mask"], np.int32)
-        else:
-            segment_ids = np.ones_like(input_ids)
+        segment_ids = _segment_ids_np(batch)
         if segment_ids.shape != input_ids.shape:
             raise ValueError(f"segment_ids {segment_ids.shape} must match input_ids {input_ids.shape}")
         if "positions" in batch:
             positions = np.asarray(batch["positions"], np.int32)
         else:
             positions = _segment_positions_np(segment_ids)
-        if input_ids.shape[0] % self.batch_divisor:
+        rows = input_ids.shape[0] * jax.process_count()
+        if rows % self.batch_divisor:
             raise ValueError(
-                f"batch of {input_ids.shape[0]} rows does not split over {self.batch_divisor} devices of the "
+                f"a global batch of {rows} rows does not split over the {self.batch_divisor} devices of the "
                 f"mesh's {BATCH_MESH_AXES} axes; use a multiple of {self.batch_divisor} rows"
             )
-        num_segments = _segments_bucket(int(segment_ids.max(initial=0)))
+        if num_segments is None:
+            num_segments = _segments_bucket(int(segment_ids.max(initial=0)))
         return self._compiled(
             self.graphdef, self.params, self._put(input_ids), self._put(positions), self._put(segment_ids),
             top_k=self.top_k, num_segments=num_segments,
@@ -314,50 +315,65 @@ class StatisticsPass:
 
     def __call__(self, batches: Iterable[Batch], language: str, *, max_tokens: int | None = None,
                  progress: bool = False) -> NeuronStats:
-        """Accumulate `language`'s statistics over `batches` (stops after the batch reaching `max_tokens`)."""
+        """Accumulate `language`'s statistics over `batches`, stopping after the batch that reaches
+        `max_tokens` real tokens (all processes together), or when any process runs out of batches."""
         stats = NeuronStats.zeros([language], self.num_layers, self.intermediate_size, self.top_k,
                                   metadata=self.metadata)
         bar = _progress_bar(progress, language, max_tokens)
-        pending = None
         started = time.perf_counter()
 
-        def collect(result: dict[str, jax.Array]) -> int:
-            host = jax.device_get(result)  # exact: int32 per batch, summed into int64 / float64 on the host
+        def collect(result: dict[str, jax.Array]) -> None:
+            host = jax.device_get(result)  # int32 per batch, summed into int64 / float64 on the host: exact
             stats.active_count[0] += host["active"]
             stats.importance_sum[0] += host["importance"]
             stats.topk_count[0] += host["topk"]
             stats.token_count[0] += int(host["tokens"])
             stats.document_count[0] += int(host["documents"])
-            if bar is not None:
-                bar.update(int(host["tokens"]))
-            return int(host["tokens"])
 
-        seen = 0
-        for batch in batches:
-            result = self.dispatch(batch)
-            # Keep one batch in flight: read the previous batch's results while this one computes.
-            if pending is not None:
-                seen += collect(pending)
-            pending = result
-            # Counting real tokens on the host avoids waiting for the device to decide when to stop.
-            seen_if_done = seen + int(np.count_nonzero(_token_mask_np(batch)))
-            if max_tokens is not None and seen_if_done >= max_tokens:
+        seen, pending = 0, None
+        iterator = iter(batches)
+        while max_tokens is None or seen < max_tokens:
+            batch = next(iterator, None)
+            local = np.zeros(3, np.int64)
+            if batch is not None:
+                segment_ids = _segment_ids_np(batch)
+                local[:] = (1, np.count_nonzero(segment_ids), segment_ids.max(initial=0))
+            # Every process must run the same programs: agree on whether to go on and on the static shape.
+            have_batch, tokens, max_segment = _across_processes(local)
+            if have_batch < jax.process_count():
                 break
+            result = self.dispatch(batch, num_segments=_segments_bucket(int(max_segment)))
+            # One batch in flight: read the previous batch's results while this one computes.
+            if pending is not None:
+                collect(pending)
+            pending = result
+            seen += int(tokens)
+            if bar is not None:
+                bar.update(int(tokens))
         if pending is not None:
             collect(pending)
         if bar is not None:
             bar.close()
-        elapsed = time.perf_counter() - started
-        stats.metadata = {**stats.metadata, "seconds": {language: elapsed}}
+        stats.metadata = {**stats.metadata, "seconds": {language: time.perf_counter() - started}}
         return stats
 
 
-def _token_mask_np(batch: Batch) -> np.ndarray:
+def _across_processes(local: np.ndarray) -> np.ndarray:
+    """(processes with a batch, total real tokens, max segment id) over all processes."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(local))  # [processes, 3]
+    return np.array([gathered[:, 0].sum(), gathered[:, 1].sum(), gathered[:, 2].max()])
+
+
+def _segment_ids_np(batch: Batch) -> np.ndarray:
     if "segment_ids" in batch:
-        return np.asarray(batch["segment_ids"]) > 0
+        return np.asarray(batch["segment_ids"], np.int32)
     if "attention_mask" in batch:
-        return np.asarray(batch["attention_mask"]) > 0
-    return np.ones(np.shape(batch["input_ids"]), bool)
+        return np.asarray(batch["attention_mask"], np.int32)
+    return np.ones(np.shape(batch["input_ids"]), np.int32)
 
 
 def _segment_positions_np(segment_ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,243 @@
+"""`seallm-jax lsn stats | select | ablate`: language-specific neurons from the command line.
+
+stats: a model + text per language -> NeuronStats (.npz); select: stats -> neuron set (.json + heatmap);
+ablate: a model + neuron set -> perplexity matrix with each language's neurons deactivated (.json + .png).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lsn = subparsers.add_parser("lsn", help="language-specific neurons: statistics, selection, ablation",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = lsn.add_subparsers(dest="lsn_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    stats = commands.add_parser("stats", help="per-neuron statistics of each language (one jitted pass)")
+    stats.add_argument("--model", required=True, help="Hugging Face directory or Orbax checkpoint")
+    stats.add_argument("--languages", required=True, help="comma-separated codes, e.g. en,zh,th")
+    _add_data_arguments(stats, default_split="train")
+    stats.add_argument("--top-k", type=int, default=None,
+                       help="PLND: neurons kept per document and layer (default: 5%% of intermediate_size)")
+    stats.add_argument("--out", required=True, help="statistics file to write (.npz)")
+    stats.set_defaults(func=run_stats)
+
+    select = commands.add_parser("select", help="select neurons from statistics (LAPE or PLND)")
+    select.add_argument("--stats", required=True, nargs="+", help="statistics file(s); several are merged")
+    select.add_argument("--method", required=True, choices=("lape", "plnd"))
+    select.add_argument("--languages", default=None, help="restrict to these languages (default: all)")
+    select.add_argument("--top-rate", type=float, default=0.01, help="LAPE: share of all neurons selected")
+    select.add_argument("--filter-rate", type=float, default=0.95, help="LAPE: candidate probability percentile")
+    select.add_argument("--activation-bar-ratio", type=float, default=0.95,
+                        help="LAPE: percentile a language's probability must exceed to own a selected neuron")
+    select.add_argument("--membership-fraction", type=float, default=1.0,
+                        help="PLND: share of a language's documents whose top-k must contain the neuron")
+    select.add_argument("--max-languages-per-neuron", type=int, default=None,
+                        help="PLND: drop neurons selected for more languages than this")
+    select.add_argument("--budget", type=float, default=None,
+                        help="fraction of all parameters (e.g. 0.001); LAPE: replaces --top-rate; "
+                             "PLND: cap per language")
+    select.add_argument("--matrices", default="gate_proj,up_proj,down_proj",
+                        help="FFN matrices a neuron owns, for the budget and the parameter fraction")
+    select.add_argument("--out", required=True, help="neuron-set JSON to write")
+    select.add_argument("--heatmap", default=None, help="heatmap PNG (default: OUT with .png)")
+    select.set_defaults(func=run_select)
+
+    ablate = commands.add_parser("ablate", help="perplexity matrix with each language's neurons deactivated")
+    ablate.add_argument("--model", required=True, help="Hugging Face directory or Orbax checkpoint")
+    ablate.add_argument("--neurons", required=True, help="neuron-set JSON")
+    ablate.add_argument("--languages", default=None,
+                        help="evaluated languages (default: the neuron set's languages)")
+    ablate.add_argument("--deactivate", default=None,
+                        help="languages whose neurons are deactivated, one row each (default: evaluated ones)")
+    _add_data_arguments(ablate, default_split="test")
+    ablate.add_argument("--out", required=True, help="ablation JSON to write")
+    ablate.add_argument("--plot", default=None, help="heatmap PNG (default: OUT with .png)")
+    ablate.set_defaults(func=run_ablate)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
+    from seallm_jax.lsn.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN
+
+    parser.add_argument("--data", action="append", metavar="LANG=PATH", default=None,
+                        help="text of a language (.jsonl with a 'text' field, or .txt); repeatable; "
+                             "languages without --data read the shipped corpus")
+    parser.add_argument("--split", default=default_split, choices=("train", "validation", "test"),
+                        help=f"split of the shipped corpus (default: {default_split})")
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per language (default: all)")
+    parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per packed row")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="rows per process and batch (rounded up to split over the mesh)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory (default: the model's own, else the built-in Qwen2 one)")
+    parser.add_argument("--mesh", default=None,
+                        help="mesh sizes, e.g. data=-1,fsdp=1,tensor=1 (default: data over all devices "
+                             "when there are several)")
+    parser.add_argument("--dtype", default="float32", help="compute dtype (float32 or bfloat16)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _mesh_from(args: argparse.Namespace):
+    import jax
+
+    from seallm_jax import sharding
+
+    if args.mesh is None:
+        if jax.device_count() == 1:
+            return None
+        return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    sizes = {}
+    for item in args.mesh.split(","):
+        axis, _, size = item.partition("=")
+        if axis.strip() not in sharding.MESH_AXES or not size.strip().lstrip("-").isdigit():
+            raise ValueError(f"--mesh {args.mesh!r}: expected AXIS=SIZE items with AXIS in {sharding.MESH_AXES}")
+        sizes[axis.strip()] = int(size)
+    return sharding.make_mesh(sizes)
+
+
+def _rows_per_process(batch_size: int, mesh) -> int:
+    """Round the per-process batch up so that the global batch splits over the mesh's batch axes."""
+    import jax
+
+    if mesh is None:
+        return batch_size
+    from seallm_jax.lsn.stats import BATCH_MESH_AXES
+
+    divisor = math.prod(mesh.shape[a] for a in BATCH_MESH_AXES if a in mesh.axis_names)
+    per_process = max(1, divisor // jax.process_count())
+    return int(math.ceil(batch_size / per_process) * per_process)
+
+
+def _prepare(args: argparse.Namespace, languages: list[str]):
+    from seallm_jax.lsn import inputs
+
+    files = inputs.parse_data_args(args.data)
+    unused = sorted(set(files) - set(languages))
+    if unused:
+        raise ValueError(f"--data given for {unused}, which --languages does not list ({','.join(languages)})")
+    mesh = _mesh_from(args)
+    model = inputs.load_model(args.model, dtype=args.dtype)
+    tokenizer = inputs.resolve_tokenizer(args.model, args.tokenizer)
+    streams = inputs.batches_by_language(
+        languages, tokenizer=tokenizer, split=args.split, files=files, seq_len=args.seq_len,
+        batch_size=_rows_per_process(args.batch_size, mesh),
+    )
+    sources = {lang: files.get(lang) or f"shipped corpus ({args.split})" for lang in languages}
+    return model, mesh, streams, sources
+
+
+def _param_shardings(model, mesh):
+    if mesh is None:
+        return None
+    from flax import nnx
+
+    from seallm_jax import sharding
+    from seallm_jax.model import param_logical_axes
+
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    return sharding.tree_shardings(params, param_logical_axes(params), mesh)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    import jax
+
+    from seallm_jax.lsn import inputs
+    from seallm_jax.lsn.stats import StatisticsPass
+
+    languages = inputs.parse_languages(args.languages)
+    model, mesh, streams, sources = _prepare(args, languages)
+    statistics_pass = StatisticsPass(
+        model, top_k=args.top_k, mesh=mesh, param_shardings=_param_shardings(model, mesh),
+        metadata={"model": os.path.abspath(args.model), "seq_len": args.seq_len, "dtype": args.dtype,
+                  "data": sources},
+    )
+    merged = None
+    started = time.perf_counter()
+    for language in languages:
+        stats = statistics_pass(streams[language], language, max_tokens=args.max_tokens,
+                                progress=not args.no_progress)
+        merged = stats if merged is None else merged.merge(stats)
+    elapsed = time.perf_counter() - started
+    merged.metadata["seconds_total"] = elapsed
+    if jax.process_index() == 0:
+        merged.save(args.out)
+    print(merged.summary())
+    total = int(merged.token_count.sum())
+    print(f"{total:,} tokens in {elapsed:.1f} s ({total / max(elapsed, 1e-9):,.0f} tokens/s); "
+          f"PLND top_k={merged.top_k}; wrote {args.out}")
+    return 0
+
+
+def run_select(args: argparse.Namespace) -> int:
+    from seallm_jax.lsn import inputs
+    from seallm_jax.lsn.select import LapeConfig, PlndConfig, plot_neuron_heatmap, select
+    from seallm_jax.lsn.stats import NeuronStats
+
+    stats = NeuronStats.load(args.stats[0])
+    for path in args.stats[1:]:
+        stats = stats.merge(NeuronStats.load(path))
+    languages = inputs.parse_languages(args.languages)
+    if languages is not None:
+        stats = stats.select_languages(languages)
+    matrices = tuple(m.strip() for m in args.matrices.split(",") if m.strip())
+    if args.method == "lape":
+        config = LapeConfig(top_rate=args.top_rate, filter_rate=args.filter_rate,
+                            activation_bar_ratio=args.activation_bar_ratio, budget=args.budget, matrices=matrices)
+    else:
+        config = PlndConfig(membership_fraction=args.membership_fraction, budget=args.budget,
+                            max_languages_per_neuron=args.max_languages_per_neuron, matrices=matrices)
+    neuron_set = select(stats, args.method, config)
+    neuron_set.save(args.out)
+    heatmap = args.heatmap or os.path.splitext(args.out)[0] + ".png"
+    plot_neuron_heatmap(neuron_set, heatmap, languages=stats.languages)
+    counts = neuron_set.counts()
+    total = neuron_set.num_layers * neuron_set.intermediate_size
+    print(f"{args.method.upper()} neurons of {neuron_set.num_layers} layers x {neuron_set.intermediate_size}:")
+    for lang in stats.languages:
+        fraction = neuron_set.parameter_fraction([lang], matrices)
+        share = f", {100 * fraction:.3f}% of parameters" if fraction is not None else ""
+        print(f"  {lang:>4}: {counts.get(lang, 0):6d} neurons ({100 * counts.get(lang, 0) / total:.2f}% of neurons{share})")
+    print(f"wrote {args.out} and {heatmap}")
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    import jax
+
+    from seallm_jax.lsn import inputs
+    from seallm_jax.lsn.ablate import ablation_matrix
+    from seallm_jax.lsn.neurons import NeuronSet
+
+    neuron_set = NeuronSet.load(args.neurons)
+    languages = inputs.parse_languages(args.languages) or sorted(neuron_set.languages)
+    deactivate = inputs.parse_languages(args.deactivate)
+    model, mesh, streams, sources = _prepare(args, languages)
+    batches = {lang: inputs.take_tokens(stream, args.max_tokens) for lang, stream in streams.items()}
+    result = ablation_matrix(model, neuron_set, batches, deactivate=deactivate, mesh=mesh,
+                             progress=not args.no_progress)
+    result.metadata.update(model=os.path.abspath(args.model), neurons=os.path.abspath(args.neurons),
+                           data=sources)
+    print(result.table())
+    plot = args.plot or os.path.splitext(args.out)[0] + ".png"
+    if jax.process_index() == 0:
+        result.save(args.out)
+        result.plot(plot)
+    print(f"wrote {args.out} and {plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `lsn ...` directly (`python -m seallm_jax.lsn.cli stats ...`)."""
+    parser = argparse.ArgumentParser(prog="seallm-jax")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["lsn", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Inputs of the LSN commands: a model from a local directory, and per-language packed batches.
+
+Text comes from the shipped corpus (default) or user files (`LANG=PATH`), packed by `seallm_jax.data`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from seallm_jax.lsn.stats import Batch
+
+DEFAULT_SEQ_LEN = 256
+DEFAULT_BATCH_SIZE = 8  # rows per process
+
+
+def load_model(path: str | os.PathLike, *, dtype: str = "float32") -> nnx.Module:
+    """A Qwen2ForCausalLM from a Hugging Face directory (config.json + safetensors) or an Orbax checkpoint."""
+    from seallm_jax import hf
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return hf.load_pretrained(path, dtype=dtype)
+    if path.is_dir():
+        config, params = hf.load_orbax(path, dtype=dtype)
+        return hf.model_from_params(config, params)
+    raise FileNotFoundError(f"model {path}: not a directory with config.json (Hugging Face) or an Orbax checkpoint")
+
+
+def resolve_tokenizer(model_dir: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None):
+    """`tokenizer` if given; else the model directory's own tokenizer; else the built-in Qwen2 one."""
+    from seallm_jax.tokenizer import has_tokenizer_files, load_tokenizer
+
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if model_dir is not None and Path(model_dir).is_dir() and has_tokenizer_files(Path(model_dir)):
+        return load_tokenizer(model_dir)
+    return load_tokenizer()
+
+
+def parse_data_args(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """`["th=a.jsonl", "th=b.txt", "vi=c.jsonl"]` -> {"th": [...], "vi": [...]}; errors name the bad item."""
+    files: dict[str, list[str]] = {}
+    for item in items or []:
+        language, sep, path = item.partition("=")
+        if not sep or not language or not path:
+            raise ValueError(f"--data {item!r}: expected LANG=PATH, e.g. th=data/th.jsonl")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--data {item!r}: {path} does not exist")
+        files.setdefault(language.strip(), []).append(path)
+    return files
+
+
+def parse_languages(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    languages = [lang.strip() for lang in text.split(",") if lang.strip()]
+    if len(set(languages)) != len(languages):
+        raise ValueError(f"--languages {text!r} names a language twice")
+    return languages
+
+
+def language_batches(language: str, *, tokenizer, split: str | None = "train",
+                     files: Sequence[str] | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Batch]:
+    """One pass (no repetition) over `language`'s documents, packed into `[batch_size, seq_len]` rows.
+
+    Documents are not split across rows (PLND counts each segment as a document); a document longer than
+    a row is cut into row-sized pieces. Each process reads its own share of the documents.
+    """
+    from seallm_jax.data.stream import pretraining_stream
+
+    corpus = {language: list(files)} if files else None
+    return pretraining_stream(
+        languages=[language], split=split if not files else None, seq_len=seq_len, batch_size=batch_size,
+        tokenizer=tokenizer, corpus=corpus, max_epochs=1, split_documents=False, eos_id=document_separator(tokenizer),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+
+
+def document_separator(tokenizer) -> int | None:
+    """Id of <|endoftext|> (else the tokenizer's eos). Looked up directly: some tokenizer classes (e.g.
+    transformers' Qwen2Tokenizer without an explicit unk_token) report it as their unk token too."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if "<|endoftext|>" in vocab:
+        return int(vocab["<|endoftext|>"])
+    return getattr(tokenizer, "eos_token_id", None)
+
+
+def batches_by_language(languages: Sequence[str], *, tokenizer, split: str | None,
+                        files: Mapping[str, Sequence[str]] | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Iterator[Batch]]:
+    """Per-language batch streams; languages given in `files` read those files, the rest the shipped corpus."""
+    files = files or {}
+    return {lang: language_batches(lang, tokenizer=tokenizer, split=split, files=files.get(lang),
+                                   seq_len=seq_len, batch_size=batch_size) for lang in languages}
+
+
+def take_tokens(batches: Iterator[Batch], max_tokens: int | None) -> Iterator[Batch]:
+    """Batches until `max_tokens` target tokens are covered (the last batch is kept whole)."""
+    seen = 0
+    for batch in batches:
+        yield batch
+        seen += int(np.count_nonzero(batch["loss_mask"]))
+        if max_tokens is not None and seen >= max_tokens:
+            return
