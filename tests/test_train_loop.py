@@ -1,0 +1,97 @@
+"""The training loop as a user runs it: outputs, exact resume after SIGKILL, SIGTERM checkpoints,
+half-written checkpoints, NaN stop."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from seallm_jax.checkpoint import Checkpointer
+from train_helpers import finish, metrics, start, wait_for
+
+STEPS = 60
+RUN = [f"--config.train.steps={STEPS}", "--config.checkpoint.every=10", "--config.train.log_every=1",
+       "--config.train.eval_every=20"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_and_killed(tmp_path_factory):
+    """An uninterrupted run and, concurrently, a run SIGKILLed after its first checkpoint."""
+    reference_dir, killed_dir = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("killed")
+    reference = start(reference_dir, *RUN)
+    killed = start(killed_dir, *RUN)
+    wait_for(lambda: os.path.isdir(killed_dir / "checkpoints" / "10"), killed, what="the first checkpoint")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    code, out = finish(reference)
+    assert code == 0, out[-3000:]
+    return reference_dir, killed_dir
+
+
+def test_run_writes_metrics_tensorboard_and_checkpoints(uninterrupted_and_killed):
+    reference_dir, _ = uninterrupted_and_killed
+    records = metrics(reference_dir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert all({"loss", "grad_norm", "learning_rate"} <= set(r) for r in records)
+    assert "tokens_per_s" in records[-1] and "mfu" in records[-1]
+    assert [r["step"] for r in records if "eval_loss" in r] == [20, 40, 60]
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert os.listdir(reference_dir / "tensorboard")
+    # keep=2 (configs/tiny.py): only the last two checkpoints remain, the final step included.
+    assert sorted(os.listdir(reference_dir / "checkpoints")) == ["50", "60"]
+
+
+def test_rerun_after_sigkill_continues_with_the_uninterrupted_losses(uninterrupted_and_killed):
+    reference_dir, killed_dir = uninterrupted_and_killed
+    assert not os.path.isdir(killed_dir / "checkpoints" / str(STEPS)), "the run finished before it was killed"
+    code, out = finish(start(killed_dir, *RUN))
+    assert code == 0, out[-3000:]
+    assert "resumed from" in out
+    expected, resumed = metrics(reference_dir), metrics(killed_dir)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))  # steps after the checkpoint logged once
+    np.testing.assert_array_equal([r["loss"] for r in resumed], [r["loss"] for r in expected])
+    np.testing.assert_array_equal([r.get("eval_loss", 0) for r in resumed], [r.get("eval_loss", 0) for r in expected])
+
+
+def test_half_written_checkpoint_is_never_resumed_from(uninterrupted_and_killed, tmp_path):
+    reference_dir, _ = uninterrupted_and_killed
+    directory = reference_dir / "checkpoints"
+    # A save killed mid-write leaves Orbax's temporary directory with a partial step in it.
+    partial = directory / "70.orbax-checkpoint-tmp-1732000000"
+    (partial / "params").mkdir(parents=True)
+    (partial / "params" / "_METADATA").write_text("{")
+    checkpointer = Checkpointer(directory, keep=2)
+    assert checkpointer.latest_step() == STEPS
+    checkpointer.close()
+    assert not partial.exists()  # removed when the run starts
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    process = start(tmp_path, "--config.train.steps=100000", "--config.checkpoint.every=100000",
+                    "--config.train.log_every=1", "--config.train.eval_every=0")
+    wait_for(lambda: len(metrics(tmp_path)) >= 3, process, what="three logged steps")
+    process.send_signal(signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 0, out[-3000:]
+    assert "preempted" in out
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    saved = checkpointer.latest_step()
+    checkpointer.close()
+    assert saved is not None and saved >= 3
+    assert f"checkpoint saved at step {saved}" in out
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    # A huge, unclipped learning rate blows the weights up after the first checkpoint.
+    code, out = finish(start(tmp_path, "--config.train.steps=10", "--config.checkpoint.every=1",
+                             "--config.optimizer.learning_rate=1e30", "--config.optimizer.max_grad_norm=0",
+                             "--config.optimizer.warmup_steps=0", "--config.train.eval_every=0"))
+    assert code == 1, out[-3000:]
+    assert "loss is nan" in out.lower() or "loss is inf" in out.lower()
+    assert "last good checkpoint" in out
+    records = metrics(tmp_path)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    last_good = checkpointer.latest_step()
+    checkpointer.close()
+    assert last_good is not None and last_good == len(records)
+    assert all(np.isfinite(r["loss"]) for r in records)
