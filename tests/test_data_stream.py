@@ -52,8 +52,7 @@ def test_batches_follow_the_data_contract():
 
 def test_packing_segment_ids_positions_and_targets():
     corpus = {"vi": [Document("a", "vi", "abc"), Document("b", "vi", "defgh"), Document("c", "vi", "ij")]}
-    packed = stream(corpus, seq_len=16, batch_size=1, max_epochs=1, split_documents=False)
-    packed.mixture.sources["vi"].shuffle = False
+    packed = stream(corpus, seq_len=16, batch_size=1, max_epochs=1, split_documents=False, shuffle=False)
     batch = next(packed)
     # "abc"+EOS gives 3 (input, target) pairs, "defgh"+EOS 5, "ij"+EOS 2; then padding.
     np.testing.assert_array_equal(batch["segment_ids"][0], [1] * 3 + [2] * 5 + [3] * 2 + [0] * 6)

@@ -222,7 +222,7 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | str | Se
                weights: Mapping[str, float] | None = None, temperature: float = DEFAULT_TEMPERATURE,
                token_caps: Mapping[str, int] | None = None, max_epochs: int | None = None,
                truncation: Truncation = "turns", default_system: str | None = QWEN2_DEFAULT_SYSTEM,
-               on_error: OnError = "raise", min_source_chars: int = 0,
+               on_error: OnError = "raise", min_source_chars: int = 0, shuffle: bool = True,
                report: LoadReport | None = None) -> PackedStream:
     """Packed SFT batches. `conversations`: {language: [Conversation]}, JSON-lines path(s), or None
     for translation conversations from the shipped corpus. A conversation never spans two rows;
@@ -246,7 +246,7 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | str | Se
     examples = sft_examples(grouped, renderer, max_tokens=seq_len + 1, truncation=truncation, report=report)
     mixture = build_mixture(examples, weighting=weighting, weights=weights, temperature=temperature,
                             token_caps=token_caps, max_epochs=max_epochs, seed=seed,
-                            process_index=process_index, process_count=process_count)
+                            process_index=process_index, process_count=process_count, shuffle=shuffle)
     pad_id = adapter.eos_id if adapter.eos_id is not None else renderer.im_end
     return PackedStream(mixture, seq_len=seq_len, batch_size=batch_size, split_examples=False,
                         pad_id=pad_id, report=report)

@@ -216,7 +216,7 @@ def build_mixture(examples: Mapping[str, Sequence[Example]], *, weighting: Weigh
 CorpusArg = Union[None, Mapping[str, Sequence[Document]], Mapping[str, Union[str, Sequence[str]]]]
 
 
-def _documents(corpus: CorpusArg, split: str, languages: Sequence[str] | None) -> dict[str, list[Document]]:
+def _documents(corpus: CorpusArg, split: str | None, languages: Sequence[str] | None) -> dict[str, list[Document]]:
     if corpus is None:
         return load_corpus(split, languages)
     if not corpus:
@@ -235,23 +235,24 @@ def _documents(corpus: CorpusArg, split: str, languages: Sequence[str] | None) -
     return dict(corpus)
 
 
-def pretraining_stream(*, languages: Sequence[str] | None = None, split: str = "train", seq_len: int = 512,
+def pretraining_stream(*, languages: Sequence[str] | None = None, split: str | None = "train", seq_len: int = 512,
                        batch_size: int = 8, seed: int = 0, tokenizer: object | None = None,
                        process_index: int = 0, process_count: int = 1, corpus: CorpusArg = None,
                        weighting: WeightMethod = "proportional", weights: Mapping[str, float] | None = None,
                        temperature: float = DEFAULT_TEMPERATURE, token_caps: Mapping[str, int] | None = None,
-                       max_epochs: int | None = None, split_documents: bool = True,
+                       max_epochs: int | None = None, split_documents: bool = True, shuffle: bool = True,
                        eos_id: int | None = None, pad_id: int | None = None) -> PackedStream:
     """The pretraining / LSN stream over the shipped corpus (or `corpus`: {language: documents or
     files}); plain arguments so that an ml_collections config can call it directly.
 
-    `batch_size` is per process; `max_epochs=None` repeats forever (reshuffled every epoch).
+    `batch_size` is per process; `max_epochs=None` repeats forever (reshuffled every epoch). For
+    held-out evaluation use split="validation", max_epochs=1, shuffle=False.
     """
     adapter = as_tokenizer(tokenizer, eos_id)
     documents = _documents(corpus, split, languages)
     examples = {language: document_examples(docs, adapter) for language, docs in documents.items()}
     mixture = build_mixture(examples, weighting=weighting, weights=weights, temperature=temperature,
                             token_caps=token_caps, max_epochs=max_epochs, seed=seed,
-                            process_index=process_index, process_count=process_count)
+                            process_index=process_index, process_count=process_count, shuffle=shuffle)
     return PackedStream(mixture, seq_len=seq_len, batch_size=batch_size, split_examples=split_documents,
                         pad_id=adapter.eos_id if pad_id is None else pad_id)
