@@ -89,11 +89,11 @@ def load_params(ckpt_or_workdir: str | os.PathLike, abstract_params: Any | None 
     None restores host numpy arrays (what an HF export needs on one machine).
     """
     directory, step = resolve_checkpoint(ckpt_or_workdir)
-    handler = ocp.PyTreeCheckpointHandler()
     item_dir = os.path.join(directory, str(step), "params")
-    checkpointer = ocp.Checkpointer(handler)
     if abstract_params is None:
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         metadata = checkpointer.metadata(item_dir).item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
         return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     return checkpointer.restore(item_dir, args=ocp.args.StandardRestore(abstract_params))
