@@ -99,7 +99,7 @@ def test_truncation_policies(tokenizer):
     assert renderer.render(long, max_tokens=first_answer_end + 3, truncation="drop", report=report) is None
     assert renderer.render(long, max_tokens=5, truncation="turns", report=report) is None
     assert report.truncated == 2 and len(report.dropped_too_long) == 2
-    with pytest.raises(ValueError, match="empty source"):
+    with pytest.raises(ValueError, match="empty source"), pytest.warns(UserWarning, match="dropped"):
         sft_examples({"th": [long]}, renderer, max_tokens=5)
 
 
@@ -114,7 +114,8 @@ def test_conversation_files_report_problems(tmp_path, tokenizer):
     with pytest.raises(DataFormatError, match=r"chat\.jsonl:4: malformed JSON"):
         load_conversations(path, language="th")
     report = LoadReport()
-    grouped = load_conversations(path, language="th", on_error="skip", report=report)
+    with pytest.warns(UserWarning, match="1 conversations without an assistant turn"):
+        grouped = load_conversations(path, language="th", on_error="skip", report=report)
     assert len(grouped["th"]) == 2 and "vi" not in grouped
     assert report.without_assistant == [f"{path}:2"]
     assert len(report.malformed) == 1 and ":4:" in report.malformed[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
@@ -93,6 +94,10 @@ def load_conversations(paths: str | os.PathLike | Sequence[str | os.PathLike], *
     if not grouped:
         raise ValueError(f"empty source: no usable conversations in {', '.join(map(str, paths))} "
                          f"({report.summary()})")
+    if report.without_assistant or report.malformed:
+        # Visible even to a caller that passed no report: nothing is dropped silently.
+        warnings.warn(f"conversations: {report.summary()}; first: "
+                      f"{(report.without_assistant + report.malformed)[0]}", stacklevel=2)
     return grouped
 
 
@@ -181,6 +186,9 @@ def sft_examples(conversations: Mapping[str, Sequence[Conversation]], renderer: 
             start += len(item.messages)
             rendered.append(renderer.render(item, max_tokens, truncation, report, contents))
         kept = [example for example in rendered if example is not None]
+        if len(kept) < len(rendered):
+            warnings.warn(f"{language}: {len(rendered) - len(kept)} of {len(rendered)} conversations do not "
+                          f"fit {max_tokens} tokens and were dropped (truncation={truncation!r})", stacklevel=2)
         if not kept:
             raise ValueError(f"empty source: no conversation for language {language!r} fits "
                              f"{max_tokens} tokens under truncation={truncation!r}")
@@ -215,7 +223,8 @@ def translation_conversations(split: str = "train", languages: Sequence[str] | N
     return grouped
 
 
-def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | str | Sequence[str] | None = None,
+def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | Sequence[Conversation] | str
+               | Sequence[str] | None = None,
                languages: Sequence[str] | None = None, split: str = "train", seq_len: int = 1024,
                batch_size: int = 8, seed: int = 0, tokenizer: object | None = None, process_index: int = 0,
                process_count: int = 1, weighting: WeightMethod = "temperature",
@@ -224,13 +233,17 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | str | Se
                truncation: Truncation = "turns", default_system: str | None = QWEN2_DEFAULT_SYSTEM,
                on_error: OnError = "raise", min_source_chars: int = 0, shuffle: bool = True,
                report: LoadReport | None = None) -> PackedStream:
-    """Packed SFT batches. `conversations`: {language: [Conversation]}, JSON-lines path(s), or None
-    for translation conversations from the shipped corpus. A conversation never spans two rows;
+    """Packed SFT batches. `conversations`: {language: [Conversation]}, [Conversation], JSON-lines
+    path(s), or None for translation conversations from the shipped corpus. A conversation never spans two rows;
     one longer than seq_len+1 tokens is truncated by `truncation` (see docs/data.md)."""
     report = report if report is not None else LoadReport()
     adapter = as_tokenizer(tokenizer)
     if conversations is None:
         grouped = translation_conversations(split, languages, min_source_chars=min_source_chars)
+    elif isinstance(conversations, Sequence) and conversations and isinstance(conversations[0], Conversation):
+        grouped = {}
+        for item in conversations:
+            grouped.setdefault(check_language(item.language), []).append(item)
     elif isinstance(conversations, (str, os.PathLike)) or (
             isinstance(conversations, Sequence) and not isinstance(conversations, Mapping)):
         grouped = load_conversations(conversations, on_error=on_error, report=report)
