@@ -75,8 +75,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, int]:
         return os.path.dirname(path), int(os.path.basename(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    steps = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                                  item_names=ITEMS).all_steps()
+    steps = ocp.utils.checkpoint_steps(path)  # finalized steps only: temporary directories are skipped
     if not steps:
         raise FileNotFoundError(f"{path} holds no complete checkpoint (expected step directories with params/)")
     return path, max(steps)

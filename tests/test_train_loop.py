@@ -95,3 +95,18 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     checkpointer.close()
     assert last_good is not None and last_good == len(records)
     assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_a_training_workdir_exports_to_hugging_face(uninterrupted_and_killed, tmp_path):
+    from safetensors.numpy import load_file
+
+    from seallm_jax.checkpoint import load_params
+    from seallm_jax.hf import convert_orbax_to_hf
+
+    reference_dir, _ = uninterrupted_and_killed
+    out = convert_orbax_to_hf(reference_dir, tmp_path / "hf")
+    tensors = load_file(os.path.join(out, "model.safetensors"))
+    params = load_params(reference_dir)
+    np.testing.assert_array_equal(tensors["lm_head.weight"], params["lm_head"]["kernel"].T)
+    np.testing.assert_array_equal(tensors["model.layers.1.mlp.down_proj.weight"],
+                                  params["model"]["layers"]["mlp"]["down_proj"]["kernel"][1].T)

@@ -6,6 +6,7 @@ exactly as if the run had never stopped.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -25,6 +26,9 @@ from seallm_jax.train.data_source import make_source
 from seallm_jax.train.metrics import MetricsWriter, mfu
 from seallm_jax.train.optim import OptimizerWrapper, build_optimizer, build_schedule
 from seallm_jax.train.step import Trainer, TrainState, model_config_from
+
+
+TRAIN_CONFIG_FILE = "train_config.json"
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -78,6 +82,18 @@ def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> Train
     return trainer.init_state(int(config.train.seed), params=params)
 
 
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict, model_config: Any) -> None:
+    """train_config.json (the full run config) and, for `seallm-jax convert orbax-to-hf WORKDIR`,
+    the model's Hugging Face config.json plus the tokenizer files of `init_from`."""
+    with open(os.path.join(workdir, TRAIN_CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json(indent=2))
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(model_config.to_hf(), f, indent=2)
+    if config.model.get("init_from"):
+        from seallm_jax import hf
+        hf.copy_tokenizer_files(config.model.init_from, workdir)
+
+
 def _evaluate(trainer: Trainer, state: TrainState, source: Any, initial_state: dict, num_batches: int) -> float:
     """Mean held-out cross-entropy over the same `num_batches` batches every time."""
     source.restore(initial_state)
@@ -105,12 +121,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     primary = distributed.is_primary()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    if primary:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json(indent=2))
-
     mesh = shd.make_mesh(config.mesh.to_dict())
     model_config = model_config_from(config)
+    if primary:
+        _write_run_files(workdir, config, model_config)
     trainer = Trainer(config, mesh, build_optimizer(config, optimizer_wrapper), build_schedule(config),
                       model_config=model_config)
     train_cfg = config.train
