@@ -61,24 +61,25 @@ def evaluate_pairs(ctx: EvalContext, benchmark: str, data: dict[tuple[str, str],
     mean = sum(v["chrf"] for v in by_pair.values()) / len(by_pair)
     return TaskResult(
         task="chrf", benchmark=benchmark, primary_metric="chrf", by_language=by_pair,
-        overall={"chrf_mean": mean, "n": len(keys)}, compile_count=int(stats["compile_count"]),
-        seconds=stats["seconds"], details={"prompt": "zero-shot completion, first line", "samples": samples},
+        overall={"chrf": mean, "n": len(keys)}, compile_count=int(stats["compile_count"]),
+        seconds=stats["seconds"],
+        details={"prompt": "zero-shot completion, first line", "overall": "mean chrF over pairs", "samples": samples},
     )
 
 
-def flores_data(ctx: EvalContext) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
+def flores_data(ctx: EvalContext) -> tuple[dict[tuple[str, str], tuple[list[str], list[str]]], list[str]]:
+    """Aligned Flores-200 text per pair, and the requested pairs whose files are missing."""
     root = ctx.data_path("flores200")
     languages = [lang for lang in (ctx.languages or list(FLORES_CODES)) if lang in FLORES_CODES]
-    data = {}
+    data, missing = {}, []
     for source, target in language_pairs(languages, ctx.config.translation_directions):
         try:
             sources, targets = read_flores_pair(root, source, target, ctx.config.flores_split)
         except FileNotFoundError:
-            if ctx.languages is not None:  # asked for by name: its absence is an error
-                raise
+            missing.append(f"{source}-{target}")  # reported in the results, not silently dropped
             continue
         data[(source, target)] = (ctx.limited(sources), ctx.limited(targets))
-    return data
+    return data, missing
 
 
 def corpus_data(ctx: EvalContext) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
@@ -95,9 +96,11 @@ def run(ctx: EvalContext) -> list[TaskResult]:
     """Flores-200 when `flores200/` is under --data-dir; always the shipped corpus' parallel split."""
     results = []
     if ctx.data_dir is not None and ctx.data_path("flores200").is_dir():
-        data = flores_data(ctx)
+        data, missing = flores_data(ctx)
         if data:
-            results.append(evaluate_pairs(ctx, f"flores200-{ctx.config.flores_split}", data))
+            result = evaluate_pairs(ctx, f"flores200-{ctx.config.flores_split}", data)
+            result.details["missing_pairs"] = missing
+            results.append(result)
     data = corpus_data(ctx)
     if data:
         results.append(evaluate_pairs(ctx, f"corpus-{ctx.config.corpus_split}", data))
