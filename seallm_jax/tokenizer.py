@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -259,7 +260,10 @@ def load_tokenizer(path: str | os.PathLike | None = None) -> PreTrainedTokenizer
     if (cache_dir / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(cache_dir), local_files_only=True)
     tokenizer = build_qwen2_tokenizer()
-    _write_cache_atomically(tokenizer, cache_dir)
+    try:
+        _write_cache_atomically(tokenizer, cache_dir)
+    except OSError as error:  # a read-only home still gets a working tokenizer, just not a cached one
+        warnings.warn(f"could not cache the Qwen2 tokenizer in {cache_dir}: {error}; set ${CACHE_ENV_VAR}", stacklevel=2)
     return tokenizer
 
 

@@ -140,3 +140,13 @@ def test_local_directory_without_tokenizer_is_a_clear_error(tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_unwritable_cache_warns_and_still_returns_the_tokenizer(qwen2_tokenizer, tmp_path, monkeypatch):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    monkeypatch.setenv(tokenizer_module.CACHE_ENV_VAR, str(not_a_directory))
+    monkeypatch.setattr(tokenizer_module, "build_qwen2_tokenizer", lambda: qwen2_tokenizer)
+    with pytest.warns(UserWarning, match="could not cache"):
+        tokenizer = load_tokenizer()
+    assert tokenizer.encode("Hello, world!") == [9707, 11, 1879, 0]

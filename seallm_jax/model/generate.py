@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from transformers import PreTrainedTokenizerBase
 
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
+
+if TYPE_CHECKING:  # transformers is only needed for the text-level helper's type
+    from transformers import PreTrainedTokenizerBase
 
 Array = jax.Array
 Float = Array  # float arrays (logits); the alias keeps signatures readable
@@ -142,7 +145,7 @@ def generate(
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
-    if not prompts:
+    if len(prompts) == 0:
         raise ValueError("no prompts given")
     vocab_size = model.config.vocab_size
     for row, prompt in enumerate(prompts):
