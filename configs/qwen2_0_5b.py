@@ -1,0 +1,40 @@
+"""Qwen2-0.5B continued pretraining on the SEA corpus, for one GPU node or a TPU slice.
+
+    # 8 GPUs on one node (add `--config.model.init_from=/models/Qwen2-0.5B` to start from the release):
+    seallm-jax train --config configs/qwen2_0_5b.py:gpu --workdir runs/qwen2-0.5b
+    # TPU v4-8 / v5p-8 (run on every worker, e.g. launch/tpu_pod.sh):
+    seallm-jax train --config configs/qwen2_0_5b.py:tpu --workdir gs://BUCKET/runs/qwen2-0.5b
+
+Pure FSDP over all devices (0.5B needs no tensor parallelism: 14 heads and 2 KV heads would not
+split well anyway), bfloat16 compute over float32 master weights, 0.5M tokens per step (128 x 4096)
+in 8 micro-batches so the 152k-vocabulary logits stay small, full remat of each decoder layer.
+`cpu` is a 4-step smoke test of the same recipe at seq_len 128.
+"""
+from seallm_jax.train.config import base_config
+
+PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12, "cpu": 0.0}  # bf16 dense per device: H100 SXM; TPU v5p
+
+
+def get_config(platform: str = "gpu"):
+    if platform not in PEAK_FLOPS:
+        raise ValueError(f"configs/qwen2_0_5b.py:{platform}: expected one of {sorted(PEAK_FLOPS)}")
+    config = base_config()
+    config.model.update(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True,
+        dtype="bfloat16", param_dtype="float32", remat="full",
+        attention_impl="cudnn" if platform == "gpu" else "xla")
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    config.train.update(steps=20000, global_batch_size=128, seq_len=4096, micro_batches=8, log_every=10,
+                        eval_every=500, eval_batches=8, peak_flops=PEAK_FLOPS[platform], z_loss_weight=1e-4)
+    config.optimizer.update(learning_rate=1e-4, warmup_steps=500, schedule="cosine", end_lr_ratio=0.1,
+                            weight_decay=0.1, max_grad_norm=1.0)
+    config.checkpoint.update(every=1000, keep=3)
+    config.data.update(source="corpus", languages=["en", "zh", "id", "vi", "th", "tl", "ms", "my", "km", "lo", "ta", "jv"],
+                       weighting="temperature")
+    if platform == "cpu":
+        config.model.update(dtype="float32", remat="none")
+        config.train.update(steps=4, global_batch_size=2, seq_len=128, micro_batches=1, log_every=1,
+                            eval_every=0)
+    return config
