@@ -9,7 +9,7 @@
 # One process per node drives all of the node's GPUs; seallm_jax.distributed reads the JAX_*
 # variables below and calls jax.distributed.initialize. The workdir must be shared by all nodes.
 set -euo pipefail
-: "${COORDINATOR:?set COORDINATOR=host:port (node 0's address and a free port)}"
+: "${COORDINATOR:?set COORDINATOR=host:port (the address of node 0 and a free port)}"
 : "${NUM_NODES:?set NUM_NODES}"
 : "${NODE_RANK:?set NODE_RANK (0..NUM_NODES-1)}"
 
