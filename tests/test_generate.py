@@ -245,13 +245,29 @@ def test_generate_command_rejects_a_missing_model(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_convert_commands_round_trip_bit_exact(model_dir, tmp_path):
+def test_convert_commands_round_trip_bit_exact_and_generate_reads_orbax(model_dir_with_tokenizer, tmp_path, capsys):
     from safetensors.numpy import load_file
 
-    assert cli_main(["convert", "hf-to-orbax", str(model_dir), str(tmp_path / "ckpt")]) == 0
+    source = Path(model_dir_with_tokenizer)
+    assert cli_main(["convert", "hf-to-orbax", str(source), str(tmp_path / "ckpt")]) == 0
     assert cli_main(["convert", "orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
-    original = load_file(str(Path(model_dir) / "model.safetensors"))
+    original = load_file(str(source / "model.safetensors"))
     exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert original.keys() == exported.keys()
     for name in original:
         np.testing.assert_array_equal(exported[name], original[name], err_msg=name)
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
+
+    capsys.readouterr()
+    completions = []
+    for model_path in (source, tmp_path / "ckpt"):  # HF directory and Orbax checkpoint give the same text
+        args = ["generate", "--model", str(model_path), "--max-new-tokens", str(TEXT_NEW_TOKENS), "--chat", "--json"]
+        assert cli_main(args + ["--prompt", TEXT_PROMPTS[0], "--prompt", TEXT_PROMPTS[1]]) == 0
+        completions.append(capsys.readouterr().out)
+    assert completions[0] == completions[1] and completions[0].count("completion") == 2
+
+
+def test_convert_command_rejects_a_missing_directory(tmp_path, capsys):
+    assert cli_main(["convert", "hf-to-orbax", str(tmp_path / "missing"), str(tmp_path / "ckpt")]) == 2
+    assert "missing is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
