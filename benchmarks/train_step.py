@@ -1,0 +1,174 @@
+"""Tokens/s of one full training step (forward, backward, AdamW) in seallm-jax and in transformers +
+torch.optim.AdamW for the same Qwen2 config, side by side, plus seallm-jax's achieved FLOP/s as a
+fraction of a matmul peak measured in the same run.
+
+    python benchmarks/train_step.py                      # small CPU config, float32
+    python benchmarks/train_step.py --hidden 896 --layers 4 --seq 512 --batch 4
+
+Both frameworks see the same batch, the same model shape and float32; rounds alternate between
+the two so that a shared machine's load affects both alike, and the median round is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--intermediate", type=int, default=768)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--matmul-size", type=int, default=1024)
+    p.add_argument("--json", help="also write the results to this file")
+    return p.parse_args(argv)
+
+
+def matmul_peak(size: int, repeats: int = 10) -> float:
+    """FLOP/s of a jitted float32 [size, size] @ [size, size] on the default JAX device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+
+    @jax.jit
+    def chain(a, b):
+        for _ in range(4):  # several dots per dispatch hide the dispatch overhead
+            a = (a @ b) * (1.0 / size)
+        return a
+    chain(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        chain(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 4 * 2 * size**3 / best
+
+
+class JaxStep:
+    def __init__(self, args, batch):
+        import jax
+
+        from seallm_jax import sharding as shd
+        from seallm_jax.train.config import base_config
+        from seallm_jax.train.optim import build_optimizer, build_schedule
+        from seallm_jax.train.step import Trainer
+
+        config = base_config()
+        config.model.update(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                            num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                            num_key_value_heads=args.kv_heads, tie_word_embeddings=False)
+        config.train.update(global_batch_size=args.batch, seq_len=args.seq, steps=10**6)
+        config.optimizer.update(warmup_steps=0, schedule="constant", weight_decay=0.0, max_grad_norm=1.0)
+        mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+        self.trainer = Trainer(config, mesh, build_optimizer(config), build_schedule(config))
+        self.model_config = self.trainer.model_config
+        self.state = self.trainer.init_state(0)
+        self.batch = self.trainer.put_batch(batch)
+        self.run(1)  # compile
+
+    def run(self, steps: int) -> float:
+        import jax
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.trainer.train_step(self.state, self.batch)
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - start
+
+
+class TorchStep:
+    def __init__(self, args, batch):
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(0)
+        self.torch = torch
+        config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                             num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                             num_key_value_heads=args.kv_heads, tie_word_embeddings=False,
+                             max_position_embeddings=max(args.seq, 128), attn_implementation="sdpa")
+        self.model = Qwen2ForCausalLM(config).float().train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0)
+        # Plain causal batches (one document per row) for both sides: the seallm-jax step gets
+        # segment ids all 1 and positions 0..T-1, which is the same computation.
+        self.input_ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)
+        self.targets = torch.as_tensor(batch["targets"], dtype=torch.long)
+        self.run(1)
+
+    def run(self, steps: int) -> float:
+        torch = self.torch
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.model(input_ids=self.input_ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), self.targets.flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+        return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import jax
+    import torch
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, args.vocab, (args.batch, args.seq + 1)).astype(np.int32)
+    batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:],
+             "loss_mask": np.ones((args.batch, args.seq), np.float32),
+             "segment_ids": np.ones((args.batch, args.seq), np.int32),
+             "positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq)).copy()}
+
+    jax_step, torch_step = JaxStep(args, batch), TorchStep(args, batch)
+    jax_times, torch_times = [], []
+    for _ in range(args.rounds):  # alternate so both see the same machine load
+        jax_times.append(jax_step.run(args.steps))
+        torch_times.append(torch_step.run(args.steps))
+    peak = matmul_peak(args.matmul_size)
+
+    tokens_per_step = args.batch * args.seq
+    jax_tps = tokens_per_step * args.steps / statistics.median(jax_times)
+    torch_tps = tokens_per_step * args.steps / statistics.median(torch_times)
+    flops_per_token = jax_step.model_config.flops_per_token(args.seq)
+    achieved = flops_per_token * jax_tps
+    result = {
+        "config": vars(args) | {"parameters": jax_step.model_config.num_parameters()},
+        "device": str(jax.devices()[0].device_kind), "torch_threads": torch.get_num_threads(),
+        "seallm_jax_tokens_per_s": jax_tps, "transformers_tokens_per_s": torch_tps,
+        "ratio": jax_tps / torch_tps,
+        "flops_per_token": flops_per_token, "seallm_jax_flops_per_s": achieved,
+        "matmul_peak_flops_per_s": peak, "fraction_of_matmul_peak": achieved / peak,
+    }
+    print(f"model: {result['config']['parameters'] / 1e6:.2f}M params, batch {args.batch} x {args.seq}, float32, "
+          f"{result['device']}")
+    print(f"{'':24s}{'tokens/s':>12s}")
+    print(f"{'seallm-jax (jit)':24s}{jax_tps:12.0f}")
+    print(f"{'transformers + AdamW':24s}{torch_tps:12.0f}")
+    print(f"ratio seallm-jax / transformers: {result['ratio']:.2f}x")
+    print(f"seallm-jax achieved {achieved / 1e9:.1f} GFLOP/s = {100 * result['fraction_of_matmul_peak']:.1f}% of the "
+          f"measured float32 matmul peak ({peak / 1e9:.1f} GFLOP/s, {args.matmul_size}^3)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
