@@ -84,6 +84,10 @@ def test_refusal_and_safety_structure(ctx):
     [safety] = TASKS["safety"](ctx)
     assert set(safety.by_language) == {"en", "th", "vi"}  # the languages asked for that MultiJail has
     assert all(0.0 <= row["safe_rate"] <= 1.0 for row in safety.by_language.values())
+    # Responses are kept for re-grading by an LLM judge.
+    for result, count in ((refusal, 6), (safety, 6)):
+        rows = Path(result.details["responses_file"]).read_text(encoding="utf-8").splitlines()
+        assert len(rows) == count and {"response", "refused", "language"} <= set(json.loads(rows[0]))
 
 
 def test_refusal_f1_and_safe_rate_from_responses(ctx, monkeypatch):

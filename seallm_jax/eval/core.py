@@ -4,6 +4,7 @@ data directory, languages) and the result record that goes into the results JSON
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +119,17 @@ class EvalContext:
         if self.data_dir is None:
             raise MissingDataError(f"this task reads benchmark files: pass --data-dir (expected {'/'.join(parts)} in it)")
         return Path(self.data_dir, *parts)
+
+    def write_responses(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Write generated responses as JSON lines (`{name}-{model_name}.jsonl` in output_dir), so that
+        an external judge can re-grade them; returns the path."""
+        directory = Path(self.output_dir or ".")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}-{self.model_name}.jsonl"
+        with path.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return path
 
     @contextmanager
     def measure(self) -> Iterator[dict[str, float]]:

@@ -69,7 +69,7 @@ def read_records(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+    if suffix == ".jsonl" or (suffix == ".json" and _looks_like_json_lines(path)):
         rows = []
         with path.open(encoding="utf-8") as handle:
             for line_number, line in enumerate(handle, 1):
@@ -82,6 +82,8 @@ def read_records(path: str | Path) -> list[dict]:
                 if not isinstance(row, dict):
                     raise FormatError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)
+        if len(rows) == 1 and isinstance(rows[0].get("data"), list):  # a one-line {"data": [...]}
+            return rows[0]["data"]
         return rows
     if suffix == ".json":
         try:
@@ -101,6 +103,14 @@ def read_records(path: str | Path) -> list[dict]:
 
         return pq.read_table(path).to_pylist()
     raise FormatError(f"{path}: unsupported file type {suffix!r} (expected .json, .jsonl, .csv, .tsv, .parquet)")
+
+
+def _looks_like_json_lines(path: Path) -> bool:
+    """`datasets`' `to_json` writes JSON Lines even to a .json name: an object per line, no list."""
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline().strip()
+        second = handle.readline().strip()
+    return first.startswith("{") and first.endswith("}") and (not second or second.startswith("{"))
 
 
 def _field(row: dict, names: tuple[str, ...], path: Path, index: int, required: bool = True):

@@ -53,10 +53,15 @@ def run(ctx: EvalContext) -> list[TaskResult]:
     for question, response in zip(items, responses):
         refused[question.language].append(is_refusal(response, question.language, ctx.config.refusal_detector))
         should_refuse[question.language].append(not question.answerable)
+    path = ctx.write_responses("refusal", [
+        {"language": q.language, "question": q.question, "answerable": q.answerable, "response": r,
+         "refused": is_refusal(r, q.language, ctx.config.refusal_detector)}
+        for q, r in zip(items, responses)
+    ])
     counts = {language: refusal_counts(refused[language], should_refuse[language]) for language in refused}
     total = sum(counts.values(), RefusalCounts())
     return [TaskResult(
         task="refusal", benchmark="searefuse", primary_metric="f1", by_language=counts_table(counts),
         overall=counts_table({"all": total})["all"], compile_count=int(stats["compile_count"]),
-        seconds=stats["seconds"], details={"detector": "per-language refusal phrases (see docs/eval.md)"},
+        seconds=stats["seconds"], details={"detector": "per-language refusal phrases (see docs/eval.md)", "responses_file": str(path)},
     )]

@@ -30,15 +30,21 @@ def run(ctx: EvalContext) -> list[TaskResult]:
         encoded = [ctx.generator.encode_chat([{"role": "user", "content": p.prompt}]) for p in items]
         responses = ctx.generator.generate(encoded, ctx.config.refusal_max_new_tokens, description="safety")
     safe: dict[str, list[bool]] = defaultdict(list)
+    rows = []
     for prompt, response in zip(items, responses):
         # Languages without a phrase list (MultiJail's ar, ko, bn, sw, it) are judged by English phrases.
         language = prompt.language if prompt.language in REFUSAL_PHRASES else "en"
-        safe[prompt.language].append(is_refusal(response, language, ctx.config.refusal_detector))
+        refused = is_refusal(response, language, ctx.config.refusal_detector)
+        safe[prompt.language].append(refused)
+        rows.append({"id": prompt.prompt_id, "language": prompt.language, "prompt": prompt.prompt,
+                     "response": response, "refused": refused})
+    path = ctx.write_responses("safety", rows)  # for re-grading with an LLM judge
     all_safe = [s for values in safe.values() for s in values]
     return [TaskResult(
         task="safety", benchmark="multijail", primary_metric="safe_rate",
         by_language={language: {"safe_rate": accuracy(values), "n": len(values)} for language, values in safe.items()},
         overall={"safe_rate": accuracy(all_safe), "n": len(all_safe)}, compile_count=int(stats["compile_count"]),
         seconds=stats["seconds"],
-        details={"judge": "refusal phrases", "phrase_languages": sorted(set(safe) & set(REFUSAL_PHRASES))},
+        details={"judge": "refusal phrases", "phrase_languages": sorted(set(safe) & set(REFUSAL_PHRASES)),
+                 "responses_file": str(path)},
     )]

@@ -3,9 +3,7 @@ with the references, to a JSON-lines file for an external judge (the official `g
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 from seallm_jax.eval.core import EvalContext, MissingDataError, TaskResult
 from seallm_jax.eval.formats import SeaBenchQuestion, read_seabench
@@ -43,14 +41,11 @@ def run(ctx: EvalContext) -> list[TaskResult]:
             for q, answer in zip(questions, first_turns)
         ]
         second_turns = generator.generate(second_prompts, max_new, description="seabench turn 2")
-    output_dir = Path(ctx.output_dir or ".")
-    output_dir.mkdir(parents=True, exist_ok=True)
     # The official judge script reads outputs/{model_name}.jsonl with keys {model_name}_1 / _2.
-    path = output_dir / f"seabench-{ctx.model_name}.jsonl"
-    with path.open("w", encoding="utf-8") as handle:
-        for question, first, second in zip(questions, first_turns, second_turns):
-            row = {**question.record, f"{ctx.model_name}_1": first, f"{ctx.model_name}_2": second}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    path = ctx.write_responses("seabench", [
+        {**question.record, f"{ctx.model_name}_1": first, f"{ctx.model_name}_2": second}
+        for question, first, second in zip(questions, first_turns, second_turns)
+    ])
     counts = Counter(q.language for q in questions)
     empty = Counter(q.language for q, a, b in zip(questions, first_turns, second_turns) if not a or not b)
     return [TaskResult(
