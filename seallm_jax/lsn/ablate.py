@@ -63,7 +63,7 @@ class AblationResult:
     def table(self) -> str:
         """Perplexity with the relative change from the baseline, one row per deactivated language."""
         relative = self.relative_change()
-        width = max(12, *(len(c) + 2 for c in self.evaluated))
+        width = max(16, *(len(c) + 2 for c in self.evaluated))
         lines = ["deactivated \\ evaluated".ljust(24) + "".join(c.rjust(width) for c in self.evaluated)]
         for i, row in enumerate(self.deactivated):
             label = f"{row} ({self.neurons.get(row, 0)} neurons)" if row != BASELINE else "none (baseline)"
