@@ -42,8 +42,11 @@ def base_config() -> ml_collections.ConfigDict:
     # languages ('proportional' | 'temperature' | 'uniform', see seallm_jax.data.mixture).
     c.data = ml_collections.ConfigDict(dict(source="synthetic", languages=["en", "zh", "id", "vi", "th"],
                                             tokenizer="", weighting="proportional", seed=0))
-    # LSN training: neurons = a neuron-set JSON; set => seallm_jax.lsn.optim.masked wraps the optimizer.
-    c.lsn = ml_collections.ConfigDict(dict(neurons="", languages=[]))
+    # LSN training: neurons = a neuron-set JSON; set => seallm_jax.lsn.optim.masked(optimizer, config)
+    # wraps the optimizer (languages: [] = all in the file; matrices: which FFN matrices train;
+    # attention: PLND attention projections; lean: optimizer state on the gathered neurons only).
+    c.lsn = ml_collections.ConfigDict(dict(neurons="", languages=[], matrices=["gate_proj", "up_proj", "down_proj"],
+                                           attention=[], lean=False))
     # Multi-process: 'auto' (SLURM / TPU pod / JAX_* env vars), 'none' (single process).
     c.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
     return c
