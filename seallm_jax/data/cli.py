@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from seallm_jax.data.corpus import SPLITS, Document, load_corpus, load_files
+from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, mixture_weights
 
 
 def corpus_stats(corpus: dict[str, list[Document]], tokenizer: object | None = None) -> list[dict]:
@@ -24,9 +25,11 @@ def corpus_stats(corpus: dict[str, list[Document]], tokenizer: object | None = N
 
 
 def format_stats(rows: list[dict]) -> str:
-    lines = [f"{'language':<9}{'documents':>11}{'tokens':>11}{'share':>8}"]
+    with_mix = all("mix" in row for row in rows)
+    lines = [f"{'language':<9}{'documents':>11}{'tokens':>11}{'share':>8}" + (f"{'mix':>8}" if with_mix else "")]
     for row in rows:
-        lines.append(f"{row['language']:<9}{row['documents']:>11}{row['tokens']:>11}{row['share']:>8.1%}")
+        lines.append(f"{row['language']:<9}{row['documents']:>11}{row['tokens']:>11}{row['share']:>8.1%}"
+                     + (f"{row['mix']:>8.1%}" if with_mix else ""))
     lines.append(f"{'total':<9}{sum(r['documents'] for r in rows):>11}{sum(r['tokens'] for r in rows):>11}"
                  f"{'100.0%':>8}")
     return "\n".join(lines)
@@ -49,8 +52,15 @@ def _stats(args: argparse.Namespace) -> int:
         from seallm_jax.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
+    rows = corpus_stats(corpus, tokenizer)
+    if args.weighting:
+        # The token shares a stream with this weighting would realize (see seallm_jax.data.mixture).
+        mix = mixture_weights({row["language"]: row["tokens"] for row in rows}, args.weighting,
+                              temperature=args.temperature)
+        for row in rows:
+            row["mix"] = mix.get(row["language"], 0.0)
     print(f"split: {args.split}")
-    print(format_stats(corpus_stats(corpus, tokenizer)))
+    print(format_stats(rows))
     return 0
 
 
@@ -78,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--file", dest="files", action="append", metavar="LANG=PATH",
                        help="count a user corpus instead of the shipped one (repeatable)")
     stats.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: Qwen2)")
+    stats.add_argument("--weighting", choices=["proportional", "temperature", "uniform"],
+                       help="also print the mixture weight per language under this weighting")
+    stats.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     stats.set_defaults(func=_stats)
 
     tfds_parser = commands.add_parser("build-tfds", help="prepare the sea_corpus TFDS dataset offline")

@@ -21,6 +21,7 @@ IM_END = "<|im_end|>"
 # Qwen2's chat template inserts this system message when a conversation has none.
 QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
 Truncation = Literal["turns", "tokens", "drop"]
+TRUNCATION_POLICIES = ("turns", "tokens", "drop")
 # Translation prompts, chosen per pair by a hash so that the choice is stable across runs.
 TRANSLATION_PROMPTS = (
     "Translate the following text into {target}:\n{text}",
@@ -139,6 +140,8 @@ class ChatMLRenderer:
                contents: Sequence[Sequence[int]] | None = None) -> Example | None:
         """The conversation as one example of at most `max_tokens` tokens, or None when the
         truncation policy drops it (counted in `report`)."""
+        if truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"unknown truncation policy {truncation!r}; expected one of {TRUNCATION_POLICIES}")
         pieces = self.message_pieces(conversation, contents)
         tokens = [token for piece in pieces for token in piece[0]]
         mask = [value for piece in pieces for value in piece[1]]
@@ -165,8 +168,6 @@ class ChatMLRenderer:
                 if report is not None:
                     report.truncated += 1
                 return Example(tokens[:max_tokens], mask[:max_tokens], conversation.language)
-        elif truncation != "drop":
-            raise ValueError(f"unknown truncation policy {truncation!r}; expected turns, tokens or drop")
         if report is not None:
             report.dropped_too_long.append(conversation.id)
         return None
