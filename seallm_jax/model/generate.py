@@ -89,11 +89,10 @@ def _generate_jit(
     cache = model.init_cache(batch, prompt_length + max_new_tokens)
     # Positions count real tokens only (as transformers' generate does), so padding does not shift them.
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
-    # Prefill through the decoder stack and apply the LM head to the last position only: full prompt
-    # logits would be [batch, bucket, vocab] (GBs for Qwen2's 152k vocabulary). The padding mask is the
-    # segment id (0 = padding), as Qwen2ForCausalLM passes it.
-    hidden, cache, _ = model.model(input_ids, positions, attention_mask.astype(jnp.int32), cache, None, None)
-    logits = model.logits(hidden[:, -1:])
+    # Prefill with the LM head on the last position only: full prompt logits would be
+    # [batch, bucket, vocab] (GBs for Qwen2's 152k vocabulary).
+    logits, cache = model(input_ids, positions=positions, attention_mask=attention_mask, cache=cache,
+                          last_position_only=True)
 
     def emit(output, step, token, finished):
         token = jnp.where(finished, pad_id, token)  # a finished row emits padding

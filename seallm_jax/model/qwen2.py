@@ -236,15 +236,17 @@ class Qwen2ForCausalLM(nnx.Module):
     def __call__(
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
         attention_mask: Array | None = None, ffn_gate_scale: Array | None = None, cache: KVCache | None = None,
+        last_position_only: bool = False,
     ) -> Array | tuple[Array, KVCache]:
         """Logits [batch, length, vocab]; with a `cache`, `(logits, updated cache)`.
 
         `segment_ids` (0 = padding) packs documents: positions restart per segment and tokens attend
         only within theirs. `attention_mask` (1 = token, 0 = padding) is the Hugging Face form.
+        `last_position_only` gives logits [batch, 1, vocab] for the last position (a prompt's prefill).
         """
         input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, cache)
         hidden, new_cache, _ = self.model(input_ids, positions, segment_ids, cache, ffn_gate_scale, None)
-        logits = self.logits(hidden)
+        logits = self.logits(hidden[:, -1:] if last_position_only else hidden)
         return logits if cache is None else (logits, new_cache)
 
     def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype | str | None = None) -> KVCache:
