@@ -55,6 +55,8 @@ class TokenizerAdapter:
             # The Rust tokenizer directly: the Python wrapper's per-item conversion costs more than
             # the tokenization itself for short texts.
             encoded = [encoding.ids for encoding in backend.encode_batch(unique, add_special_tokens=False)]
+        elif callable(getattr(self.tokenizer, "encode_batch", None)):
+            encoded = [list(ids) for ids in self.tokenizer.encode_batch(unique)]
         else:
             encoded = [list(self.encode(text)) for text in unique]
         by_text = dict(zip(unique, encoded))
@@ -242,8 +244,9 @@ def pretraining_stream(*, languages: Sequence[str] | None = None, split: str | N
                        temperature: float = DEFAULT_TEMPERATURE, token_caps: Mapping[str, int] | None = None,
                        max_epochs: int | None = None, split_documents: bool = True, shuffle: bool = True,
                        eos_id: int | None = None, pad_id: int | None = None) -> PackedStream:
-    """The pretraining / LSN stream over the shipped corpus (or `corpus`: {language: documents or
-    files}); plain arguments so that an ml_collections config can call it directly.
+    """The pretraining / LSN stream over the shipped corpus (or `corpus`: {language: files}, split by
+    `split`, or {language: [Document]}, used as given); plain arguments so that an ml_collections
+    config can call it directly.
 
     `batch_size` is per process; `max_epochs=None` repeats forever (reshuffled every epoch). For
     held-out evaluation use split="validation", max_epochs=1, shuffle=False.
