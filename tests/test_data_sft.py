@@ -136,6 +136,11 @@ def test_translation_conversations_from_the_parallel_corpus(tokenizer):
     thai = grouped["th"][0]
     assert "Thai" in thai.messages[0].content and thai.messages[1].role == "assistant"
     assert any("\u0e00" <= char <= "\u0e7f" for char in thai.messages[1].content)
+    subset = translation_conversations("test", ["th"], max_per_language=10, min_source_chars=30)
+    assert {language: len(items) for language, items in subset.items()} == {"th": 10, "en": 10}
+    assert subset == translation_conversations("test", ["th"], max_per_language=10, min_source_chars=30)
+    longer = translation_conversations("test", ["th"], min_source_chars=30)
+    assert 10 < len(longer["th"]) < len(grouped["th"])
     stream = sft_stream(languages=["th", "km"], split="test", seq_len=256, batch_size=2,
                         tokenizer=tokenizer, weighting="uniform")
     for _ in range(20):

@@ -199,11 +199,12 @@ def sft_examples(conversations: Mapping[str, Sequence[Conversation]], renderer: 
 
 def translation_conversations(split: str = "train", languages: Sequence[str] | None = None, *,
                               pivot: str = "en", both_directions: bool = True,
-                              min_source_chars: int = 0, corpus_dir: str | None = None
-                              ) -> dict[str, list[Conversation]]:
+                              min_source_chars: int = 0, max_per_language: int | None = None,
+                              corpus_dir: str | None = None) -> dict[str, list[Conversation]]:
     """Real translation-instruction conversations from the shipped parallel corpus, grouped by the
     language the assistant writes in. `min_source_chars` keeps longer, sentence-like pairs (a
-    higher-quality subset for a second SFT stage)."""
+    higher-quality subset for a second SFT stage). `max_per_language` keeps a fixed pseudo-random
+    subset of that many conversations per language (fast demos)."""
     available = shipped_languages(corpus_dir)
     languages = [language for language in (languages or available) if language != pivot]
     grouped: dict[str, list[Conversation]] = {}
@@ -221,6 +222,10 @@ def translation_conversations(split: str = "train", languages: Sequence[str] | N
                     (Message("user", prompt), Message("assistant", target_doc.text)), target, key))
     if not grouped:
         raise ValueError(f"empty source: no translation pairs for {languages} in split {split!r}")
+    if max_per_language is not None:
+        # Ordering by a hash of the id picks the same subset on every run and every process.
+        grouped = {language: sorted(items, key=lambda c: hashlib.sha256(c.id.encode()).digest())[:max_per_language]
+                   for language, items in grouped.items()}
     return grouped
 
 
@@ -232,7 +237,8 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | Sequence
                weights: Mapping[str, float] | None = None, temperature: float = DEFAULT_TEMPERATURE,
                token_caps: Mapping[str, int] | None = None, max_epochs: int | None = None,
                truncation: Truncation = "turns", default_system: str | None = QWEN2_DEFAULT_SYSTEM,
-               on_error: OnError = "raise", min_source_chars: int = 0, shuffle: bool = True,
+               on_error: OnError = "raise", min_source_chars: int = 0, max_per_language: int | None = None,
+               shuffle: bool = True,
                report: LoadReport | None = None) -> PackedStream:
     """Packed SFT batches. `conversations`: {language: [Conversation]}, [Conversation], JSON-lines
     path(s), or None for translation conversations from the shipped corpus. A conversation never spans two rows;
@@ -240,7 +246,8 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | Sequence
     report = report if report is not None else LoadReport()
     adapter = as_tokenizer(tokenizer)
     if conversations is None:
-        grouped = translation_conversations(split, languages, min_source_chars=min_source_chars)
+        grouped = translation_conversations(split, languages, min_source_chars=min_source_chars,
+                                            max_per_language=max_per_language)
     elif isinstance(conversations, Sequence) and conversations and isinstance(conversations[0], Conversation):
         grouped = {}
         for item in conversations:
