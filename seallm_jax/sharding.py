@@ -79,7 +79,8 @@ def make_mesh(mesh_config: Mapping[str, Any] | None = None,
     return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def _rules_by_name(rules: Rules) -> dict[str, list[tuple[str, ...]]]:
+def rules_by_name(rules: Rules) -> dict[str, list[tuple[str, ...]]]:
+    """Logical name -> its candidate mesh-axis tuples, in rule order."""
     by_name: dict[str, list[tuple[str, ...]]] = {}
     for name, axes in rules:
         if axes is None:
@@ -100,7 +101,7 @@ def logical_to_spec(logical_axes: LogicalAxes, shape: Sequence[int], mesh: Mesh,
     """
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {logical_axes} do not match shape {tuple(shape)}")
-    by_name = _rules_by_name(rules)
+    by_name = rules_by_name(rules)
     spec: list[Any] = [None] * len(shape)
     used: set[str] = set()
     order = sorted(range(len(shape)), key=lambda i: -shape[i])
@@ -220,20 +221,21 @@ def param_sharding_callback(mesh: Mesh, logical_axes_tree: Any,
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES, ndim: int = 2,
                    batch_size: int | None = None) -> NamedSharding:
     """Sharding of a `[batch, length, ...]` array: batch over the 'batch' rule's mesh axes."""
-    shape = (batch_size if batch_size is not None else _batch_divisor(mesh, rules),) + (1,) * (ndim - 1)
+    shape = (batch_size if batch_size is not None else batch_shard_count(mesh, rules),) + (1,) * (ndim - 1)
     spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), shape, mesh, rules)
     return NamedSharding(mesh, spec)
 
 
-def _batch_divisor(mesh: Mesh, rules: Rules) -> int:
-    axes = _rules_by_name(rules).get("batch", [()])[0]
+def batch_shard_count(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> int:
+    """How many ways the batch dimension is split (the product of the 'batch' rule's mesh axes)."""
+    axes = rules_by_name(rules).get("batch", [()])[0]
     return math.prod(mesh.shape.get(axis, 1) for axis in axes)
 
 
 def process_batch_rows(mesh: Mesh, global_batch_size: int,
                        rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> tuple[int, int]:
     """The contiguous rows [start, stop) of the global batch that this process must load."""
-    divisor = _batch_divisor(mesh, rules)
+    divisor = batch_shard_count(mesh, rules)
     if global_batch_size % divisor:
         raise ValueError(f"global batch size {global_batch_size} is not divisible by the {divisor} "
                          f"devices the batch is sharded over (mesh {dict(mesh.shape)})")

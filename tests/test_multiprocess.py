@@ -1,5 +1,5 @@
 """Multi-process training through the local launcher: 2 processes x 4 CPU devices (gloo) give the
-losses of 1 process x 8 devices, and only process 0 writes logs."""
+losses of 1 process x 8 devices, resume across processes, and only process 0 writes logs."""
 import os
 import subprocess
 import sys
@@ -8,30 +8,41 @@ import numpy as np
 
 from train_helpers import ROOT, cli_env, metrics, train_command
 
-STEPS = ["--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=2",
-         "--config.checkpoint.every=2"]
+# decay_steps pinned so that a 4-step run resumed to 6 steps follows the 6-step run's schedule.
+COMMON = ["--config.train.log_every=1", "--config.train.eval_every=2", "--config.checkpoint.every=2",
+          "--config.optimizer.decay_steps=6"]
 
 
-def launch(workdir, num_processes: int, devices_per_process: int) -> subprocess.Popen:
+def launch(workdir, num_processes: int, devices_per_process: int, steps: int) -> subprocess.Popen:
     command = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num-processes", str(num_processes),
-               "--devices-per-process", str(devices_per_process), "--", *train_command(workdir, *STEPS)]
+               "--devices-per-process", str(devices_per_process), "--",
+               *train_command(workdir, f"--config.train.steps={steps}", *COMMON)]
     return subprocess.Popen(command, env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
-def test_two_processes_give_the_single_process_losses(tmp_path):
-    two, one = tmp_path / "two", tmp_path / "one"
-    processes = [launch(two, 2, 4), launch(one, 1, 8)]
+def finish_all(*processes):
     outputs = [p.communicate(timeout=900)[0] for p in processes]
     for process, out in zip(processes, outputs):
         assert process.returncode == 0, out[-3000:]
-    assert "2 process(es)" in outputs[0] and "over 8 devices" in outputs[0]
-    assert outputs[0].count("completed at step 4") == 1  # only process 0 logs
+    return outputs
+
+
+def test_two_processes_give_the_single_process_losses_and_resume(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    # Two processes stop after 4 steps, while one process runs all 6.
+    two_out, _ = finish_all(launch(two, 2, 4, steps=4), launch(one, 1, 8, steps=6))
+    assert "2 process(es)" in two_out and "over 8 devices" in two_out
+    assert two_out.count("completed at step 4") == 1  # only process 0 logs
+    # Both processes wrote their shards into one checkpoint.
+    assert any(name.startswith("ocdbt.process_1") for name in os.listdir(two / "checkpoints" / "4" / "params"))
+
+    # The two processes resume from step 4 and continue to 6.
+    (resumed_out,) = finish_all(launch(two, 2, 4, steps=6))
+    assert resumed_out.count("resumed from") == 1
     two_records, one_records = metrics(two), metrics(one)
-    assert [r["step"] for r in two_records] == [1, 2, 3, 4]
+    assert [r["step"] for r in two_records] == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([r["loss"] for r in two_records], [r["loss"] for r in one_records], rtol=1e-5)
     np.testing.assert_allclose([r["eval_loss"] for r in two_records if "eval_loss" in r],
                                [r["eval_loss"] for r in one_records if "eval_loss" in r], rtol=1e-5)
-    # Both processes wrote their shards into one checkpoint.
-    assert sorted(os.listdir(two / "checkpoints")) == ["2", "4"]
-    assert any(name.startswith("ocdbt.process_1") for name in os.listdir(two / "checkpoints" / "4" / "params"))
+    assert sorted(os.listdir(two / "checkpoints")) == ["4", "6"]

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from seallm_jax.checkpoint import Checkpointer
+from seallm_jax.checkpoint import Checkpointer, resolve_checkpoint
 from train_helpers import finish, metrics, start, wait_for
 
 STEPS = 60
@@ -61,9 +61,9 @@ def test_half_written_checkpoint_is_never_resumed_from(uninterrupted_and_killed,
     (partial / "params").mkdir(parents=True)
     (partial / "params" / "_METADATA").write_text("{")
     checkpointer = Checkpointer(directory, keep=2)
-    assert checkpointer.latest_step() == STEPS
+    assert checkpointer.latest_step() == STEPS  # what a rerun resumes from
     checkpointer.close()
-    assert not partial.exists()  # removed when the run starts
+    assert resolve_checkpoint(reference_dir) == (str(directory), STEPS)  # what an export reads
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):

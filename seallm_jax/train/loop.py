@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -147,9 +146,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             latest,
             abstract_params=shd.abstract_with_shardings(trainer.abstract_params, trainer.param_shardings),
             abstract_opt_state=shd.abstract_with_shardings(trainer.abstract_state.opt_state, trainer.opt_shardings))
-        rep = shd.replicated(mesh)
-        state = TrainState(step=jax.device_put(jnp.asarray(latest, jnp.int32), rep), params=restored["params"],
-                           opt_state=restored["opt_state"], rng=jax.device_put(jnp.asarray(restored["rng"]), rep))
+        # Host values onto the mesh the multi-process-safe way (every process holds the same value).
+        step_and_rng = shd.place_host_arrays({"step": np.asarray(latest, np.int32), "rng": restored["rng"]},
+                                             {"step": trainer.state_shardings.step, "rng": trainer.state_shardings.rng})
+        state = TrainState(step=step_and_rng["step"], params=restored["params"], opt_state=restored["opt_state"],
+                           rng=step_and_rng["rng"])
         source.restore(restored["meta"]["data_state"])
         writer.truncate_after(latest)
         _log(f"resumed from {checkpointer.directory}/{latest}")

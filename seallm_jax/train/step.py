@@ -76,7 +76,7 @@ def activation_rules(rules: shd.Rules, mesh: Mesh) -> dict[str, Any]:
     Activations never take 'fsdp' on a feature dim ('fsdp' already splits the batch), so each name
     maps to its first rule whose axes do not overlap the batch axes.
     """
-    by_name = shd._rules_by_name(rules)
+    by_name = shd.rules_by_name(rules)
     batch_axes = tuple(a for a in by_name.get("batch", [()])[0] if mesh.shape.get(a, 1) > 1)
     out: dict[str, Any] = {"batch": batch_axes or None}
     for name, options in by_name.items():
@@ -106,6 +106,11 @@ class Trainer:
         if self.global_batch_size % self.settings.micro_batches:
             raise ValueError(f"config.train.global_batch_size={self.global_batch_size} is not divisible by "
                              f"config.train.micro_batches={self.settings.micro_batches}")
+        batch_shards = shd.batch_shard_count(mesh, self.rules)
+        if self.global_batch_size % (batch_shards * self.settings.micro_batches):
+            raise ValueError(f"config.train.global_batch_size={self.global_batch_size} must be a multiple of "
+                             f"micro_batches ({self.settings.micro_batches}) x the {batch_shards} devices the "
+                             f"batch is split over (mesh {dict(mesh.shape)})")
         model = nnx.eval_shape(lambda: Qwen2ForCausalLM(self.model_config, rngs=nnx.Rngs(0)))
         self.graphdef, abstract_state = nnx.split(model, nnx.Param)
         self.abstract_params = abstract_state.to_pure_dict()
