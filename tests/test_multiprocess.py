@@ -1,12 +1,15 @@
 """Multi-process training through the local launcher: 2 processes x 4 CPU devices (gloo) give the
-losses of 1 process x 8 devices, resume across processes, and only process 0 writes logs."""
+losses of 1 process x 8 devices, resume across processes, only process 0 writes logs, and SIGTERM
+(slow test) saves one checkpoint at a step both processes agree on."""
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from train_helpers import ROOT, cli_env, metrics, train_command
+from train_helpers import ROOT, cli_env, metrics, train_command, wait_for
 
 # decay_steps pinned so that a 4-step run resumed to 6 steps follows the 6-step run's schedule.
 COMMON = ["--config.train.log_every=1", "--config.train.eval_every=2", "--config.checkpoint.every=2",
@@ -46,3 +49,16 @@ def test_two_processes_give_the_single_process_losses_and_resume(tmp_path):
     np.testing.assert_allclose([r["eval_loss"] for r in two_records if "eval_loss" in r],
                                [r["eval_loss"] for r in one_records if "eval_loss" in r], rtol=1e-5)
     assert sorted(os.listdir(two / "checkpoints")) == ["4", "6"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_saves_one_checkpoint_at_a_step_all_processes_agree_on(tmp_path):
+    process = launch(tmp_path, 2, 4, steps=100000)
+    wait_for(lambda: len(metrics(tmp_path)) >= 3, process, what="three logged steps")
+    process.send_signal(signal.SIGTERM)  # forwarded to both processes; JAX syncs them to one step
+    out = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, out[-3000:]
+    assert out.count("checkpoint saved at step") == 1
+    saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+    assert os.listdir(tmp_path / "checkpoints") == [str(saved)]
+    assert any(name.startswith("ocdbt.process_1") for name in os.listdir(tmp_path / "checkpoints" / str(saved) / "params"))
