@@ -60,5 +60,5 @@ def test_sigterm_to_the_launcher_saves_one_checkpoint_at_a_step_all_processes_ag
     assert process.returncode == 0, out[-3000:]
     assert out.count("checkpoint saved at step") == 1
     saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
-    assert os.listdir(tmp_path / "checkpoints") == [str(saved)]
+    assert max(int(step) for step in os.listdir(tmp_path / "checkpoints")) == saved
     assert any(name.startswith("ocdbt.process_1") for name in os.listdir(tmp_path / "checkpoints" / str(saved) / "params"))
