@@ -29,9 +29,23 @@ def document_requests(tokens: list[int], window: int, first_token_context: int |
     return requests
 
 
+# Pretraining corpora separate documents with this token (Qwen2, SmolLM2, GPT-2 style vocabularies);
+# chat tokenizers often name <|im_end|> as their EOS instead, which never precedes a document.
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+
+
+def document_start_token(tokenizer) -> int | None:
+    """The token a document follows in pretraining: <|endoftext|> if the vocabulary has it, else BOS, else EOS."""
+    separator = tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)
+    for candidate in (separator, tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return None
+
+
 def evaluate_documents(ctx: EvalContext, benchmark: str, documents: dict[str, list[str]]) -> TaskResult:
     """Token perplexity and bits per UTF-8 byte for each language's documents."""
-    eos = ctx.tokenizer.eos_token_id if ctx.config.score_first_token else None
+    eos = document_start_token(ctx.tokenizer) if ctx.config.score_first_token else None
     window = ctx.scorer.buckets[-1]
     with ctx.measure() as stats:
         requests, owners = [], []
@@ -57,7 +71,7 @@ def evaluate_documents(ctx: EvalContext, benchmark: str, documents: dict[str, li
     return TaskResult(
         task="ppl", benchmark=benchmark, primary_metric="perplexity", by_language=by_language,
         compile_count=int(stats["compile_count"]), seconds=stats["seconds"],
-        details={"window": window, "first_token_scored": eos is not None},
+        details={"window": window, "first_token_context": None if eos is None else ctx.tokenizer.convert_ids_to_tokens(eos)},
     )
 
 
