@@ -218,6 +218,13 @@ def param_sharding_callback(mesh: Mesh, logical_axes_tree: Any,
     return callback
 
 
+def params_sharding_fn(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Callable[[Any], Any]:
+    """`fn(abstract_params) -> NamedSharding tree`, the form `hf.load_pretrained(sharding=...)` takes."""
+    from seallm_jax.model import param_logical_axes
+
+    return lambda abstract_params: tree_shardings(abstract_params, param_logical_axes(abstract_params), mesh, rules)
+
+
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES, ndim: int = 2,
                    batch_size: int | None = None) -> NamedSharding:
     """Sharding of a `[batch, length, ...]` array: batch over the 'batch' rule's mesh axes."""

@@ -86,3 +86,20 @@ def test_host_arrays_and_init_land_directly_in_their_sharding():
 
     callback = shd.param_sharding_callback(m, axes)
     assert callback(("model", "layers", "mlp", "up_proj", "kernel"), (2, 64, 128)).spec == P(None, "fsdp", "tensor")
+
+
+def test_hugging_face_import_lands_on_the_mesh(tmp_path):
+    from flax import nnx
+
+    from seallm_jax import hf
+    from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    params = nnx.state(Qwen2ForCausalLM(config, rngs=nnx.Rngs(0)), nnx.Param).to_pure_dict()
+    hf.save_pretrained((config, params), tmp_path / "hf")
+    m = mesh(fsdp=4, tensor=2)
+    model = hf.load_pretrained(tmp_path / "hf", sharding=shd.params_sharding_fn(m))
+    up = model.model.layers.mlp.up_proj.kernel.value
+    assert up.sharding.spec == P(None, "fsdp", "tensor")
+    np.testing.assert_array_equal(np.asarray(up), np.asarray(params["model"]["layers"]["mlp"]["up_proj"]["kernel"]))
