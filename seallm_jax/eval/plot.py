@@ -1,5 +1,5 @@
 """Compare models: one panel per benchmark found in the results files, grouped bars per language,
-one bar per model, on each benchmark's primary metric.
+one bar per model, on each benchmark's primary metric (bits per byte for perplexity).
 """
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import math
 from pathlib import Path
 
 from seallm_jax.eval.runner import load_results
+
+
+# Token perplexity depends on the tokenizer (a byte-level model and a 150k-vocabulary model split the
+# same text into very different numbers of tokens), so models are compared on bits per byte.
+PLOT_METRIC_OVERRIDES = {"ppl": "bits_per_byte"}
 
 
 def plot_comparison(results_paths: list[str | Path], out: str | Path, labels: list[str] | None = None) -> Path:
@@ -31,7 +36,7 @@ def plot_comparison(results_paths: list[str | Path], out: str | Path, labels: li
     figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.6 * rows), squeeze=False)
     for panel, key in zip(axes.flat, keys):
         present = [(name, results[key]) for name, (_, results) in zip(names, runs) if key in results]
-        metric = present[0][1].primary_metric
+        metric = PLOT_METRIC_OVERRIDES.get(present[0][1].task, present[0][1].primary_metric)
         languages = sorted({lang for _, result in present for lang in result.by_language})
         width = 0.8 / len(present)
         positions = np.arange(len(languages))
@@ -41,8 +46,6 @@ def plot_comparison(results_paths: list[str | Path], out: str | Path, labels: li
         panel.set_xticks(positions, languages, rotation=45 if len(languages) > 8 else 0)
         panel.set_title(key)
         panel.set_ylabel(metric)
-        if metric == "perplexity":
-            panel.set_yscale("log")  # perplexities of different languages differ by orders of magnitude
     for panel in list(axes.flat)[len(keys):]:
         panel.axis("off")
     axes.flat[0].legend(fontsize="small")
