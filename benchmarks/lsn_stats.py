@@ -24,8 +24,10 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` and `seallm_ja
 from benchmarks.check_smollm2_lape import HookedActivationCounter, convert_to_hf, load_torch_model, packed_batches
 
 
-def torch_rows_pass(counter: HookedActivationCounter, batches: list[dict[str, np.ndarray]]) -> int:
-    """The reference's way: full rows through the hooked model (counting only real tokens)."""
+def torch_rows_pass(counter: HookedActivationCounter, batches: list[dict[str, np.ndarray]],
+                    all_logits: bool = False) -> int:
+    """The reference's way: full rows through the hooked model (counting only real tokens). The vLLM-based
+    reference computes only the last position's logits; a plain transformers port computes all of them."""
     import torch
 
     tokens = 0
@@ -33,7 +35,8 @@ def torch_rows_pass(counter: HookedActivationCounter, batches: list[dict[str, np
         for batch in batches:
             mask = torch.from_numpy(batch["segment_ids"] > 0)
             counter.mask = mask
-            counter.model(input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)), logits_to_keep=1)
+            counter.model(input_ids=torch.from_numpy(batch["input_ids"].astype(np.int64)),
+                          logits_to_keep=0 if all_logits else 1)
             tokens += int(mask.sum())
     counter.mask = None
     return tokens
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=6000, help="tokens per language")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--torch-all-logits", action="store_true",
+                        help="also time PyTorch computing logits at every position (a plain transformers port)")
     args = parser.parse_args(argv)
 
     import jax
@@ -84,11 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     torch_tokens = torch_rows_pass(counter, batches)
     torch_s = time.perf_counter() - started
     assert torch_tokens == real_tokens
+    # LAPE's counts are the same either way: the two passes must agree with seallm-jax's up to float ties.
+    difference = np.abs(counter.over_zero.numpy() - stats.active_count[0])
 
     jax_rate, torch_rate = real_tokens / jax_s, real_tokens / torch_s
     print(f"seallm-jax stats pass (LAPE + PLND): {jax_rate:10,.0f} tokens/s ({jax_s:.1f} s; compile {compile_s:.1f} s)")
-    print(f"PyTorch hooked-MLP LAPE counting:    {torch_rate:10,.0f} tokens/s ({torch_s:.1f} s)")
+    print(f"PyTorch hooked-MLP LAPE counting:    {torch_rate:10,.0f} tokens/s ({torch_s:.1f} s; last-position logits)")
     print(f"ratio seallm-jax / PyTorch: {jax_rate / torch_rate:.2f}x")
+    if args.torch_all_logits:
+        started = time.perf_counter()
+        torch_rows_pass(counter, batches, all_logits=True)
+        all_rate = real_tokens / (time.perf_counter() - started)
+        print(f"PyTorch, logits at every position:   {all_rate:10,.0f} tokens/s; ratio {jax_rate / all_rate:.2f}x")
+    print(f"LAPE counts differing from PyTorch's: {int((difference > 0).sum())} of {difference.size} "
+          f"(max {int(difference.max())} tokens)")
     return 0
 
 

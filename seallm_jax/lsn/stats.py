@@ -190,8 +190,11 @@ Batch = Mapping[str, np.ndarray]
 
 
 def default_top_k(intermediate_size: int) -> int:
-    """PLND's per-document top-k default: 5% of the layer's FFN neurons (the reference keeps 12,000 of
-    Llama-3-8B's 14,336 per layer for FFN; we default to a stricter share because our documents are short)."""
+    """PLND's per-document top-k when none is given: 5% of a layer's FFN neurons.
+
+    The reference uses model-specific values (FFN 12,000 of Llama-3-8B's 14,336 neurons per layer, 2,000 for
+    Mistral-7B); a smaller k makes "in the top-k of (nearly) every document" stricter. Pass `top_k` to choose.
+    """
     return max(1, int(round(intermediate_size * DEFAULT_TOP_K_FRACTION)))
 
 
