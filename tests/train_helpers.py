@@ -3,10 +3,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
+# One XLA compilation cache per test session: a rerun of the same config (resume) loads the compiled
+# step instead of compiling it again.
+XLA_CACHE = tempfile.mkdtemp(prefix="seallm-jax-test-xla-cache-")
 
 
 def cli_env(devices: int = 8) -> dict:
@@ -14,6 +18,7 @@ def cli_env(devices: int = 8) -> dict:
     # Backend optimisation level 0 roughly halves XLA's compile time on CPU; every run a test compares
     # uses the same flags, so the comparisons are unaffected.
     env.update(JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=ROOT,
+               JAX_COMPILATION_CACHE_DIR=XLA_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
     return env
 
