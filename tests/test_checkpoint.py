@@ -9,6 +9,7 @@ from seallm_jax.train.config import load_config
 from seallm_jax.train.loop import _initial_state
 from seallm_jax.train.optim import build_optimizer, build_schedule
 from seallm_jax.train.step import Trainer
+from train_helpers import TINY
 
 
 def trainer_on(config, **layout):
@@ -19,7 +20,7 @@ def trainer_on(config, **layout):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    config = load_config("configs/tiny.py")
+    config = load_config(TINY)
     trainer = trainer_on(config, data=1, fsdp=8, tensor=1)
     state = trainer.init_state(0)
     workdir = tmp_path_factory.mktemp("run")
@@ -68,7 +69,7 @@ def test_init_from_hugging_face_places_the_weights_on_the_mesh(saved, tmp_path):
     config, _, params, _ = saved
     model_config = Qwen2Config(**{k: v for k, v in config.model.to_dict().items() if k != "init_from"})
     hf.save_pretrained((model_config, params), tmp_path / "hf")
-    config = load_config("configs/tiny.py", [f"--config.model.init_from={tmp_path / 'hf'}"])
+    config = load_config(TINY, [f"--config.model.init_from={tmp_path / 'hf'}"])
     trainer = trainer_on(config, data=1, fsdp=4, tensor=2)
     state = _initial_state(trainer, config)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)

@@ -1,14 +1,17 @@
 """Config files and `--config.KEY=VALUE` overrides; the shipped recipes describe the real models."""
+import os
+
 import pytest
 
 from seallm_jax.train.config import load_config
 from seallm_jax.train.step import model_config_from
+from train_helpers import CONFIGS, TINY
 
 
 def test_overrides_follow_the_field_types():
-    config = load_config("configs/tiny.py", ["--config.train.steps=7", "--config.optimizer.learning_rate=1",
-                                             "--config.data.languages=th,vi", "--config.lsn.lean=true",
-                                             "--config.model.init_from", "/models/x"])
+    config = load_config(TINY, ["--config.train.steps=7", "--config.optimizer.learning_rate=1",
+                                "--config.data.languages=th,vi", "--config.lsn.lean=true",
+                                "--config.model.init_from", "/models/x"])
     assert config.train.steps == 7
     assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
     assert list(config.data.languages) == ["th", "vi"]
@@ -18,17 +21,17 @@ def test_overrides_follow_the_field_types():
 
 def test_unknown_or_mistyped_overrides_are_errors_that_name_the_key():
     with pytest.raises(KeyError, match="no such field"):
-        load_config("configs/tiny.py", ["--config.train.stpes=7"])
+        load_config(TINY, ["--config.train.stpes=7"])
     with pytest.raises(TypeError, match="--config.train.steps=many"):
-        load_config("configs/tiny.py", ["--config.train.steps=many"])
+        load_config(TINY, ["--config.train.steps=many"])
     with pytest.raises(ValueError, match="--config.KEY=VALUE"):
-        load_config("configs/tiny.py", ["--steps=7"])
+        load_config(TINY, ["--steps=7"])
 
 
-@pytest.mark.parametrize("spec, billions", [("configs/qwen2_0_5b.py:gpu", 0.494), ("configs/qwen2_0_5b.py:tpu", 0.494),
-                                            ("configs/qwen2_7b.py:gpu", 7.616), ("configs/qwen2_7b.py:tpu", 7.616)])
+@pytest.mark.parametrize("spec, billions", [("qwen2_0_5b.py:gpu", 0.494), ("qwen2_0_5b.py:tpu", 0.494),
+                                            ("qwen2_7b.py:gpu", 7.616), ("qwen2_7b.py:tpu", 7.616)])
 def test_recipes_are_the_published_model_sizes(spec, billions):
-    config = load_config(spec)
+    config = load_config(os.path.join(CONFIGS, spec))
     assert model_config_from(config).num_parameters() / 1e9 == pytest.approx(billions, abs=1e-3)
     assert config.model.param_dtype == "float32" and config.model.dtype == "bfloat16"
     assert config.train.global_batch_size % config.train.micro_batches == 0
@@ -36,4 +39,4 @@ def test_recipes_are_the_published_model_sizes(spec, billions):
 
 def test_a_recipe_rejects_an_unknown_platform():
     with pytest.raises(ValueError, match="expected one of"):
-        load_config("configs/qwen2_7b.py:cpu")
+        load_config(os.path.join(CONFIGS, "qwen2_7b.py:cpu"))

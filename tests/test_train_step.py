@@ -12,12 +12,13 @@ from seallm_jax.train.config import load_config
 from seallm_jax.train.data_source import SyntheticSource
 from seallm_jax.train.optim import build_optimizer, build_schedule, weight_decay_mask
 from seallm_jax.train.step import Trainer, cross_entropy_sums
+from train_helpers import TINY
 
 STEPS = 3
 
 
 def tiny_config(**train):
-    config = load_config("configs/tiny.py")
+    config = load_config(TINY)
     config.train.update(**train)
     return config
 

@@ -7,7 +7,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
+CONFIGS = os.path.join(ROOT, "configs")
+TINY = os.path.join(CONFIGS, "tiny.py")
 # One XLA compilation cache per test session: a rerun of the same config (resume) loads the compiled
 # step instead of compiling it again.
 XLA_CACHE = tempfile.mkdtemp(prefix="seallm-jax-test-xla-cache-")
