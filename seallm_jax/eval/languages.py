@@ -4,21 +4,8 @@ Codes are the project's ISO 639-1 codes (en, zh, id, vi, th, tl, ms, my, km, lo,
 """
 from __future__ import annotations
 
-# Code -> English name, used in prompts ("Translate the following Thai text ...") and tables.
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English",
-    "zh": "Chinese",
-    "id": "Indonesian",
-    "vi": "Vietnamese",
-    "th": "Thai",
-    "tl": "Tagalog",
-    "ms": "Malay",
-    "my": "Burmese",
-    "km": "Khmer",
-    "lo": "Lao",
-    "ta": "Tamil",
-    "jv": "Javanese",
-}
+# Code -> English name, used in prompts and tables; the data package owns the table and the check.
+from seallm_jax.data.corpus import LANGUAGE_NAMES, check_language
 
 # Code -> Flores-200 file stem (`flores200_dataset/dev/tha_Thai.dev`).
 FLORES_CODES: dict[str, str] = {
@@ -65,9 +52,4 @@ def language_name(code: str) -> str:
 
 def check_languages(codes: list[str]) -> list[str]:
     """Validate user-given language codes; an unknown code lists the known ones."""
-    unknown = [code for code in codes if code not in LANGUAGE_NAMES]
-    if unknown:
-        raise ValueError(
-            f"unknown language code(s) {unknown}; known codes: {', '.join(LANGUAGE_NAMES)}"
-        )
-    return codes
+    return [check_language(code, "--languages") for code in codes]
