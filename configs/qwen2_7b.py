@@ -10,7 +10,8 @@
 GPU: FSDP over the 8 GPUs of a node (NVLink) and data parallelism across nodes (data=-1), so only
 gradient all-reduces cross the slower network; TPU: FSDP over the whole slice (ICI everywhere).
 float32 master weights + AdamW = 16 bytes/parameter (~122 GB) split over the FSDP axis; bfloat16
-compute; full remat; 1M tokens per step (256 x 4096) in 16 micro-batches.
+compute; full remat; 1M tokens per step (256 x 4096) in 8 micro-batches (one row per device per
+micro-batch on 32 devices: global_batch_size must be a multiple of micro_batches x batch devices).
 """
 from seallm_jax.train.config import base_config
 
@@ -31,7 +32,7 @@ def get_config(platform: str = "gpu"):
         config.mesh.update(data=-1, fsdp=8, tensor=1)
     else:
         config.mesh.update(data=1, fsdp=-1, tensor=1)
-    config.train.update(steps=10000, global_batch_size=256, seq_len=4096, micro_batches=16, log_every=10,
+    config.train.update(steps=10000, global_batch_size=256, seq_len=4096, micro_batches=8, log_every=10,
                         eval_every=500, eval_batches=8, peak_flops=PEAK_FLOPS[platform], z_loss_weight=1e-4)
     config.optimizer.update(learning_rate=3e-5, warmup_steps=200, schedule="cosine", end_lr_ratio=0.1,
                             weight_decay=0.1, max_grad_norm=1.0)

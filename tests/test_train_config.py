@@ -40,3 +40,12 @@ def test_recipes_are_the_published_model_sizes(spec, billions):
 def test_a_recipe_rejects_an_unknown_platform():
     with pytest.raises(ValueError, match="expected one of"):
         load_config(os.path.join(CONFIGS, "qwen2_7b.py:cpu"))
+
+
+@pytest.mark.parametrize("spec, batch_devices", [("qwen2_0_5b.py:gpu", 8), ("qwen2_0_5b.py:tpu", 4),
+                                                 ("qwen2_7b.py:gpu", 32), ("qwen2_7b.py:tpu", 32)])
+def test_recipe_batches_split_evenly_on_their_target_hardware(spec, batch_devices):
+    # 8 GPUs; TPU v4-8 (4 chips); 4 nodes x 8 GPUs; TPU v5p-64 (32 chips): every device gets whole rows
+    # of every micro-batch.
+    train = load_config(os.path.join(CONFIGS, spec)).train
+    assert train.global_batch_size % (train.micro_batches * batch_devices) == 0
