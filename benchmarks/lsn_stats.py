@@ -8,6 +8,8 @@ head, every layer's FFN probed inside the layer scan (LAPE counts, PLND importan
 PyTorch: the transformers model with each MLP's forward replaced by a counting one (what the LAPE reference
 does to its model), rows fed as they are (the reference reshapes concatenated text into full rows) and only
 the last position's logits computed (the reference generates one token). Prints tokens/s and the ratio.
+The PyTorch rows attend across the packed documents (as the reference's concatenated rows do), so its counts
+differ from seallm-jax's segment-aware ones; `benchmarks/check_smollm2_lape.py` compares counts per document.
 """
 from __future__ import annotations
 
@@ -89,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     torch_tokens = torch_rows_pass(counter, batches)
     torch_s = time.perf_counter() - started
     assert torch_tokens == real_tokens
-    # LAPE's counts are the same either way: the two passes must agree with seallm-jax's up to float ties.
-    difference = np.abs(counter.over_zero.numpy() - stats.active_count[0])
 
     jax_rate, torch_rate = real_tokens / jax_s, real_tokens / torch_s
     print(f"seallm-jax stats pass (LAPE + PLND): {jax_rate:10,.0f} tokens/s ({jax_s:.1f} s; compile {compile_s:.1f} s)")
@@ -101,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         torch_rows_pass(counter, batches, all_logits=True)
         all_rate = real_tokens / (time.perf_counter() - started)
         print(f"PyTorch, logits at every position:   {all_rate:10,.0f} tokens/s; ratio {jax_rate / all_rate:.2f}x")
-    print(f"LAPE counts differing from PyTorch's: {int((difference > 0).sum())} of {difference.size} "
-          f"(max {int(difference.max())} tokens)")
     return 0
 
 
