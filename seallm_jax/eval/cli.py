@@ -69,21 +69,18 @@ def parse_mesh(spec: str) -> dict[str, int]:
 def load_model(path: str, dtype: str, mesh=None):
     """The model from a Hugging Face directory or an Orbax checkpoint, sharded over `mesh` if given."""
     from seallm_jax import hf
-    from seallm_jax.model import param_logical_axes
-    from seallm_jax.sharding import place_host_arrays, tree_shardings
+    from seallm_jax.sharding import params_sharding_fn, place_host_arrays
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory {path} does not exist")
-
-    def shardings(abstract):
-        return tree_shardings(abstract, param_logical_axes(abstract), mesh)
+    shardings = params_sharding_fn(mesh) if mesh is not None else None
 
     if os.path.isfile(os.path.join(path, "config.json")) and any(
         name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in os.listdir(path)
     ):
-        return hf.load_pretrained(path, dtype=dtype, sharding=shardings if mesh is not None else None)
+        return hf.load_pretrained(path, dtype=dtype, sharding=shardings)
     config, params = hf.load_orbax(path)
-    if mesh is not None:
+    if shardings is not None:
         import jax
 
         params = place_host_arrays(jax.device_get(params), shardings(params))
