@@ -190,6 +190,22 @@ def load_pretrained(
     return model_from_params(config, place_params(params, sharding))
 
 
+def load_model(
+    path: str | os.PathLike, *, dtype: str = "float32",
+    sharding: Params | Callable[[Params], Params] | None = None,
+) -> Qwen2ForCausalLM:
+    """A model from any directory seallm-jax writes or reads: a Hugging Face directory
+    (safetensors), an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir (latest step)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    if any(name.endswith(".safetensors") or name == SAFETENSORS_INDEX for name in os.listdir(path)):
+        return load_pretrained(path, dtype=dtype, sharding=sharding)
+    config, params = load_orbax(path)
+    params = place_params(jax.device_get(params), sharding)
+    return model_from_params(config.replace(dtype=dtype), params)
+
+
 # ---- writing --------------------------------------------------------------------------------------
 
 

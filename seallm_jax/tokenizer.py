@@ -273,6 +273,15 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, subset: bool = True
     return tokenizer
 
 
+def tokenizer_for(model_dir: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None):
+    """`tokenizer` if given; else the model directory's own tokenizer files; else the built-in Qwen2 one."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if model_dir is not None and Path(model_dir).is_dir() and has_tokenizer_files(model_dir):
+        return load_tokenizer(model_dir)
+    return load_tokenizer()
+
+
 def _write_cache_atomically(tokenizer: PreTrainedTokenizerFast, cache_dir: Path) -> None:
     """Writes into a temporary sibling directory and renames it, so a reader never sees half a cache."""
     cache_dir.parent.mkdir(parents=True, exist_ok=True)

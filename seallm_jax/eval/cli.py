@@ -66,27 +66,6 @@ def parse_mesh(spec: str) -> dict[str, int]:
     return sizes
 
 
-def load_model(path: str, dtype: str, mesh=None):
-    """The model from a Hugging Face directory or an Orbax checkpoint, sharded over `mesh` if given."""
-    from seallm_jax import hf
-    from seallm_jax.sharding import params_sharding_fn, place_host_arrays
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory {path} does not exist")
-    shardings = params_sharding_fn(mesh) if mesh is not None else None
-
-    if os.path.isfile(os.path.join(path, "config.json")) and any(
-        name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in os.listdir(path)
-    ):
-        return hf.load_pretrained(path, dtype=dtype, sharding=shardings)
-    config, params = hf.load_orbax(path)
-    if shardings is not None:
-        import jax
-
-        params = place_host_arrays(jax.device_get(params), shardings(params))
-    return hf.model_from_params(config.replace(dtype=dtype), params)
-
-
 def _run_eval(args: argparse.Namespace) -> int:
     from seallm_jax.eval.core import EvalConfig, EvalContext, MissingDataError
     from seallm_jax.eval.formats import FormatError
@@ -94,7 +73,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     from seallm_jax.eval.languages import check_languages
     from seallm_jax.eval.runner import check_data, parse_tasks, results_document, run_tasks, save_results
     from seallm_jax.eval.scoring import ScoringConfig
-    from seallm_jax.tokenizer import has_tokenizer_files, load_tokenizer
+    from seallm_jax.hf import load_model
+    from seallm_jax.sharding import params_sharding_fn
+    from seallm_jax.tokenizer import tokenizer_for
 
     if not args.model:
         return _fail("--model is required (or use `seallm-jax eval plot RESULTS.json ... --out PNG`)")
@@ -120,9 +101,9 @@ def _run_eval(args: argparse.Namespace) -> int:
             model_name=model_name, mesh=mesh,
         )
         check_data(ctx, tasks)  # before the (slow) model load
-        ctx.model = load_model(args.model, args.dtype, mesh)
-        tokenizer_dir = args.tokenizer or (args.model if has_tokenizer_files(args.model) else None)
-        ctx.tokenizer = load_tokenizer(tokenizer_dir)
+        ctx.model = load_model(args.model, dtype=args.dtype,
+                               sharding=params_sharding_fn(mesh) if mesh is not None else None)
+        ctx.tokenizer = tokenizer_for(args.model, args.tokenizer)
         results = run_tasks(ctx, tasks, table_stream=sys.stdout)
     except (MissingDataError, FormatError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))

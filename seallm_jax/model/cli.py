@@ -74,27 +74,14 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
-def load_model_dir(path: str, dtype: str = "float32"):
-    """A Qwen2ForCausalLM from a Hugging Face directory (safetensors) or an Orbax checkpoint / workdir."""
-    from seallm_jax import hf
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory {path} does not exist")
-    has_safetensors = any(name.endswith(".safetensors") or name == hf.SAFETENSORS_INDEX for name in os.listdir(path))
-    if has_safetensors:
-        return hf.load_pretrained(path, dtype=dtype)
-    config, params = hf.load_orbax(path)
-    return hf.model_from_params(config.replace(dtype=dtype), params)
-
-
 def _generate(args: argparse.Namespace) -> int:
     from seallm_jax.model.generate import generate_text
-    from seallm_jax.tokenizer import has_tokenizer_files, load_tokenizer
+    from seallm_jax.hf import load_model
+    from seallm_jax.tokenizer import tokenizer_for
 
     try:
-        model = load_model_dir(args.model, args.dtype)
-        tokenizer_dir = args.tokenizer or (args.model if has_tokenizer_files(args.model) else None)
-        tokenizer = load_tokenizer(tokenizer_dir)
+        model = load_model(args.model, dtype=args.dtype)
+        tokenizer = tokenizer_for(args.model, args.tokenizer)
         completions = generate_text(
             model, tokenizer, args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
