@@ -19,7 +19,9 @@ from seallm_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 def base_config() -> ml_collections.ConfigDict:
     """Every field a training run reads, with its default; recipes override what they need."""
     c = ml_collections.ConfigDict()
-    # Qwen2Config fields, plus init_from: a Hugging Face directory to start from ('' = random init).
+    # Qwen2Config fields, plus init_from: a model to start from ('' = random init): a Hugging Face
+    # directory, an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir (its latest step);
+    # with init_from the architecture comes from its config.json.
     c.model = ml_collections.ConfigDict(dict(
         init_from="", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
@@ -37,11 +39,20 @@ def base_config() -> ml_collections.ConfigDict:
         decay_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
     # source: 'synthetic' (random documents of arithmetic token sequences, learnable; tests and
-    # benchmarks) or 'corpus' (the shipped SEA corpus / TFDS, seallm_jax.data).
-    # corpus: tokenizer ('' = the bundled Qwen2 tokenizer), weighting of
-    # languages ('proportional' | 'temperature' | 'uniform', see seallm_jax.data.mixture).
+    # benchmarks), 'corpus' (the shipped SEA corpus / TFDS, seallm_jax.data) or 'sft' (ChatML
+    # conversations, loss on assistant tokens; seallm_jax.data.sft.sft_stream).
+    # corpus and sft: tokenizer ('' = the bundled Qwen2 tokenizer; a directory may hold a vocabulary
+    # subset), weighting of languages ('proportional' | 'temperature' | 'uniform', see
+    # seallm_jax.data.mixture) with `temperature` T for p ∝ n^(1/T).
+    # sft only: files = JSON-lines conversation files ([] = translation conversations built from the
+    # shipped parallel corpus); min_source_chars = keep translation pairs whose source has at least
+    # this many characters (0 = all; a higher-quality subset); max_per_language = a fixed subset of at
+    # most this many conversations per language (0 = all); truncation of a conversation longer than
+    # a row: 'turns' | 'tokens' | 'drop' (docs/data.md).
     c.data = ml_collections.ConfigDict(dict(source="synthetic", languages=["en", "zh", "id", "vi", "th"],
-                                            tokenizer="", weighting="proportional", seed=0))
+                                            tokenizer="", weighting="proportional", temperature=3.0, seed=0,
+                                            files=[], min_source_chars=0, max_per_language=0,
+                                            truncation="turns"))
     # LSN training: neurons = a neuron-set JSON; set => seallm_jax.lsn.optim.masked(optimizer, config)
     # wraps the optimizer (languages: [] = all in the file; matrices: which FFN matrices train;
     # attention: PLND attention projections; lean: optimizer state on the gathered neurons only).

@@ -5,11 +5,16 @@ exposes `state()` / `restore(state)`: a JSON-serialisable position saved with ev
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Protocol
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ml_collections
 import numpy as np
+
+if TYPE_CHECKING:
+    from seallm_jax.data.vocabulary import VocabularySubset
 
 
 class BatchSource(Protocol):
@@ -81,7 +86,9 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     """The batch source for `split` ('train' or 'eval') of `config.data.source`.
 
     'corpus' is the data package's packing stream (`seallm_jax.data.stream.pretraining_stream`) over
-    the shipped corpus, this process reading its own shard of documents.
+    the shipped corpus, this process reading its own shard of documents. 'sft' is its chat stream
+    (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines conversations) or, when empty,
+    translation conversations from the shipped parallel corpus; 'eval' reads the validation split.
     """
     source = config.data.source
     global_batch = int(config.train.global_batch_size)
@@ -90,13 +97,61 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
         seed = int(config.data.seed) * 2 + (1 if split == "eval" else 0)
         return SyntheticSource(vocab_size=vocab_size, seq_len=int(config.train.seq_len), global_batch_size=global_batch,
                                row_start=row_start, row_stop=row_stop, seed=seed)
+    rows = row_stop - row_start
+    data = config.data
+    data_split = "validation" if split == "eval" else "train"
     if source == "corpus":
         from seallm_jax.data.stream import pretraining_stream
-        rows = row_stop - row_start
-        data = config.data
         return pretraining_stream(
-            languages=list(data.languages) or None, split="validation" if split == "eval" else "train",
+            languages=list(data.languages) or None, split=data_split,
             seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
             tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
             weighting=data.weighting)
-    raise ValueError(f"config.data.source={source!r}: expected 'synthetic' or 'corpus'")
+    if source == "sft":
+        from seallm_jax.data.sft import load_conversations, sft_stream
+        # User files are split by the same id hash as the shipped corpus, so held-out loss is on
+        # conversations never trained on.
+        conversations = load_conversations(list(data.files), split=data_split) if data.files else None
+        max_per_language = int(data.max_per_language)
+        return sft_stream(
+            conversations=conversations, languages=list(data.languages) or None, split=data_split,
+            seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
+            tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
+            weighting=data.weighting, temperature=float(data.temperature), truncation=data.truncation,
+            min_source_chars=int(data.min_source_chars), max_per_language=max_per_language or None)
+    raise ValueError(f"config.data.source={source!r}: expected 'synthetic', 'corpus' or 'sft'")
+
+
+def sft_vocabulary(directory: str | os.PathLike, *, languages: Sequence[str] | None = None,
+                   max_per_language: int | None = None, min_source_chars: Sequence[int] = (0,)) -> "VocabularySubset":
+    """Save to `directory` the Qwen2 vocabulary subset of the shipped translation conversations that
+    these settings select (train and validation splits, each `min_source_chars` value: one
+    vocabulary for every SFT stage), unless it is already there; returns it (`len()` is the model's
+    vocab_size, `eos_token_id` its end-of-text id).
+
+    A tiny CPU model trains in seconds on a few thousand rows of embedding instead of 151,936.
+    """
+    from seallm_jax.data.sft import ROLES, QWEN2_DEFAULT_SYSTEM, translation_conversations
+    from seallm_jax.data.vocabulary import FILE_NAME, VocabularySubset
+    from seallm_jax.tokenizer import load_tokenizer
+
+    directory = os.fspath(directory)
+    saved = os.path.join(directory, FILE_NAME)
+    if not os.path.exists(saved):
+        # The renderer encodes each message content and each role header on its own: exactly these texts.
+        texts = [f"{role}\n" for role in ROLES] + ["\n", QWEN2_DEFAULT_SYSTEM]
+        for split in ("train", "validation"):
+            for chars in min_source_chars:
+                grouped = translation_conversations(split, languages, min_source_chars=chars,
+                                                    max_per_language=max_per_language)
+                texts += [m.content for items in grouped.values() for c in items for m in c.messages]
+        subset = VocabularySubset.from_texts(load_tokenizer(), texts)
+        # Written beside, then renamed: concurrent processes never read a half-written subset.
+        staging = f"{directory}.tmp-{os.getpid()}"
+        subset.save_pretrained(staging)
+        os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+        try:
+            os.rename(staging, directory)
+        except OSError:  # another process saved it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return VocabularySubset.load(directory)

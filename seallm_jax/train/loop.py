@@ -75,22 +75,30 @@ def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> Train
         return trainer.init_state(int(config.train.seed))
     from seallm_jax import hf
     # Every process reads the tensors on the host; each device receives only its own shard.
-    host_params = hf.read_params(init_from, trainer.model_config, trainer.abstract_params)
+    if os.path.isdir(os.path.join(init_from, CHECKPOINT_SUBDIR)) or os.path.isdir(os.path.join(init_from, hf.ORBAX_PARAMS)):
+        # A training workdir (its latest step, e.g. SFT stage 1) or a `convert hf-to-orbax` directory:
+        # the parameters only; the optimizer state and the step start afresh.
+        _, restored = hf.load_orbax(init_from, param_dtype=trainer.model_config.param_dtype)
+        host_params, kind = jax.device_get(restored), "Orbax checkpoint"
+    else:
+        host_params, kind = hf.read_params(init_from, trainer.model_config, trainer.abstract_params), "Hugging Face checkpoint"
     params = shd.place_host_arrays(host_params, trainer.param_shardings)
-    _log(f"initialised from Hugging Face checkpoint {init_from}")
+    _log(f"initialised from {kind} {init_from}")
     return trainer.init_state(int(config.train.seed), params=params)
 
 
 def _write_run_files(workdir: str, config: ml_collections.ConfigDict, model_config: Any) -> None:
     """train_config.json (the full run config) and, for `seallm-jax convert orbax-to-hf WORKDIR`,
-    the model's Hugging Face config.json plus the tokenizer files of `init_from`."""
+    the model's Hugging Face config.json plus the tokenizer files of `init_from` (or of `data.tokenizer`)."""
     with open(os.path.join(workdir, TRAIN_CONFIG_FILE), "w", encoding="utf-8") as f:
         f.write(config.to_json(indent=2))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(model_config.to_hf(), f, indent=2)
-    if config.model.get("init_from"):
-        from seallm_jax import hf
-        hf.copy_tokenizer_files(config.model.init_from, workdir)
+    from seallm_jax import hf
+    # The tokenizer of the model started from, else the run's own tokenizer directory (e.g. a
+    # vocabulary subset), so that the workdir is a complete model for the next stage or an export.
+    if not (config.model.get("init_from") and hf.copy_tokenizer_files(config.model.init_from, workdir)):
+        hf.copy_tokenizer_files(config.data.get("tokenizer") or None, workdir)
 
 
 def _evaluate(trainer: Trainer, state: TrainState, source: Any, initial_state: dict, num_batches: int) -> float:
@@ -179,6 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     interval_start, interval_steps = time.perf_counter(), 0
     status = "completed"
     step = start
+    in_flight = None  # the loss of the newest dispatched step (progress bar only)
 
     def flush() -> dict[str, float] | None:
         """Fetch pending step metrics; stop on a non-finite loss before anything is saved."""
@@ -224,7 +233,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             pending.append((step, metrics))
             interval_steps += 1
             if progress is not None:
-                progress.update(1)
+                # Count a step when it has finished, keeping one step in flight: dispatch is
+                # asynchronous, and counting dispatches would make the bar and its ETA jump.
+                if in_flight is not None:
+                    jax.block_until_ready(in_flight)
+                    progress.update(1)
+                in_flight = metrics["loss"]
             if step == start + 1:
                 # The first step includes compilation: keep it out of the throughput figures.
                 jax.block_until_ready(metrics)
@@ -263,6 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     finally:
         stop.uninstall()
         if progress is not None:
+            progress.update(step - progress.n)
             progress.close()
         writer.close()
         checkpointer.close()
