@@ -5,6 +5,7 @@ both directions. Weights are read from safetensors only (never pickle / `torch.l
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -221,22 +222,25 @@ def hf_tensors(params: Params, config: Qwen2Config) -> Iterator[tuple[str, np.nd
             yield name, np.ascontiguousarray(tensor.T if transposed else tensor)
 
 
-def _atomic_directory(path: str) -> tuple[str, Callable[[], None]]:
-    """A temporary sibling directory to write into, and the rename that publishes it whole."""
+@contextlib.contextmanager
+def _atomic_directory(path: str) -> Iterator[str]:
+    """Yields a temporary sibling directory to write into; on success it replaces `path` whole,
+    on failure it is removed: a reader never sees a half-written export."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-
-    def commit() -> None:
-        if os.path.exists(path):
-            backup = staging + ".old"
-            os.rename(path, backup)
-            os.rename(staging, path)
-            shutil.rmtree(backup)
-        else:
-            os.rename(staging, path)
-
-    return staging, commit
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if os.path.exists(path):
+        backup = staging + ".old"
+        os.rename(path, backup)
+        os.rename(staging, path)
+        shutil.rmtree(backup)
+    else:
+        os.rename(staging, path)
 
 
 def copy_tokenizer_files(source: str | os.PathLike | None, destination: str) -> list[str]:
@@ -266,8 +270,7 @@ def save_pretrained(
     else:
         config, params = model.config, nnx.state(model, nnx.Param).to_pure_dict()
     path = os.fspath(path)
-    staging, commit = _atomic_directory(path)
-    try:
+    with _atomic_directory(path) as staging:
         shards: list[dict[str, np.ndarray]] = [{}]
         shard_bytes = 0
         for name, tensor in hf_tensors(params, config):
@@ -307,10 +310,6 @@ def save_pretrained(
             save_tokenizer_files(tokenizer, staging)
         else:
             copy_tokenizer_files(tokenizer, staging)
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 
@@ -328,18 +327,13 @@ def _orbax_checkpointer():
 def save_orbax(config: Qwen2Config, params: Params, ckpt_dir: str | os.PathLike, *, tokenizer_dir: str | None = None) -> str:
     """An Orbax parameter checkpoint plus the HF config.json (and tokenizer files) beside it."""
     ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))
-    staging, commit = _atomic_directory(ckpt_dir)
-    try:
+    with _atomic_directory(ckpt_dir) as staging:
         checkpointer = _orbax_checkpointer()
         checkpointer.save(os.path.join(staging, ORBAX_PARAMS), params)
         checkpointer.wait_until_finished()
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config.to_hf(), f, indent=2)
         copy_tokenizer_files(tokenizer_dir, staging)
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ckpt_dir
 
 
