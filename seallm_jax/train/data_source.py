@@ -106,7 +106,7 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
             languages=list(data.languages) or None, split=data_split,
             seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
             tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
-            weighting=data.weighting)
+            weighting=data.weighting, temperature=float(data.temperature))
     if source == "sft":
         from seallm_jax.data.sft import load_conversations, sft_stream
         # User files are split by the same id hash as the shipped corpus, so held-out loss is on
