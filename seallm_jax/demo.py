@@ -90,7 +90,6 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     from seallm_jax.data import load_corpus
     from seallm_jax.data.vocabulary import VocabularySubset
     from seallm_jax.lsn.inputs import batches_by_language
-    from seallm_jax.lsn.neurons import NeuronSet
     from seallm_jax.lsn.select import LapeConfig, plot_neuron_heatmap, select_lape
     from seallm_jax.lsn.stats import compute_statistics
     from seallm_jax.tokenizer import load_tokenizer

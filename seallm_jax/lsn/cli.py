@@ -114,15 +114,17 @@ def _rows_per_process(batch_size: int, mesh) -> int:
 
 
 def _prepare(args: argparse.Namespace, languages: list[str]):
+    from seallm_jax.hf import load_model
     from seallm_jax.lsn import inputs
+    from seallm_jax.tokenizer import tokenizer_for
 
     files = inputs.parse_data_args(args.data)
     unused = sorted(set(files) - set(languages))
     if unused:
         raise ValueError(f"--data given for {unused}, which --languages does not list ({','.join(languages)})")
     mesh = _mesh_from(args)
-    model = inputs.load_model(args.model, dtype=args.dtype)
-    tokenizer = inputs.resolve_tokenizer(args.model, args.tokenizer)
+    model = load_model(args.model, dtype=args.dtype)
+    tokenizer = tokenizer_for(args.model, args.tokenizer)
     streams = inputs.batches_by_language(
         languages, tokenizer=tokenizer, split=args.split, files=files, seq_len=args.seq_len,
         batch_size=_rows_per_process(args.batch_size, mesh),

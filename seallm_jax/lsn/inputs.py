@@ -1,45 +1,19 @@
-"""Inputs of the LSN commands: a model from a local directory, and per-language packed batches.
+"""Inputs of the LSN commands: per-language packed batches of text.
 
 Text comes from the shipped corpus (default) or user files (`LANG=PATH`), packed by `seallm_jax.data`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 
 from seallm_jax.lsn.stats import Batch
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8  # rows per process
-
-
-def load_model(path: str | os.PathLike, *, dtype: str = "float32") -> nnx.Module:
-    """A Qwen2ForCausalLM from a Hugging Face directory (config.json + safetensors) or an Orbax checkpoint."""
-    from seallm_jax import hf
-
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return hf.load_pretrained(path, dtype=dtype)
-    if path.is_dir():
-        config, params = hf.load_orbax(path, dtype=dtype)
-        return hf.model_from_params(config, params)
-    raise FileNotFoundError(f"model {path}: not a directory with config.json (Hugging Face) or an Orbax checkpoint")
-
-
-def resolve_tokenizer(model_dir: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None):
-    """`tokenizer` if given; else the model directory's own tokenizer; else the built-in Qwen2 one."""
-    from seallm_jax.tokenizer import has_tokenizer_files, load_tokenizer
-
-    if tokenizer is not None:
-        return load_tokenizer(tokenizer)
-    if model_dir is not None and Path(model_dir).is_dir() and has_tokenizer_files(Path(model_dir)):
-        return load_tokenizer(model_dir)
-    return load_tokenizer()
 
 
 def parse_data_args(items: Sequence[str] | None) -> dict[str, list[str]]:

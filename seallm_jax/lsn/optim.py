@@ -297,22 +297,32 @@ def trainable_count(params: Params, groups: Sequence[UnitGroup]) -> tuple[int, i
     return trainable, total
 
 
-def masked(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
-    """The training engine's hook: wrap `optimizer` per `config.lsn`.
+def _comma_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return list(value or ())
 
-    Reads config.lsn.neurons (neuron-set JSON), .languages (list or comma string; empty = all in the file),
-    .matrices (default gate/up/down), .attention (default none), .lean (default False).
-    """
+
+def _settings(config: Any) -> dict[str, Any]:
+    """config.lsn as masked-optimizer arguments: neurons (neuron-set JSON), languages (list or comma
+    string; empty = all in the file), matrices (default gate/up/down), attention (default none), lean."""
     lsn = config.lsn
-    neuron_set = NeuronSet.load(lsn.neurons)
-    languages = lsn.get("languages") or None
-    if isinstance(languages, str):
-        languages = [lang.strip() for lang in languages.split(",") if lang.strip()]
-    matrices = lsn.get("matrices") or FFN_MATRICES
-    if isinstance(matrices, str):
-        matrices = [m.strip() for m in matrices.split(",") if m.strip()]
-    attention = lsn.get("attention") or ()
-    if isinstance(attention, str):
-        attention = [p.strip() for p in attention.split(",") if p.strip()]
-    return lsn_masked(optimizer, neuron_set, languages=languages, matrices=tuple(matrices),
-                      attention=tuple(attention), lean=bool(lsn.get("lean", False)))
+    return dict(neuron_set=NeuronSet.load(lsn.neurons), languages=_comma_list(lsn.get("languages")) or None,
+                matrices=tuple(_comma_list(lsn.get("matrices")) or FFN_MATRICES),
+                attention=tuple(_comma_list(lsn.get("attention"))), lean=bool(lsn.get("lean", False)))
+
+
+def masked(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
+    """The training engine's hook: wrap `optimizer` per `config.lsn` (see `_settings`)."""
+    return lsn_masked(optimizer, **_settings(config))
+
+
+def trainable_summary(config: Any, params: Params) -> str:
+    """The line the training loop prints at the start of LSN training: what trains, and how much of the model."""
+    settings = _settings(config)
+    groups = trainable_groups(settings["neuron_set"], settings["languages"], settings["matrices"],
+                              settings["attention"], params=params)
+    trainable, total = trainable_count(params, groups)
+    languages = ",".join(settings["languages"] or settings["neuron_set"].languages)
+    return (f"LSN: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%): "
+            f"the neurons of {languages} in {'/'.join(settings['matrices'])}; everything else stays bit-identical")

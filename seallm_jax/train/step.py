@@ -6,7 +6,7 @@ so it does not depend on the mesh, the number of processes or the micro-batch sp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from seallm_jax import sharding as shd
 from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, param_logical_axes
