@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 from seallm_jax.data.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
 from seallm_jax.data.vocabulary import VocabularySubset
+from seallm_jax.errors import CheckpointError
 from seallm_jax.model.config import Qwen2Config
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
 
@@ -54,10 +55,6 @@ TOKENIZER_FILES = (
 )
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-
-
-class CheckpointError(ValueError):
-    """A Hugging Face checkpoint that does not fit the model: names the tensor and the problem."""
 
 
 def abstract_model(config: Qwen2Config) -> Qwen2ForCausalLM:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Mapping, Sequence
 
 from seallm_jax import LANGUAGES
+from seallm_jax.errors import DataFormatError
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 SPLITS = ("train", "validation", "test")
@@ -27,10 +28,6 @@ LANGUAGE_NAMES: dict[str, str] = {
     "jv": "Javanese",
 }
 OnError = Literal["raise", "skip"]
-
-
-class DataFormatError(ValueError):
-    """Malformed input data; the message names the file and line."""
 
 
 @dataclass(frozen=True)

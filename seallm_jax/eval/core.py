@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from transformers import PreTrainedTokenizerBase
 
+from seallm_jax.errors import MissingDataError
 from seallm_jax.eval.generation import BatchGenerator, GenerationConfig
 from seallm_jax.eval.refusal import RefusalDetectorConfig
 from seallm_jax.eval.scoring import LoglikelihoodScorer, ScoringConfig
@@ -76,10 +77,6 @@ class TaskResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TaskResult":
         return cls(**data)
-
-
-class MissingDataError(FileNotFoundError):
-    """A task's benchmark files are not under --data-dir; the message says where they should be."""
 
 
 @dataclasses.dataclass

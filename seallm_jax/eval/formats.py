@@ -9,11 +9,12 @@ import json
 import re
 from pathlib import Path
 
+from seallm_jax.errors import DataFormatError
 from seallm_jax.eval.languages import FLORES_CODES, language_from_name
 from seallm_jax.eval.numbers import parse_number
 
 
-class FormatError(ValueError):
+class FormatError(DataFormatError):
     """A benchmark file that does not have the expected format; the message names file and entry."""
 
 

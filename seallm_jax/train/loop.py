@@ -35,26 +35,34 @@ class TrainingDivergedError(FloatingPointError):
 
 
 class _StopRequest:
-    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step boundary."""
+    """SIGTERM (preemption) or Ctrl-C (SIGINT) sets a flag; the loop saves a checkpoint at the next
+    step boundary. A second Ctrl-C interrupts at once, as Python's default handler does."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def install(self) -> None:
-        # JAX's multi-process runtime has its own preemption notifier (see _preempted); a Python
-        # handler is only installed for single-process runs, and only from the main thread.
+        # JAX's multi-process runtime has its own preemption notifier (see _preempted); Python
+        # handlers are only installed for single-process runs, and only from the main thread.
         if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
             return
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def _log(message: str) -> None:
@@ -229,6 +237,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             if _preempted(stop, checkpointer, step):
                 flush()
                 save(step)
+                if stop.signal == signal.SIGINT:
+                    checkpointer.wait()
+                    raise KeyboardInterrupt(f"checkpoint saved at step {step} in {checkpointer.directory}; "
+                                            "rerun the same command to resume")
                 status = "preempted"
                 _log(f"preempted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume")
                 break
@@ -250,9 +262,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 interval_start, interval_steps = time.perf_counter(), 0
             is_log = step % log_every == 0 or step == total_steps
             is_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or step == total_steps
-            if not (is_log or is_ckpt):
+            is_eval = eval_source is not None and step % eval_every == 0
+            if not (is_log or is_ckpt or is_eval):
                 continue
             last = flush()
+            record: dict[str, float] = {}
             if is_log and last is not None:
                 elapsed = time.perf_counter() - interval_start
                 record = {k: last[k] for k in ("loss", "grad_norm", "learning_rate", "z_loss") if k in last}
@@ -260,20 +274,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                     tokens_per_s = interval_steps * tokens_per_step / elapsed
                     record["tokens_per_s"] = tokens_per_s
                     record["mfu"] = mfu(flops_per_token, tokens_per_s, float(train_cfg.peak_flops), jax.device_count())
-                if eval_source is not None and step % eval_every == 0:
-                    eval_losses[step] = record["eval_loss"] = _evaluate(trainer, state, eval_source, eval_initial,
-                                                                        eval_batches)
+                interval_start, interval_steps = time.perf_counter(), 0
+            if is_eval:
+                eval_losses[step] = record["eval_loss"] = _evaluate(trainer, state, eval_source, eval_initial,
+                                                                    eval_batches)
+            if record:
                 writer.write(step, record)
                 if on_step is not None:
                     on_step(step, record)
                 if progress is not None:
-                    postfix = {"loss": f"{record['loss']:.4f}"}
+                    postfix = {}
+                    if "loss" in record:
+                        postfix["loss"] = f"{record['loss']:.4f}"
                     if "tokens_per_s" in record:
                         postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
                     if "eval_loss" in record:
                         postfix["eval"] = f"{record['eval_loss']:.4f}"
                     progress.set_postfix(postfix, refresh=False)
-                interval_start, interval_steps = time.perf_counter(), 0
             if is_ckpt:
                 save(step)
         else:

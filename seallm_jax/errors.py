@@ -1,0 +1,72 @@
+"""The errors a user can fix, and nothing else.
+
+Every error that the person at the keyboard can fix (a missing file, a malformed config, a language
+the data does not have, a mesh that does not fit the devices) is a `UserError`. The command line
+prints its message in one line, `seallm-jax <command>: error: <message>`, and exits 2; anything
+else is a bug and keeps its traceback (exit 1). Library callers catch `UserError` the same way.
+
+Each subclass also derives from the built-in exception it used to be (`ValueError`,
+`FileNotFoundError`), so `except ValueError` in existing code keeps working.
+
+This module imports nothing heavy: the command line uses it before JAX is loaded.
+"""
+from __future__ import annotations
+
+import os
+
+
+class UserError(Exception):
+    """Bad input the user can fix; the message names the culprit and, where it helps, the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A model or training config that cannot be used (unknown key, unsupported value, bad mesh)."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model: names the file or tensor."""
+
+
+class DataFormatError(UserError, ValueError):
+    """Malformed input data; the message names the file and line."""
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """Data the command needs is not where it was asked to be; the message says where to put it."""
+
+
+class UnknownLanguageError(UserError, ValueError):
+    """A language code that the corpus, the neuron file or the task does not have."""
+
+
+def require_file(path: str | os.PathLike, what: str) -> str:
+    """`path` as a string if it is a non-empty regular file; otherwise a `UserError` naming `what`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MissingDataError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path!r} is a directory, not a file")
+    if os.path.getsize(path) == 0:
+        raise DataFormatError(f"{what} {path!r} is empty")
+    return path
+
+
+def require_dir(path: str | os.PathLike, what: str) -> str:
+    """`path` as a string if it is an existing directory; otherwise a `UserError` naming `what`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MissingDataError(f"{what} {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise UserError(f"{what} {path!r} is a file, not a directory")
+    return path
+
+
+def check_languages(asked: list[str] | tuple[str, ...], available, where: str) -> list[str]:
+    """`asked` if every code is in `available`; otherwise an `UnknownLanguageError` listing both."""
+    available = list(available)
+    missing = [code for code in asked if code not in available]
+    if missing:
+        raise UnknownLanguageError(
+            f"{where} has no language {', '.join(missing)}; it has: {', '.join(available) or 'none'}"
+        )
+    return list(asked)
