@@ -13,6 +13,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from seallm_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axes) pairs, tried in order for each dimension (largest dimension first). A name
@@ -41,15 +43,15 @@ def _mesh_shape(mesh_config: Mapping[str, int], num_devices: int, what: str) -> 
     sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
     unknown = [axis for axis, size in zip(MESH_AXES, sizes) if size == -1]
     if len(unknown) > 1:
-        raise ValueError(f"{what}: only one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(f"{what}: only one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     fixed = math.prod(size for size in sizes if size != -1)
     if unknown:
         if num_devices % fixed:
-            raise ValueError(f"{what}: {num_devices} devices are not divisible by the fixed axes "
+            raise ConfigError(f"{what}: {num_devices} devices are not divisible by the fixed axes "
                              f"{dict(zip(MESH_AXES, sizes))}")
         sizes[sizes.index(-1)] = num_devices // fixed
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"{what}: mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+        raise ConfigError(f"{what}: mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                          f"but {num_devices} are available")
     return tuple(sizes)
 
@@ -244,7 +246,7 @@ def process_batch_rows(mesh: Mesh, global_batch_size: int,
     """The contiguous rows [start, stop) of the global batch that this process must load."""
     divisor = batch_shard_count(mesh, rules)
     if global_batch_size % divisor:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {divisor} "
+        raise ConfigError(f"global batch size {global_batch_size} is not divisible by the {divisor} "
                          f"devices the batch is sharded over (mesh {dict(mesh.shape)})")
     sharding = batch_sharding(mesh, rules, batch_size=global_batch_size)
     rows = sorted({(index[0].start or 0, index[0].stop or global_batch_size)
@@ -252,7 +254,7 @@ def process_batch_rows(mesh: Mesh, global_batch_size: int,
     start, stop = rows[0][0], rows[-1][1]
     covered = sum(b - a for a, b in rows)
     if covered != stop - start:
-        raise ValueError(f"this process's batch rows {rows} are not contiguous; reorder the mesh "
+        raise ConfigError(f"this process's batch rows {rows} are not contiguous; reorder the mesh "
                          "so that each process's devices are neighbours along the batch axes")
     return start, stop
 

@@ -10,10 +10,32 @@ import json
 import os
 from typing import Any
 
+from seallm_jax.errors import ConfigError, MissingDataError
+
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict in a `config.json` (given as the file or its directory); a malformed or missing file
+    is a `UserError` that names it (and, for bad JSON, the line and column)."""
+    path = os.fspath(path)
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        where = f"{path!r} has no config.json" if os.path.isdir(path) else f"{file!r} does not exist"
+        raise MissingDataError(f"{where}: expected a Hugging Face model directory (config.json + safetensors)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{file} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} holds a JSON {type(data).__name__}, expected an object of model fields")
+    return data
 
 @dataclasses.dataclass(frozen=True)
 class Qwen2Config:
@@ -42,19 +64,19 @@ class Qwen2Config:
 
     def __post_init__(self):
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                 f"({self.num_attention_heads}); set head_dim explicitly"
             )
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
+            raise ConfigError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+            raise ConfigError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
 
     @property
     def head_size(self) -> int:
@@ -83,35 +105,29 @@ class Qwen2Config:
     def from_hf(cls, hf_config: dict[str, Any] | str | os.PathLike, **overrides: Any) -> "Qwen2Config":
         """From a `config.json` dict, or the path of a file or of a directory that holds one."""
         if not isinstance(hf_config, dict):
-            path = os.fspath(hf_config)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"no config.json at {path}")
-            with open(path, encoding="utf-8") as f:
-                hf_config = json.load(f)
+            hf_config = read_config_json(hf_config)
         architectures = hf_config.get("architectures") or []
         model_type = hf_config.get("model_type", "qwen2")
         if model_type not in SUPPORTED_ARCHITECTURES.values() or (
             architectures and architectures[0] not in SUPPORTED_ARCHITECTURES
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"unsupported architecture {architectures or model_type!r}: seallm-jax supports "
                 f"{sorted(SUPPORTED_ARCHITECTURES)}"
             )
         rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
-            raise ValueError(f"unsupported rope_type {rope_type!r} in config.json: only the default rotary embedding is implemented")
+            raise ConfigError(f"unsupported rope_type {rope_type!r} in config.json: only the default rotary embedding is implemented")
         rope_theta = rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))
         if model_type == "mistral" and hf_config.get("sliding_window"):
-            raise ValueError("Mistral with sliding_window attention is not supported (set sliding_window to null)")
+            raise ConfigError("Mistral with sliding_window attention is not supported (set sliding_window to null)")
         if model_type == "qwen2" and hf_config.get("use_sliding_window"):
-            raise ValueError("use_sliding_window=true is not supported")
+            raise ConfigError("use_sliding_window=true is not supported")
         if hf_config.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {hf_config['hidden_act']!r}: expected 'silu'")
+            raise ConfigError(f"unsupported hidden_act {hf_config['hidden_act']!r}: expected 'silu'")
         if hf_config.get("mlp_bias"):
-            raise ValueError("mlp_bias=true is not supported")
+            raise ConfigError("mlp_bias=true is not supported")
         attention_bias = hf_config.get("attention_bias", model_type == "qwen2")
         num_heads = hf_config["num_attention_heads"]
         head_dim = hf_config.get("head_dim")

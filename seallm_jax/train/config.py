@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from seallm_jax.errors import ConfigError, MissingDataError
 from seallm_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 
 
@@ -67,14 +68,14 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     """Load `path.py[:arg]` and apply `--config.a.b=value` overrides (types follow the defaults)."""
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise MissingDataError(f"config file {path} does not exist")
     module_name = f"_seallm_config_{abs(hash(os.path.abspath(path)))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise AttributeError(f"config file {path} has no get_config()")
+        raise ConfigError(f"config file {path} has no get_config()")
     config = module.get_config(arg) if arg else module.get_config()
     apply_overrides(config, overrides)
     return config
@@ -99,11 +100,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     while i < len(items):
         item = items[i]
         if not item.startswith("--config."):
-            raise ValueError(f"unrecognized argument {item!r}: overrides look like --config.KEY=VALUE")
+            raise ConfigError(f"unrecognized argument {item!r}: overrides look like --config.KEY=VALUE")
         key, eq, value = item[len("--config."):].partition("=")
         if not eq:
             if i + 1 >= len(items):
-                raise ValueError(f"override {item} has no value")
+                raise ConfigError(f"override {item} has no value")
             value = items[i + 1]
             i += 1
         i += 1
@@ -115,10 +116,10 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     node = config
     for part in parents:
         if part not in node:
-            raise KeyError(f"--config.{key}: config has no section {part!r}")
+            raise ConfigError(f"--config.{key}: config has no section {part!r}")
         node = node[part]
     if leaf not in node:
-        raise KeyError(f"--config.{key}: no such field (known in this section: {sorted(node.keys())})")
+        raise ConfigError(f"--config.{key}: no such field (known in this section: {sorted(node.keys())})")
     current = node[leaf]
     value = _parse_value(text)
     if isinstance(current, str) and not isinstance(value, str):
@@ -130,4 +131,4 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     try:
         node[leaf] = value
     except TypeError as error:
-        raise TypeError(f"--config.{key}={text}: {error}") from None
+        raise ConfigError(f"--config.{key}={text}: {error}") from None
