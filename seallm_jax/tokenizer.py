@@ -19,6 +19,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from seallm_jax.errors import MissingDataError, UserError
+
 # Qwen2's pre-tokenization pattern (from Qwen's `tokenization_qwen.py` / Qwen2 `tokenizer.json`).
 # Unlike cl100k it splits digits one by one (`\p{N}`, not `\p{N}{1,3}`).
 QWEN2_PATTERN = (
@@ -74,6 +76,34 @@ QWEN2_CHAT_TEMPLATE = (
 _BUILD_VERSION = 1
 CACHE_ENV_VAR = "SEALLM_JAX_CACHE"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+
+def special_token_id(tokenizer, token: str) -> int | None:
+    """The id of `token` in the tokenizer's vocabulary (added tokens included), or None.
+
+    The one way this library resolves special tokens. It looks the token up in the vocabulary
+    instead of using `convert_tokens_to_ids`, which returns the unknown token's id for a missing
+    token, and which some tokenizers make ambiguous: SmolLM2's `<|endoftext|>` is id 0 and also its
+    unk token, so an "is it the unk id?" check would reject the real separator.
+    Tokenizers without a vocabulary (a plain `encode` callable) have no special tokens: None.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return None
+    token_id = get_vocab().get(token)
+    return None if token_id is None else int(token_id)
+
+
+def document_separator_id(tokenizer) -> int | None:
+    """The token that separates (precedes or follows) documents in pretraining: `<|endoftext|>` if
+    the vocabulary has it (Qwen2, SmolLM2, GPT-2-style vocabularies), else BOS, else EOS. Chat
+    tokenizers often name `<|im_end|>` as their EOS, which never separates documents, hence BOS first."""
+    separator = special_token_id(tokenizer, ENDOFTEXT)
+    for candidate in (separator, getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    return None
 
 
 def qwen2_ranks_path() -> Path:
@@ -234,14 +264,14 @@ def has_tokenizer_files(directory: str | os.PathLike) -> bool:
 
 def _load_local(path: Path) -> PreTrainedTokenizerFast:
     if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+        raise MissingDataError(f"tokenizer directory {path} does not exist")
     if not has_tokenizer_files(path):
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"{path} holds no Hugging Face tokenizer (expected one of {', '.join(_TOKENIZER_FILES)})"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise TypeError(
+        raise UserError(
             f"the tokenizer in {path} loaded as {type(tokenizer).__name__}, not a fast (tokenizers-backed) "
             "tokenizer; add its tokenizer.json"
         )

@@ -58,3 +58,22 @@ def torch_logits(model: transformers.PreTrainedModel, input_ids: np.ndarray, **k
     with torch.no_grad():
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in kwargs.items()}
         return model(torch.as_tensor(np.asarray(input_ids)), **tensors).logits.float().numpy()
+
+
+def save_smollm2_style_tokenizer(directory) -> "transformers.PreTrainedTokenizerFast":
+    """A byte-level tokenizer laid out like SmolLM2's (Llama-family, GPT-2 style): `<|endoftext|>` is
+    id 0 *and* the unk token, `<|im_start|>`/`<|im_end|>` are ids 1 and 2, then the 256 bytes.
+    Built offline with `tokenizers` and saved as a Hugging Face directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(specials + sorted(byte_chars))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<|endoftext|>", bos_token="<|im_start|>", eos_token="<|im_end|>",
+        additional_special_tokens=specials)
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer

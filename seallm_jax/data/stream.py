@@ -12,10 +12,9 @@ import numpy as np
 from seallm_jax.data.corpus import Document, LoadReport, load_corpus, load_files
 from seallm_jax.data.mixture import (DEFAULT_TEMPERATURE, Example, ExampleSource, Mixture, WeightMethod,
                                      mixture_weights)
+from seallm_jax.errors import DataFormatError
 
 Encode = Callable[[str], list]
-# The document separator Qwen2 was pretrained with.
-ENDOFTEXT = "<|endoftext|>"
 STATE_VERSION = 1
 Batch = dict[str, np.ndarray]
 
@@ -36,16 +35,24 @@ class TokenizerAdapter:
         else:
             raise TypeError(f"tokenizer must be a transformers tokenizer, have .encode, or be callable; "
                             f"got {type(tokenizer).__name__}")
-        self.eos_id = eos_id if eos_id is not None else self.special_id(ENDOFTEXT, required=False)
+        self.eos_id = eos_id if eos_id is not None else self._document_separator()
+
+    def _document_separator(self) -> int | None:
+        if not self._is_hf:
+            return None
+        from seallm_jax.tokenizer import document_separator_id
+
+        return document_separator_id(self.tokenizer)
 
     def special_id(self, token: str, *, required: bool = True) -> int | None:
-        if self._is_hf:
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != getattr(self.tokenizer, "unk_token_id", None):
-                return token_id
-        if required:
-            raise ValueError(f"cannot find the id of {token!r} in this tokenizer; pass it explicitly")
-        return None
+        """The id of a special token such as `<|im_start|>` (see `tokenizer.special_token_id`)."""
+        from seallm_jax.tokenizer import special_token_id
+
+        token_id = special_token_id(self.tokenizer, token) if self._is_hf else None
+        if token_id is None and required:
+            raise DataFormatError(f"the tokenizer has no {token!r} token; this data needs a tokenizer with it "
+                                  "(Qwen2's has it), or pass its id explicitly")
+        return token_id
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode many texts at once; each distinct text is encoded once."""
@@ -193,7 +200,8 @@ class PackedStream:
 def document_examples(documents: Sequence[Document], tokenizer: TokenizerAdapter) -> list[Example]:
     """Pretraining examples: the document's tokens then <|endoftext|>, every target counted."""
     if tokenizer.eos_id is None:
-        raise ValueError("the tokenizer has no <|endoftext|>; pass eos_id= to separate documents")
+        raise DataFormatError("the tokenizer has no <|endoftext|>, BOS or EOS token to separate documents; "
+                              "pass eos_id= explicitly")
     examples = []
     for document, tokens in zip(documents, tokenizer.encode_batch([doc.text for doc in documents])):
         tokens = list(tokens) + [tokenizer.eos_id]

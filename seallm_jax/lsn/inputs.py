@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from seallm_jax.lsn.stats import Batch
+from seallm_jax.tokenizer import document_separator_id
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 8  # rows per process
@@ -51,18 +52,9 @@ def language_batches(language: str, *, tokenizer, split: str | None = "train",
     corpus = {language: list(files)} if files else None
     return pretraining_stream(
         languages=[language], split=split if not files else None, seq_len=seq_len, batch_size=batch_size,
-        tokenizer=tokenizer, corpus=corpus, max_epochs=1, split_documents=False, eos_id=document_separator(tokenizer),
+        tokenizer=tokenizer, corpus=corpus, max_epochs=1, split_documents=False, eos_id=document_separator_id(tokenizer),
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
-
-
-def document_separator(tokenizer) -> int | None:
-    """Id of <|endoftext|> (else the tokenizer's eos). Looked up directly: some tokenizer classes (e.g.
-    transformers' Qwen2Tokenizer without an explicit unk_token) report it as their unk token too."""
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    if "<|endoftext|>" in vocab:
-        return int(vocab["<|endoftext|>"])
-    return getattr(tokenizer, "eos_token_id", None)
 
 
 def batches_by_language(languages: Sequence[str], *, tokenizer, split: str | None,

@@ -10,6 +10,7 @@ from seallm_jax.eval.core import EvalContext, MissingDataError, TaskResult
 from seallm_jax.eval.formats import read_records
 from seallm_jax.eval.metrics import bits_per_byte, perplexity
 from seallm_jax.eval.scoring import ScoreRequest
+from seallm_jax.tokenizer import document_separator_id
 
 
 def document_requests(tokens: list[int], window: int, first_token_context: int | None) -> list[ScoreRequest]:
@@ -29,23 +30,9 @@ def document_requests(tokens: list[int], window: int, first_token_context: int |
     return requests
 
 
-# Pretraining corpora separate documents with this token (Qwen2, SmolLM2, GPT-2 style vocabularies);
-# chat tokenizers often name <|im_end|> as their EOS instead, which never precedes a document.
-DOCUMENT_SEPARATOR = "<|endoftext|>"
-
-
-def document_start_token(tokenizer) -> int | None:
-    """The token a document follows in pretraining: <|endoftext|> if the vocabulary has it, else BOS, else EOS."""
-    separator = tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)
-    for candidate in (separator, tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return None
-
-
 def evaluate_documents(ctx: EvalContext, benchmark: str, documents: dict[str, list[str]]) -> TaskResult:
     """Token perplexity and bits per UTF-8 byte for each language's documents."""
-    eos = document_start_token(ctx.tokenizer) if ctx.config.score_first_token else None
+    eos = document_separator_id(ctx.tokenizer) if ctx.config.score_first_token else None
     window = ctx.scorer.buckets[-1]
     with ctx.measure() as stats:
         requests, owners = [], []
