@@ -16,6 +16,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from seallm_jax.errors import ConfigError
+
 DEMO_LANGUAGES = ("en", "zh", "id", "vi", "th", "ms", "tl", "km", "my")
 DEFAULT_TARGET = "th"
 
@@ -82,6 +84,16 @@ def _check_transformers_parity(model_dir: str, vocab_size: int) -> float:
     return float(np.abs(theirs - ours).max())
 
 
+def check_demo_languages(languages: Sequence[str], target: str) -> None:
+    """LAPE finds a language's neurons by comparing it with the others: the target and at least one
+    other language are needed (checked before any work starts)."""
+    if target not in languages:
+        raise ConfigError(f"--target {target} must be one of the demo languages ({', '.join(languages)})")
+    if len(set(languages)) < 2:
+        raise ConfigError(f"--languages {','.join(languages)}: the demo needs the target and at least one other "
+                          "language (LAPE compares each language with the others)")
+
+
 def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str = DEFAULT_TARGET,
              pretrain_steps: int | None = None, lsn_steps: int = 60, top_rate: float = 0.05,
              eval_tokens: int = 8192, stats_tokens: int = 32768) -> dict[str, Any]:
@@ -95,8 +107,7 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     from seallm_jax.tokenizer import load_tokenizer
     from seallm_jax.train.loop import train
 
-    if target not in languages:
-        raise ValueError(f"--target {target!r} must be one of the demo languages {list(languages)}")
+    check_demo_languages(languages, target)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
@@ -181,8 +192,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"{lang:<10}{summary['perplexity_before'][lang]:>12.2f}{summary['perplexity_after'][lang]:>12.2f}"
               f"{summary['perplexity_change_percent'][lang]:>+9.2f}%{mark}")
     others = [abs(v) for k, v in summary["perplexity_change_percent"].items() if k != target]
-    print(f"\ntrained {summary['trained_parameter_fraction'] * 100:.3f}% of the parameters ({target}'s neurons); "
-          f"other languages moved at most {max(others):.2f}%")
+    moved = f"; other languages moved at most {max(others):.2f}%" if others else ""
+    print(f"\ntrained {summary['trained_parameter_fraction'] * 100:.3f}% of the parameters ({target}'s neurons){moved}")
     print(f"transformers loads the export with max |logit difference| {summary['transformers_max_abs_logit_diff']:.2e}")
     print(f"total {sum(summary['seconds'].values()):.0f}s {summary['seconds']}")
     print(f"\nEverything is in {summary['out']}: tokenizer/, pretrain/, base_hf/, stats.npz, neurons.json, "
@@ -205,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     from seallm_jax.data import check_language
 
     languages = [check_language(code.strip()) for code in args.languages.split(",") if code.strip()]
+    check_demo_languages(languages, check_language(args.target))
     run_demo(args.out, languages=languages, target=args.target, pretrain_steps=args.pretrain_steps,
              lsn_steps=args.lsn_steps, top_rate=args.top_rate)
     return 0

@@ -60,13 +60,3 @@ def require_dir(path: str | os.PathLike, what: str) -> str:
         raise UserError(f"{what} {path!r} is a file, not a directory")
     return path
 
-
-def check_languages(asked: list[str] | tuple[str, ...], available, where: str) -> list[str]:
-    """`asked` if every code is in `available`; otherwise an `UnknownLanguageError` listing both."""
-    available = list(available)
-    missing = [code for code in asked if code not in available]
-    if missing:
-        raise UnknownLanguageError(
-            f"{where} has no language {', '.join(missing)}; it has: {', '.join(available) or 'none'}"
-        )
-    return list(asked)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Mapping, Sequence
 
 from seallm_jax import LANGUAGES
-from seallm_jax.errors import DataFormatError
+from seallm_jax.errors import DataFormatError, UnknownLanguageError
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 SPLITS = ("train", "validation", "test")
@@ -67,20 +67,23 @@ def check_language(language: str, where: str = "") -> str:
     """Return `language` if it is one of the project's codes, else raise naming the known ones."""
     if language not in LANGUAGES:
         prefix = f"{where}: " if where else ""
-        raise ValueError(f"{prefix}unknown language code {language!r}; known codes: {', '.join(LANGUAGES)}")
+        raise UnknownLanguageError(f"{prefix}unknown language code {language!r}; known codes: {', '.join(LANGUAGES)}")
     return language
 
 
-def check_languages(languages: Sequence[str] | None, available: Sequence[str]) -> list[str]:
-    """Validate a requested language list (None means all available)."""
+def check_languages(languages: Sequence[str] | str | None, available: Sequence[str],
+                    where: str = "the corpus") -> list[str]:
+    """Validate a requested language list against what `where` has (None means all available)."""
     if languages is None:
         return list(available)
     if isinstance(languages, str):
         languages = [languages]
     for language in languages:
         check_language(language)
-        if language not in available:
-            raise ValueError(f"no data for language {language!r}; available: {', '.join(available)}")
+    missing = [language for language in languages if language not in available]
+    if missing:
+        raise UnknownLanguageError(f"{where} has no data for {', '.join(missing)}; "
+                                   f"it has: {', '.join(available) or 'no language'}")
     return list(languages)
 
 
