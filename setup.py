@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["seallm_jax", "seallm_jax.*"]),
     include_package_data=True,
-    package_data={"seallm_jax": ["data/corpus/*", "data/corpus/**/*", "data/tfds_sea/*"]},
+    package_data={"seallm_jax": ["data/corpus/*", "data/corpus/**/*", "data/other_domain/*", "data/tfds_sea/*"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
