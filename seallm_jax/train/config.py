@@ -59,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     # attention: PLND attention projections; lean: optimizer state on the gathered neurons only).
     c.lsn = ml_collections.ConfigDict(dict(neurons="", languages=[], matrices=["gate_proj", "up_proj", "down_proj"],
                                            attention=[], lean=False))
+    # LoRA: rank > 0 => seallm_jax.lora.wrap(optimizer, config): rank-`rank` adapters of the `targets`
+    # kernels, scale alpha / rank (alpha 0: 2 x rank); the parameters hold the merged weights.
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                         "gate_proj", "up_proj", "down_proj"]))
     # Multi-process: 'auto' (SLURM / TPU pod / JAX_* env vars), 'none' (single process).
     c.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
     return c

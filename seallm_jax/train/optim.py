@@ -60,6 +60,7 @@ def build_optimizer(config: ml_collections.ConfigDict,
 
     Hooks, applied to the finished chain (so masking also covers weight decay):
       * `config.lsn.neurons` non-empty: `seallm_jax.lsn.optim.masked(optimizer, config)`.
+      * `config.lora.rank` > 0: `seallm_jax.lora.wrap(optimizer, config)` (adapters in the optimizer state).
       * `wrapper(optimizer, config)`: any caller-supplied wrapper (applied last).
     """
     opt = config.optimizer
@@ -75,6 +76,9 @@ def build_optimizer(config: ml_collections.ConfigDict,
     if lsn is not None and lsn.get("neurons"):
         lsn_optim = importlib.import_module("seallm_jax.lsn.optim")
         optimizer = lsn_optim.masked(optimizer, config)
+    lora = config.get("lora")
+    if lora is not None and int(lora.get("rank", 0) or 0) > 0:
+        optimizer = importlib.import_module("seallm_jax.lora").wrap(optimizer, config)
     if wrapper is not None:
         optimizer = wrapper(optimizer, config)
     return optimizer
