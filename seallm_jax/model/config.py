@@ -14,7 +14,9 @@ from seallm_jax.errors import ConfigError, MissingDataError
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+# Causal self-attention kernels (seallm_jax.model.attention): "xla" dense reference (T x T scores),
+# "flash" blockwise with O(T) memory (any backend), "cudnn" cuDNN's fused kernel (GPU, bf16/fp16).
+ATTENTION_IMPLEMENTATIONS = ("xla", "flash", "cudnn")
 
 
 
@@ -59,7 +61,12 @@ class Qwen2Config:
     dtype: str = "float32"  # activations / matmul inputs ("bfloat16" for fast training)
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # rematerialisation of each decoder layer in the scan: see REMAT_POLICIES
-    attention_impl: str = "xla"  # jax.nn.dot_product_attention implementation; "cudnn" on GPU
+    attention_impl: str = "xla"  # see ATTENTION_IMPLEMENTATIONS; docs/long_context.md
+    attention_block_q: int = 512  # "flash": queries per tile
+    attention_block_k: int = 512  # "flash": keys per tile
+    # Layers per iteration of the layer scan: 1 keeps compile time flat in depth; k > 1 compiles k
+    # copies of the layer (compile time and program size grow ~k-fold) and lets XLA fuse across them.
+    scan_unroll: int = 1
     model_type: str = "qwen2"  # "llama"/"mistral" when loaded from such a checkpoint
 
     def __post_init__(self):
@@ -77,6 +84,13 @@ class Qwen2Config:
             raise ConfigError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ConfigError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+            raise ConfigError(f"attention_impl='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention "
+                              f"has no {self.dtype} kernel); use attention_impl='flash' for {self.dtype}")
+        for name in ("attention_block_q", "attention_block_k", "scan_unroll"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r}: expected a positive integer")
 
     @property
     def head_size(self) -> int:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seallm_jax.model.attention import cached_attention, causal_attention, segment_causal_mask
 from seallm_jax.model.axes import constrain
 from seallm_jax.model.config import Qwen2Config
 
@@ -72,8 +73,12 @@ class Attention(nnx.Module):
         self.o_proj = _dense(config.num_attention_heads * h, e, config, rngs)
 
     def __call__(
-        self, x: Array, positions: Array, mask: Array, kv_cache: tuple[Array, Array] | None, cache_index: Array | None
+        self, x: Array, positions: Array, segment_ids: Array, cache_mask: Array | None,
+        kv_cache: tuple[Array, Array] | None, cache_index: Array | None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
+        """Without a cache: causal attention within `segment_ids` by `config.attention_impl`. With one:
+        this step's keys/values are written at `cache_index` and the queries attend over the whole
+        cache under `cache_mask` [batch, 1, length, max_length]."""
         c = self.config
         batch, length, _ = x.shape
         q = self.q_proj(x).reshape(batch, length, c.num_attention_heads, c.head_size)
@@ -81,14 +86,14 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
         q = constrain(rotary_embedding(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
         k = constrain(rotary_embedding(k, positions, c.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
-        if kv_cache is not None:  # write this step's keys/values at cache_index, attend over the whole cache
+        if kv_cache is None:
+            out = causal_attention(q, k, v, segment_ids, implementation=c.attention_impl,
+                                   block_q=c.attention_block_q, block_k=c.attention_block_k)
+        else:
             k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, cache_index, 0, 0))
             kv_cache = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, scale=c.head_size**-0.5, implementation=c.attention_impl
-        )
+            out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), cache_mask, implementation=c.attention_impl)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_size)
         return self.o_proj(out), kv_cache
 
@@ -119,8 +124,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, mask, kv_cache, cache_index, gate_scale, probe):
-        attended, kv_cache = self.self_attn(self.input_layernorm(x), positions, mask, kv_cache, cache_index)
+    def __call__(self, x, positions, segment_ids, cache_mask, kv_cache, cache_index, gate_scale, probe):
+        attended, kv_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids, cache_mask, kv_cache,
+                                            cache_index)
         x = x + attended
         mlp_out, probed = self.mlp(self.post_attention_layernorm(x), gate_scale, probe)
         x = constrain(x + mlp_out, ("batch", "length", "embed"))
@@ -164,32 +170,27 @@ class Qwen2Model(nnx.Module):
         x = constrain(self.embed_tokens(input_ids), ("batch", "length", "embed"))
         length = input_ids.shape[1]
         if cache is None:
-            # A token sees earlier tokens of its own segment (padding is segment 0 and sees only padding).
-            causal = jnp.tril(jnp.ones((length, length), bool))
-            mask = causal[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
-            cache_index, kv_xs, new_cache = None, None, None
+            # Attention masks by segment_ids itself (a token sees earlier tokens of its own segment;
+            # padding is segment 0 and sees only padding): no [T, T] mask is built here.
+            cache_mask, cache_index, kv_xs, new_cache = None, None, None, None
         else:
             cache_index = cache["index"]
-            max_length = cache["k"].shape[2]
             cache_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, cache_index))
-            query_slot = cache_index + jnp.arange(length)
-            causal = jnp.arange(max_length)[None, :] <= query_slot[:, None]
-            mask = causal[None] & (segment_ids[:, :, None] == cache_segments[:, None, :])
+            cache_mask = segment_causal_mask(segment_ids, cache_segments, query_offset=cache_index)
             kv_xs = (cache["k"], cache["v"])
             new_cache = {"segment": cache_segments, "index": cache_index + length}
-        mask = mask[:, None]  # [batch, 1 (heads), length, keys]
 
         graphdef, layer_state = nnx.split(self.layers)
 
         def layer_step(x, xs):
             state, kv, scale = xs
             layer = nnx.merge(graphdef, state)
-            x, kv, probed = layer(x, positions, mask, kv, cache_index, scale, probe)
+            x, kv, probed = layer(x, positions, segment_ids, cache_mask, kv, cache_index, scale, probe)
             return x, (kv, probed)
 
         if config.remat != "none":
             layer_step = jax.checkpoint(layer_step, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
-        x, (kv, probes) = jax.lax.scan(layer_step, x, (layer_state, kv_xs, gate_scale))
+        x, (kv, probes) = jax.lax.scan(layer_step, x, (layer_state, kv_xs, gate_scale), unroll=config.scan_unroll)
         if new_cache is not None:
             new_cache.update(k=kv[0], v=kv[1])
         return self.norm(x), new_cache, probes

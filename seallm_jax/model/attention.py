@@ -1,0 +1,262 @@
+"""Causal self-attention kernels behind one dispatch: `causal_attention(q, k, v, segment_ids, ...)`.
+
+`xla` is the dense reference (`jax.nn.dot_product_attention` with a [T, T] mask); `flash` is the
+blockwise kernel written here (online softmax over key blocks, O(T) memory, forward and backward);
+`cudnn` is cuDNN's fused kernel through `jax.nn.dot_product_attention` (GPU, bf16/fp16 only).
+
+Masking is the same everywhere: a token attends to earlier tokens of its own segment (packed
+documents), and segment 0 (padding) attends only to padding, so every row has at least its own key.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from seallm_jax.model.config import ATTENTION_IMPLEMENTATIONS
+
+Array = jax.Array
+
+# Finite "minus infinity": masked scores never produce inf - inf = NaN in the online softmax.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Keys and queries added to round T up to a block multiple get this segment: no real token sees them.
+_PAD_SEGMENT = -1
+
+
+def segment_causal_mask(query_segments: Array, key_segments: Array, query_offset: Array | int = 0) -> Array:
+    """Boolean [batch, 1, queries, keys]: key j visible to query i iff j <= i + offset and same segment."""
+    num_queries, num_keys = query_segments.shape[1], key_segments.shape[1]
+    query_slot = query_offset + jnp.arange(num_queries)
+    causal = jnp.arange(num_keys)[None, :] <= query_slot[:, None]
+    same_segment = query_segments[:, :, None] == key_segments[:, None, :]
+    return (causal[None] & same_segment)[:, None]
+
+
+def causal_attention(
+    q: Array, k: Array, v: Array, segment_ids: Array, *, implementation: str = "xla",
+    block_q: int = 512, block_k: int = 512,
+) -> Array:
+    """Causal GQA self-attention within segments.
+
+    q: [batch, length, heads, head_dim]; k, v: [batch, length, kv_heads, head_dim] (heads a multiple
+    of kv_heads; query head n reads KV head n // (heads // kv_heads), as `transformers`' repeat_kv);
+    segment_ids: int [batch, length], 0 = padding. Returns [batch, length, heads, head_dim].
+    `block_q` / `block_k` are the flash kernel's tile sizes (ignored by the others).
+    """
+    scale = q.shape[-1] ** -0.5
+    if implementation == "flash":
+        return flash_attention(q, k, v, segment_ids, block_q=block_q, block_k=block_k)
+    mask = segment_causal_mask(segment_ids, segment_ids)
+    if implementation == "xla":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+    if implementation == "cudnn":
+        # cuDNN's own causal mask lets it skip the upper triangle; the segment mask is passed as a
+        # dense bias (jax.nn.dot_product_attention has no segment-id argument), so packed segments
+        # are honoured at the price of a [batch, 1, T, T] bias.
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=True, implementation="cudnn")
+    raise ValueError(f"attention implementation {implementation!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+
+
+def cached_attention(q: Array, k: Array, v: Array, mask: Array, *, implementation: str = "xla") -> Array:
+    """Decoding with a KV cache: the few new queries attend over the whole cache under `mask`
+    [batch, 1, queries, max_length]. Dense (the scores are only queries x cache long); cuDNN when
+    that is the configured kernel, XLA otherwise."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5,
+                                        implementation="cudnn" if implementation == "cudnn" else "xla")
+
+
+# ---- flash: blockwise attention with online softmax -------------------------------------------------
+#
+# Layout inside the kernel: queries as [q_blocks, batch, kv_heads, groups, block_q, head_dim] and keys /
+# values as [k_blocks, batch, kv_heads, block_k, head_dim], so each tile is one batched matmul over
+# (batch, kv_heads) with the query groups folded into its rows: GQA without repeating K/V.
+#
+# Causal skipping is static: query block i needs key blocks 0 .. last_key_block(i) only, a Python
+# constant, so the blocks above the diagonal are never computed (about half of all tiles at large T).
+
+
+def _num_key_blocks_needed(query_block: int, block_q: int, block_k: int, num_key_blocks: int) -> int:
+    """How many key blocks query block `query_block` can see under the causal mask."""
+    last_query = (query_block + 1) * block_q - 1
+    return min(num_key_blocks, last_query // block_k + 1)
+
+
+def _first_query_block_needing(key_block: int, block_q: int, block_k: int) -> int:
+    """The first query block that can see key block `key_block` under the causal mask."""
+    return (key_block * block_k) // block_q
+
+
+def _to_blocks(x: Array, block: int, groups: int | None) -> Array:
+    """[batch, T, heads, head_dim] -> [T/block, batch, kv_heads, (groups,) block, head_dim]."""
+    batch, length, heads, head_dim = x.shape
+    if groups is None:
+        x = x.reshape(batch, length // block, block, heads, head_dim)
+        return x.transpose(1, 0, 3, 2, 4)
+    x = x.reshape(batch, length // block, block, heads // groups, groups, head_dim)
+    return x.transpose(1, 0, 3, 4, 2, 5)
+
+
+def _from_query_blocks(x: Array) -> Array:
+    """[q_blocks, batch, kv_heads, groups, block_q, head_dim] -> [batch, T, heads, head_dim]."""
+    num_blocks, batch, kv_heads, groups, block, head_dim = x.shape
+    return x.transpose(1, 0, 4, 2, 3, 5).reshape(batch, num_blocks * block, kv_heads * groups, head_dim)
+
+
+def _from_key_blocks(x: Array) -> Array:
+    """[k_blocks, batch, kv_heads, block_k, head_dim] -> [batch, T, kv_heads, head_dim]."""
+    num_blocks, batch, kv_heads, block, head_dim = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(batch, num_blocks * block, kv_heads, head_dim)
+
+
+def _tile_mask(query_block: int | Array, key_block: int | Array, query_segments: Array, key_segments: Array,
+               block_q: int, block_k: int) -> Array:
+    """Boolean [batch, 1, 1, block_q, block_k]: causal within the two blocks' positions and same segment.
+
+    query_segments: [batch, block_q]; key_segments: [batch, block_k].
+    """
+    query_position = query_block * block_q + jnp.arange(block_q)
+    key_position = key_block * block_k + jnp.arange(block_k)
+    causal = key_position[None, :] <= query_position[:, None]
+    same_segment = query_segments[:, :, None] == key_segments[:, None, :]
+    return (causal[None] & same_segment)[:, None, None]
+
+
+def _tile_scores(q_tile: Array, k_tile: Array, scale: float) -> Array:
+    """float32 [batch, kv_heads, groups, block_q, block_k] = scale * q k^T for one tile."""
+    return jnp.einsum("bkgqh,bkch->bkgqc", q_tile, k_tile, preferred_element_type=jnp.float32) * scale
+
+
+def _flash_forward(q, k, v, segment_ids, block_q, block_k):
+    """Output blocks and the log-sum-exp of each query row (the only softmax statistic kept)."""
+    groups = q.shape[2] // k.shape[2]
+    scale = q.shape[-1] ** -0.5
+    q_blocks = _to_blocks(q, block_q, groups)
+    k_blocks, v_blocks = _to_blocks(k, block_k, None), _to_blocks(v, block_k, None)
+    num_query_blocks, num_key_blocks = q_blocks.shape[0], k_blocks.shape[0]
+    query_segments = segment_ids.reshape(q.shape[0], num_query_blocks, block_q).transpose(1, 0, 2)
+    key_segments = segment_ids.reshape(q.shape[0], num_key_blocks, block_k).transpose(1, 0, 2)
+
+    outputs, log_sum_exps = [], []
+    for i in range(num_query_blocks):  # static: each query block gets its own causal key range
+        q_tile, q_segments = q_blocks[i], query_segments[i]
+        row_shape = q_tile.shape[:-1]  # [batch, kv_heads, groups, block_q]
+
+        def visit_key_block(j, carry, q_tile=q_tile, q_segments=q_segments, i=i):
+            row_max, row_sum, accumulator = carry
+            scores = _tile_scores(q_tile, k_blocks[j], scale)
+            visible = _tile_mask(i, j, q_segments, key_segments[j], block_q, block_k)
+            scores = jnp.where(visible, scores, MASK_VALUE)
+            new_max = jnp.maximum(row_max, scores.max(axis=-1))
+            probabilities = jnp.where(visible, jnp.exp(scores - new_max[..., None]), 0.0)
+            correction = jnp.exp(row_max - new_max)
+            row_sum = row_sum * correction + probabilities.sum(axis=-1)
+            accumulator = accumulator * correction[..., None] + jnp.einsum(
+                "bkgqc,bkch->bkgqh", probabilities.astype(v_blocks.dtype), v_blocks[j],
+                preferred_element_type=jnp.float32)
+            return new_max, row_sum, accumulator
+
+        init = (jnp.full(row_shape, MASK_VALUE, jnp.float32), jnp.zeros(row_shape, jnp.float32),
+                jnp.zeros(q_tile.shape, jnp.float32))
+        needed = _num_key_blocks_needed(i, block_q, block_k, num_key_blocks)
+        row_max, row_sum, accumulator = jax.lax.fori_loop(0, needed, visit_key_block, init)
+        safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)  # only rows of the block-rounding padding are empty
+        outputs.append((accumulator / safe_sum[..., None]).astype(q.dtype))
+        log_sum_exps.append(row_max + jnp.log(safe_sum))
+    return jnp.stack(outputs), jnp.stack(log_sum_exps)
+
+
+def _flash_backward(q, k, v, segment_ids, out_blocks, log_sum_exp, d_out, block_q, block_k):
+    """dq, dk, dv recomputed tile by tile from the saved log-sum-exp (FlashAttention-2's backward).
+
+    Outer loop over key blocks (static, so each knows its first causal query block), inner loop over
+    the query blocks that see it; dk/dv of the key block accumulate in the inner carry, dq in a
+    [q_blocks, ...] buffer updated in place.
+    """
+    groups = q.shape[2] // k.shape[2]
+    scale = q.shape[-1] ** -0.5
+    q_blocks = _to_blocks(q, block_q, groups)
+    k_blocks, v_blocks = _to_blocks(k, block_k, None), _to_blocks(v, block_k, None)
+    d_out_blocks = _to_blocks(d_out, block_q, groups)
+    num_query_blocks, num_key_blocks = q_blocks.shape[0], k_blocks.shape[0]
+    query_segments = segment_ids.reshape(q.shape[0], num_query_blocks, block_q).transpose(1, 0, 2)
+    key_segments = segment_ids.reshape(q.shape[0], num_key_blocks, block_k).transpose(1, 0, 2)
+    # D_i = rowsum(dO_i * O_i): the softmax-backward term shared by every key of row i.
+    d_out_dot_out = jnp.sum(d_out_blocks.astype(jnp.float32) * out_blocks.astype(jnp.float32), axis=-1)
+
+    d_query = jnp.zeros(q_blocks.shape, jnp.float32)
+    d_keys, d_values = [], []
+    for j in range(num_key_blocks):
+        k_tile, v_tile, k_segments = k_blocks[j], v_blocks[j], key_segments[j]
+
+        def visit_query_block(i, carry, k_tile=k_tile, v_tile=v_tile, k_segments=k_segments, j=j):
+            d_query, d_key, d_value = carry
+            q_tile, d_out_tile = q_blocks[i], d_out_blocks[i]
+            scores = _tile_scores(q_tile, k_tile, scale)
+            visible = _tile_mask(i, j, query_segments[i], k_segments, block_q, block_k)
+            scores = jnp.where(visible, scores, MASK_VALUE)
+            probabilities = jnp.where(visible, jnp.exp(scores - log_sum_exp[i][..., None]), 0.0)
+            d_value = d_value + jnp.einsum("bkgqc,bkgqh->bkch", probabilities.astype(d_out_tile.dtype), d_out_tile,
+                                           preferred_element_type=jnp.float32)
+            d_probabilities = jnp.einsum("bkgqh,bkch->bkgqc", d_out_tile, v_tile, preferred_element_type=jnp.float32)
+            d_scores = (probabilities * (d_probabilities - d_out_dot_out[i][..., None]) * scale).astype(q_tile.dtype)
+            d_key = d_key + jnp.einsum("bkgqc,bkgqh->bkch", d_scores, q_tile, preferred_element_type=jnp.float32)
+            d_query_tile = jnp.einsum("bkgqc,bkch->bkgqh", d_scores, k_tile, preferred_element_type=jnp.float32)
+            d_query = d_query.at[i].add(d_query_tile)
+            return d_query, d_key, d_value
+
+        zeros = jnp.zeros(k_tile.shape, jnp.float32)
+        first = _first_query_block_needing(j, block_q, block_k)
+        d_query, d_key, d_value = jax.lax.fori_loop(first, num_query_blocks, visit_query_block, (d_query, zeros, zeros))
+        d_keys.append(d_key)
+        d_values.append(d_value)
+    d_q = _from_query_blocks(d_query).astype(q.dtype)
+    d_k = _from_key_blocks(jnp.stack(d_keys)).astype(k.dtype)
+    d_v = _from_key_blocks(jnp.stack(d_values)).astype(v.dtype)
+    return d_q, d_k, d_v
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, segment_ids, block_q, block_k):
+    out_blocks, _ = _flash_forward(q, k, v, segment_ids, block_q, block_k)
+    return _from_query_blocks(out_blocks)
+
+
+def _flash_fwd(q, k, v, segment_ids, block_q, block_k):
+    out_blocks, log_sum_exp = _flash_forward(q, k, v, segment_ids, block_q, block_k)
+    # Saved for the backward: the inputs, the output and one float per query row -- O(T), no T x T.
+    return _from_query_blocks(out_blocks), (q, k, v, segment_ids, out_blocks, log_sum_exp)
+
+
+def _flash_bwd(block_q, block_k, residuals, d_out):
+    q, k, v, segment_ids, out_blocks, log_sum_exp = residuals
+    d_q, d_k, d_v = _flash_backward(q, k, v, segment_ids, out_blocks, log_sum_exp, d_out, block_q, block_k)
+    return d_q, d_k, d_v, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block_q: int = 512,
+                    block_k: int = 512) -> Array:
+    """Blockwise causal attention within segments, O(T) memory forward and backward.
+
+    Same arguments and result as `causal_attention`. Tiles are `block_q` queries x `block_k` keys
+    (each clipped to the sequence); a length that is not a block multiple is padded with keys and
+    queries of their own segment, which no real token sees, and the padding is cut off again.
+    """
+    length = q.shape[1]
+    block_q, block_k = min(block_q, length), min(block_k, length)
+    padded = _round_up(length, math.lcm(block_q, block_k))
+    if padded != length:
+        extra = padded - length
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))  # noqa: E731
+        q, k, v = pad(q), pad(k), pad(v)
+        segment_ids = jnp.pad(segment_ids, ((0, 0), (0, extra)), constant_values=_PAD_SEGMENT)
+    out = _flash(q, k, v, segment_ids.astype(jnp.int32), block_q, block_k)
+    return out[:, :length]
