@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate.add_argument("--plot", default=None, help="heatmap PNG (default: OUT with .png)")
     ablate.set_defaults(func=run_ablate)
 
+    from seallm_jax.lsn.compare import register as register_compare
+    register_compare(commands)  # lsn compare: LSN against random neurons, full fine-tuning and LoRA
+
 
 def _add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
     from seallm_jax.lsn.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN
