@@ -10,6 +10,7 @@ split well anyway), bfloat16 compute over float32 master weights, 0.5M tokens pe
 in 8 micro-batches so the 152k-vocabulary logits stay small, full remat of each decoder layer.
 `cpu` is a 4-step smoke test of the same recipe at seq_len 128.
 """
+from seallm_jax.errors import ConfigError
 from seallm_jax.train.config import base_config
 
 PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12, "cpu": 0.0}  # bf16 dense per device: H100 SXM; TPU v5p
@@ -17,7 +18,7 @@ PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12, "cpu": 0.0}  # bf16 dense per device
 
 def get_config(platform: str = "gpu"):
     if platform not in PEAK_FLOPS:
-        raise ValueError(f"configs/qwen2_0_5b.py:{platform}: expected one of {sorted(PEAK_FLOPS)}")
+        raise ConfigError(f"configs/qwen2_0_5b.py:{platform}: unknown variant; expected one of {sorted(PEAK_FLOPS)}")
     config = base_config()
     config.model.update(
         vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

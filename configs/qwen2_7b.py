@@ -13,6 +13,7 @@ float32 master weights + AdamW = 16 bytes/parameter (~122 GB) split over the FSD
 compute; full remat; 1M tokens per step (256 x 4096) in 8 micro-batches (one row per device per
 micro-batch on 32 devices: global_batch_size must be a multiple of micro_batches x batch devices).
 """
+from seallm_jax.errors import ConfigError
 from seallm_jax.train.config import base_config
 
 PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12}  # bf16 dense per device: H100 SXM; TPU v5p
@@ -20,7 +21,7 @@ PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12}  # bf16 dense per device: H100 SXM; 
 
 def get_config(platform: str = "gpu"):
     if platform not in PEAK_FLOPS:
-        raise ValueError(f"configs/qwen2_7b.py:{platform}: expected one of {sorted(PEAK_FLOPS)}")
+        raise ConfigError(f"configs/qwen2_7b.py:{platform}: unknown variant; expected one of {sorted(PEAK_FLOPS)}")
     config = base_config()
     config.model.update(
         vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,

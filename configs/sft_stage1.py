@@ -20,6 +20,7 @@ language, with the Qwen2 tokens those conversations use (built once, cached unde
 import os
 
 from seallm_jax.data.corpus import shipped_languages
+from seallm_jax.errors import ConfigError
 from seallm_jax.train.config import base_config
 
 PLATFORMS = ("gpu", "tpu", "cpu")
@@ -32,7 +33,7 @@ CPU_CACHE = os.path.join(os.environ.get("SEALLM_JAX_CACHE") or os.path.expanduse
 
 def get_config(platform: str = "gpu"):
     if platform not in PLATFORMS:
-        raise ValueError(f"configs/sft_stage1.py:{platform}: expected one of {PLATFORMS}")
+        raise ConfigError(f"configs/sft_stage1.py:{platform}: unknown variant; expected one of {PLATFORMS}")
     config = base_config()
     # With init_from the architecture comes from its config.json; these are Qwen2-0.5B's shapes.
     config.model.update(dtype="bfloat16" if platform != "cpu" else "float32", param_dtype="float32",

@@ -6,10 +6,13 @@ Writes metrics.jsonl, TensorBoard events and Orbax checkpoints under the workdir
 same command again resumes from the latest checkpoint. Use `--config.data.source=corpus` to train
 on the shipped SEA corpus instead (its vocabulary needs `--config.model.vocab_size=151936`).
 """
+from seallm_jax.errors import ConfigError
 from seallm_jax.train.config import base_config
 
 
 def get_config(arg: str | None = None):
+    if arg:
+        raise ConfigError(f"configs/tiny.py:{arg}: this config has no variants; drop ':{arg}'")
     config = base_config()
     config.model.update(
         vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

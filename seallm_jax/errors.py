@@ -60,3 +60,35 @@ def require_dir(path: str | os.PathLike, what: str) -> str:
         raise UserError(f"{what} {path!r} is a file, not a directory")
     return path
 
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written; the message names the directory and the complete
+    checkpoints that remain in it."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A saved step that cannot be restored (with `checkpoint.on_damage='error'`), or no step that
+    restores at all; the message lists every step tried and why it failed."""
+
+
+def require_model_dir(path: str | os.PathLike) -> str:
+    """`path` as a string if it looks like a model directory seallm-jax reads (a Hugging Face
+    directory, an Orbax checkpoint or a training workdir: all hold a config.json); otherwise a
+    `UserError` that says what is there. Cheap: run it before importing JAX."""
+    path = require_dir(path, "model directory")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        found = sorted(os.listdir(path))
+        shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "nothing"
+        raise MissingDataError(f"model directory {path!r} has no config.json (it holds: {shown}); expected a Hugging "
+                               "Face model directory, an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir")
+    return path
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(name: str, what: str = "--dtype") -> str:
+    """`name` if it is a compute dtype the model runs in."""
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"{what} {name!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+    return name

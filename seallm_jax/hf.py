@@ -5,12 +5,10 @@ both directions. Weights are read from safetensors only (never pickle / `torch.l
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,8 +20,9 @@ from safetensors.numpy import save_file
 
 from seallm_jax.data.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
 from seallm_jax.data.vocabulary import VocabularySubset
-from seallm_jax.errors import CheckpointError
-from seallm_jax.model.config import Qwen2Config
+from seallm_jax.errors import CheckpointError, require_model_dir
+from seallm_jax.files import atomic_directory
+from seallm_jax.model.config import Qwen2Config, read_config_json
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
 
 Params = dict[str, Any]  # nested dict of arrays, as `nnx.state(model, nnx.Param).to_pure_dict()`
@@ -91,31 +90,47 @@ class _SafetensorsReader:
     def __init__(self, directory: str):
         index_path = os.path.join(directory, SAFETENSORS_INDEX)
         single_path = os.path.join(directory, "model.safetensors")
+        self._handles: dict[str, Any] = {}
         if os.path.exists(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+                raise CheckpointError(f"{index_path} is not a safetensors index (a JSON object with a "
+                                      f"'weight_map'): {type(error).__name__}: {error}") from None
             self.file_of = {name: os.path.join(directory, file) for name, file in weight_map.items()}
         elif os.path.exists(single_path):
-            with safe_open(single_path, framework="numpy") as f:
-                self.file_of = {name: single_path for name in f.keys()}
+            self.file_of = {name: single_path for name in self._open(single_path).keys()}
         else:
             found = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no such directory"
-            raise FileNotFoundError(
-                f"no model.safetensors or {SAFETENSORS_INDEX} in {directory} (found: {found}); "
-                "seallm-jax reads safetensors only, never pickled .bin files"
-            )
-        self._handles: dict[str, Any] = {}
+            pickled = [name for name in found if name.endswith((".bin", ".pt", ".pth", ".ckpt"))] if isinstance(found, list) else []
+            hint = (f"; {', '.join(pickled)} is a pickle, which seallm-jax never loads (it can run code): convert it "
+                    "to safetensors first, e.g. with transformers' save_pretrained(safe_serialization=True)"
+                    if pickled else "; seallm-jax reads safetensors only")
+            raise CheckpointError(f"no model.safetensors or {SAFETENSORS_INDEX} in {directory}{hint}")
+
+    def _open(self, path: str) -> Any:
+        if path not in self._handles:
+            try:
+                self._handles[path] = safe_open(path, framework="numpy")
+            except Exception as error:  # safetensors raises its own error type for damaged files
+                raise CheckpointError(f"{path} is not a readable safetensors file ({error}); it may be truncated "
+                                      "or damaged: copy or export it again") from None
+        return self._handles[path]
 
     def names(self) -> set[str]:
         return set(self.file_of)
 
     def get(self, name: str) -> np.ndarray:
         path = self.file_of[name]
-        if path not in self._handles:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"safetensors shard {path} (holding {name}) is missing")
-            self._handles[path] = safe_open(path, framework="numpy")
-        return self._handles[path].get_tensor(name)
+        if not os.path.exists(path):
+            raise CheckpointError(f"safetensors shard {path} (holding {name}, listed in {SAFETENSORS_INDEX}) is missing")
+        try:
+            return self._open(path).get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as error:
+            raise CheckpointError(f"tensor {name} in {path} cannot be read ({error}); the file may be damaged") from None
 
 
 def _tensor_names(template: str, num_layers: int) -> list[str]:
@@ -194,9 +209,7 @@ def load_model(
 ) -> Qwen2ForCausalLM:
     """A model from any directory seallm-jax writes or reads: a Hugging Face directory
     (safetensors), an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir (latest step)."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory {path} does not exist")
+    path = require_model_dir(path)
     if any(name.endswith(".safetensors") or name == SAFETENSORS_INDEX for name in os.listdir(path)):
         return load_pretrained(path, dtype=dtype, sharding=sharding)
     config, params = load_orbax(path)
@@ -217,27 +230,6 @@ def hf_tensors(params: Params, config: Qwen2Config) -> Iterator[tuple[str, np.nd
         for layer, name in enumerate(names):
             tensor = array[layer] if "{i}" in template else array
             yield name, np.ascontiguousarray(tensor.T if transposed else tensor)
-
-
-@contextlib.contextmanager
-def _atomic_directory(path: str) -> Iterator[str]:
-    """Yields a temporary sibling directory to write into; on success it replaces `path` whole,
-    on failure it is removed: a reader never sees a half-written export."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if os.path.exists(path):
-        backup = staging + ".old"
-        os.rename(path, backup)
-        os.rename(staging, path)
-        shutil.rmtree(backup)
-    else:
-        os.rename(staging, path)
 
 
 def copy_tokenizer_files(source: str | os.PathLike | None, destination: str) -> list[str]:
@@ -267,7 +259,7 @@ def save_pretrained(
     else:
         config, params = model.config, nnx.state(model, nnx.Param).to_pure_dict()
     path = os.fspath(path)
-    with _atomic_directory(path) as staging:
+    with atomic_directory(path) as staging:
         shards: list[dict[str, np.ndarray]] = [{}]
         shard_bytes = 0
         for name, tensor in hf_tensors(params, config):
@@ -324,7 +316,7 @@ def _orbax_checkpointer():
 def save_orbax(config: Qwen2Config, params: Params, ckpt_dir: str | os.PathLike, *, tokenizer_dir: str | None = None) -> str:
     """An Orbax parameter checkpoint plus the HF config.json (and tokenizer files) beside it."""
     ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))
-    with _atomic_directory(ckpt_dir) as staging:
+    with atomic_directory(ckpt_dir) as staging:
         checkpointer = _orbax_checkpointer()
         checkpointer.save(os.path.join(staging, ORBAX_PARAMS), params)
         checkpointer.wait_until_finished()
@@ -337,21 +329,29 @@ def save_orbax(config: Qwen2Config, params: Params, ckpt_dir: str | os.PathLike,
 def load_orbax(ckpt_dir: str | os.PathLike, **config_overrides: Any) -> tuple[Qwen2Config, Params]:
     """(config, params) from a `convert hf-to-orbax` directory or a training workdir (latest step)."""
     ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))
-    with open(os.path.join(ckpt_dir, "config.json"), encoding="utf-8") as f:
-        stored_dtype = json.load(f).get("torch_dtype") or "float32"
+    stored_dtype = read_config_json(ckpt_dir).get("torch_dtype") or "float32"
     config_overrides.setdefault("param_dtype", stored_dtype)
     config_overrides.setdefault("dtype", stored_dtype)
     config = Qwen2Config.from_hf(ckpt_dir, **config_overrides)
     _, abstract = nnx.split(abstract_model(config), nnx.Param)
     abstract_params = abstract.to_pure_dict()
     if os.path.isdir(os.path.join(ckpt_dir, ORBAX_PARAMS)):
-        params = _orbax_checkpointer().restore(os.path.join(ckpt_dir, ORBAX_PARAMS), abstract_params)
+        params_dir = os.path.join(ckpt_dir, ORBAX_PARAMS)
+        try:
+            params = _orbax_checkpointer().restore(params_dir, abstract_params)
+        except (ValueError, KeyError, OSError) as error:  # Orbax/tensorstore on damaged or foreign files
+            raise CheckpointError(f"the Orbax checkpoint {params_dir} cannot be restored for the model in "
+                                  f"{os.path.join(ckpt_dir, 'config.json')}: {type(error).__name__}: "
+                                  f"{str(error).splitlines()[0] if str(error) else ''}") from None
     elif os.path.isdir(os.path.join(ckpt_dir, "checkpoints")):
         from seallm_jax.checkpoint import load_params  # a training workdir
 
         params = load_params(ckpt_dir, abstract_params)
     else:
-        raise FileNotFoundError(f"{ckpt_dir} holds neither an Orbax '{ORBAX_PARAMS}' checkpoint nor a training 'checkpoints' folder")
+        hint = " (it is a Hugging Face directory: use it as it is, or `convert hf-to-orbax`)" if any(
+            name.endswith(".safetensors") for name in os.listdir(ckpt_dir)) else ""
+        raise CheckpointError(f"{ckpt_dir} holds neither an Orbax '{ORBAX_PARAMS}' checkpoint nor a training "
+                              f"'checkpoints' folder{hint}")
     return config, params
 
 

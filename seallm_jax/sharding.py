@@ -13,9 +13,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from seallm_jax.defaults import MESH_AXES
 from seallm_jax.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axes) pairs, tried in order for each dimension (largest dimension first). A name
 # may appear several times: the first rule whose mesh axes are still free in this array, have more
@@ -57,7 +57,7 @@ def _mesh_shape(mesh_config: Mapping[str, int], num_devices: int, what: str) -> 
 
 
 def make_mesh(mesh_config: Mapping[str, Any] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+              devices: Sequence[jax.Device] | None = None, *, what: str = "config.mesh") -> Mesh:
     """The ('data', 'fsdp', 'tensor') mesh from `config.mesh` (a size of -1 takes the rest).
 
     Multi-slice (TPU over DCN): `mesh.dcn_data` / `mesh.dcn_fsdp` > 1 lay that many slices along the
@@ -69,10 +69,10 @@ def make_mesh(mesh_config: Mapping[str, Any] | None = None,
     dcn = tuple(int(mesh_config.get(f"dcn_{axis}", 1)) for axis in MESH_AXES)
     num_slices = math.prod(dcn)
     if num_slices > 1:
-        per_slice = _mesh_shape(mesh_config, len(devices) // num_slices, "config.mesh (per slice)")
+        per_slice = _mesh_shape(mesh_config, len(devices) // num_slices, f"{what} (per slice)")
         device_array = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices=devices)
     else:
-        shape = _mesh_shape(mesh_config, len(devices), "config.mesh")
+        shape = _mesh_shape(mesh_config, len(devices), what)
         try:  # topology-aware order on TPU/GPU; plain order elsewhere
             device_array = mesh_utils.create_device_mesh(shape, devices=devices)
         except (ValueError, NotImplementedError, AssertionError):

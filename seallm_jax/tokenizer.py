@@ -10,8 +10,6 @@ import hashlib
 import importlib.resources
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from seallm_jax.errors import MissingDataError, UserError
+from seallm_jax.files import atomic_directory
 
 # Qwen2's pre-tokenization pattern (from Qwen's `tokenization_qwen.py` / Qwen2 `tokenizer.json`).
 # Unlike cl100k it splits digits one by one (`\p{N}`, not `\p{N}{1,3}`).
@@ -313,15 +312,6 @@ def tokenizer_for(model_dir: str | os.PathLike | None, tokenizer: str | os.PathL
 
 
 def _write_cache_atomically(tokenizer: PreTrainedTokenizerFast, cache_dir: Path) -> None:
-    """Writes into a temporary sibling directory and renames it, so a reader never sees half a cache."""
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-    try:
-        tokenizer.save_pretrained(str(staging))
-        try:
-            os.rename(staging, cache_dir)
-        except OSError:
-            if not (cache_dir / "tokenizer.json").is_file():  # not a concurrent writer winning the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Written beside and renamed: a reader never sees half a cache; a concurrent writer may win."""
+    with atomic_directory(cache_dir, if_exists="keep") as staging:
+        tokenizer.save_pretrained(staging)

@@ -100,9 +100,3 @@ def test_stats_select_ablate_commands(tiny):
     assert ablation["deactivated"][0] == "none" and ablation["evaluated"] == ["th", "vi"]
     assert set(ablation["perplexity"]["none"]) == {"th", "vi"}
     assert (root / "ablation.png").stat().st_size > 1000
-
-
-def test_stats_command_rejects_bad_data_argument(tiny):
-    _, _, model_dir, _ = tiny
-    with pytest.raises(ValueError, match="LANG=PATH"):
-        main(["lsn", "stats", "--model", str(model_dir), "--languages", "th", "--data", "th", "--out", "x.npz"])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from seallm_jax.cli_args import parse_data_args
 from seallm_jax.data.corpus import SPLITS, Document, load_corpus, load_files
 from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, mixture_weights
+from seallm_jax.errors import UserError, require_dir
 
 
 def corpus_stats(corpus: dict[str, list[Document]], tokenizer: object | None = None) -> list[dict]:
@@ -37,14 +39,10 @@ def format_stats(rows: list[dict]) -> str:
 
 def _stats(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else args.split
+    if args.tokenizer:
+        require_dir(args.tokenizer, "--tokenizer")
     if args.files:
-        files: dict[str, list[str]] = {}
-        for spec in args.files:
-            language, _, path = spec.partition("=")
-            if not path:
-                raise SystemExit(f"--file expects LANG=PATH, got {spec!r}")
-            files.setdefault(language, []).append(path)
-        corpus = load_files(files, split=split)
+        corpus = load_files(parse_data_args(args.files, flag="--file"), split=split)
     else:
         corpus = load_corpus(split, args.languages)
     tokenizer = None
@@ -68,7 +66,7 @@ def _build_tfds(args: argparse.Namespace) -> int:
     try:
         from seallm_jax.data.tfds_sea import Builder
     except ImportError as error:
-        raise SystemExit(f"TFDS is an optional extra ({error}); pip install 'seallm-jax[tfds]'") from None
+        raise UserError(f"TFDS is an optional extra ({error}); pip install 'seallm-jax[tfds]'") from None
     builder = Builder(config=args.config, data_dir=args.data_dir)
     builder.download_and_prepare()
     for split, info in builder.info.splits.items():

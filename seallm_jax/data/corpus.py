@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Mapping, Sequence
 
 from seallm_jax import LANGUAGES
-from seallm_jax.errors import DataFormatError, UnknownLanguageError
+from seallm_jax.errors import ConfigError, DataFormatError, MissingDataError, UnknownLanguageError
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 SPLITS = ("train", "validation", "test")
@@ -100,7 +100,7 @@ def split_of(document_id: str) -> str:
 
 def _check_split(split: str | None) -> None:
     if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)} or None for all")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)} or None for all")
 
 
 def _open_text(path: Path):
@@ -112,10 +112,10 @@ def read_jsonl(path: str | os.PathLike, *, on_error: OnError = "raise",
     """(line number, object) for each non-empty line; bad JSON raises naming file and line,
     or with on_error="skip" is counted in `report.malformed`."""
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise MissingDataError(f"data file not found: {path}")
     with _open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -123,7 +123,7 @@ def read_jsonl(path: str | os.PathLike, *, on_error: OnError = "raise",
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+                    raise DataFormatError(f"expected a JSON object, got {type(record).__name__}")
             except ValueError as error:
                 message = f"{path}:{number}: malformed JSON line ({error})"
                 if on_error == "raise":
@@ -166,9 +166,9 @@ def load_documents(path: str | os.PathLike, language: str | None = None, *, text
                                           text))
     else:
         if language is None:
-            raise ValueError(f"{path}: a plain-text file needs its language (e.g. language='th')")
+            raise ConfigError(f"{path}: a plain-text file needs its language (e.g. language='th')")
         if not path.exists():
-            raise FileNotFoundError(f"data file not found: {path}")
+            raise MissingDataError(f"data file not found: {path}")
         with _open_text(path) as handle:
             content = handle.read()
         if text_unit == "paragraph":
@@ -180,7 +180,7 @@ def load_documents(path: str | os.PathLike, language: str | None = None, *, text
         if report is not None:
             report.records += len(documents)
     if not documents:
-        raise ValueError(f"{path}: empty source, no documents found")
+        raise DataFormatError(f"{path}: empty source, no documents found")
     return documents
 
 
@@ -190,13 +190,13 @@ def load_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLik
     """A user corpus given as {language: file or [files]}; `split` filters by `split_of(id)`."""
     _check_split(split)
     if not files:
-        raise ValueError("empty source: no files given")
+        raise DataFormatError("empty source: no files given")
     corpus: dict[str, list[Document]] = {}
     for language, paths in files.items():
         check_language(language)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
-            raise ValueError(f"empty source: no files given for language {language!r}")
+            raise DataFormatError(f"empty source: no files given for language {language!r}")
         documents = [doc for path in paths
                      for doc in load_documents(path, language, on_error=on_error, report=report, **kwargs)]
         if split is not None:
@@ -238,13 +238,13 @@ def load_parallel(split: str | None = "test", source: str = "en", target: str = 
     """Aligned (source, target) pairs of the shipped corpus. Lao pairs with English through the
     dictionary's English glosses; other pairs share Firefox message ids."""
     if source == target:
-        raise ValueError(f"source and target are the same language {source!r}")
+        raise UnknownLanguageError(f"source and target are the same language {source!r}")
     corpus = load_corpus(split, [source, target], corpus_dir=corpus_dir)
     pairs: list[tuple[Document, Document]] = []
     if "lo" in (source, target):
         other = target if source == "lo" else source
         if other != "en":
-            raise ValueError(f"Lao has parallel text with English only (dictionary glosses), not {other!r}")
+            raise UnknownLanguageError(f"Lao has parallel text with English only (dictionary glosses), not {other!r}")
         for lao in corpus["lo"]:
             gloss = lao.meta.get("gloss_en", "")
             if gloss:
@@ -254,7 +254,7 @@ def load_parallel(split: str | None = "test", source: str = "en", target: str = 
         by_id = {doc.id: doc for doc in corpus[target]}
         pairs = [(doc, by_id[doc.id]) for doc in corpus[source] if doc.id in by_id]
     if not pairs:
-        raise ValueError(f"no parallel text between {source!r} and {target!r} in split {split!r}")
+        raise DataFormatError(f"no parallel text between {source!r} and {target!r} in split {split!r}")
     return pairs
 
 
@@ -272,11 +272,11 @@ def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
     for index, example in enumerate(tfds.as_numpy(dataset)):
         record_language = example[language_field].decode() if language_field in example else language
         if record_language is None:
-            raise ValueError(f"{name}: examples have no {language_field!r} field; pass language=")
+            raise DataFormatError(f"{name}: examples have no {language_field!r} field; pass language=")
         check_language(record_language, f"{name}[{split}]")
         document_id = example["id"].decode() if "id" in example else f"{name}:{index}"
         grouped.setdefault(record_language, []).append(
             Document(document_id, record_language, example[text_field].decode()))
     if not grouped:
-        raise ValueError(f"empty source: {name} split {split!r} has no examples")
+        raise DataFormatError(f"empty source: {name} split {split!r} has no examples")
     return grouped

@@ -10,6 +10,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from seallm_jax.data.corpus import check_language
+from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError
 
 WeightMethod = Literal["explicit", "proportional", "temperature", "uniform"]
 # SeaLLMs-style default: a temperature above 1 flattens the natural distribution toward uniform,
@@ -26,32 +27,32 @@ def mixture_weights(sizes: Mapping[str, int], method: WeightMethod = "temperatur
     uniform: equal.
     """
     if not sizes:
-        raise ValueError("empty source: no languages to mix")
+        raise DataFormatError("empty source: no languages to mix")
     for language, size in sizes.items():
         check_language(language)
         if size <= 0:
-            raise ValueError(f"empty source: language {language!r} has no tokens")
+            raise DataFormatError(f"empty source: language {language!r} has no tokens")
     if method == "explicit":
         if not weights:
-            raise ValueError("method='explicit' needs weights={language: weight}")
+            raise ConfigError("method='explicit' needs weights={language: weight}")
         for language in weights:
             check_language(language)
             if language not in sizes:
-                raise ValueError(f"weight given for {language!r}, which has no data; have {', '.join(sizes)}")
+                raise UnknownLanguageError(f"weight given for {language!r}, which has no data; have {', '.join(sizes)}")
         raw = {language: float(weights.get(language, 0.0)) for language in sizes}
     elif method == "proportional":
         raw = {language: float(size) for language, size in sizes.items()}
     elif method == "temperature":
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise ConfigError(f"temperature must be positive, got {temperature}")
         raw = {language: float(size) ** (1.0 / temperature) for language, size in sizes.items()}
     elif method == "uniform":
         raw = {language: 1.0 for language in sizes}
     else:
-        raise ValueError(f"unknown weighting method {method!r}; expected explicit, proportional, "
+        raise ConfigError(f"unknown weighting method {method!r}; expected explicit, proportional, "
                          "temperature or uniform")
     if any(value < 0 for value in raw.values()) or sum(raw.values()) <= 0:
-        raise ValueError(f"weights must be non-negative and not all zero, got {raw}")
+        raise ConfigError(f"weights must be non-negative and not all zero, got {raw}")
     total = sum(raw.values())
     return {language: value / total for language, value in raw.items() if value > 0}
 
@@ -81,11 +82,11 @@ class ExampleSource:
                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
                  max_epochs: int | None = None):
         if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+            raise ConfigError(f"process_index {process_index} outside [0, {process_count})")
         if not examples:
-            raise ValueError(f"empty source: no examples for language {language!r}")
+            raise DataFormatError(f"empty source: no examples for language {language!r}")
         if len(examples) < process_count:
-            raise ValueError(f"language {language!r} has {len(examples)} examples, fewer than "
+            raise DataFormatError(f"language {language!r} has {len(examples)} examples, fewer than "
                              f"{process_count} processes; every process needs at least one")
         self.language = language
         self.examples = examples
@@ -145,10 +146,10 @@ class Mixture:
     def __init__(self, sources: Mapping[str, ExampleSource], weights: Mapping[str, float],
                  token_caps: Mapping[str, int] | None = None):
         if not sources:
-            raise ValueError("empty source: a mixture needs at least one language")
+            raise DataFormatError("empty source: a mixture needs at least one language")
         for language in weights:
             if language not in sources:
-                raise ValueError(f"weight for {language!r}, which has no source; have {', '.join(sources)}")
+                raise UnknownLanguageError(f"weight for {language!r}, which has no source; have {', '.join(sources)}")
         self.sources = dict(sources)
         self.weights = {language: float(weights.get(language, 0.0)) for language in sources}
         self.token_caps = dict(token_caps or {})
@@ -176,7 +177,7 @@ class Mixture:
 
     def restore(self, state: Mapping) -> None:
         if set(state["sources"]) != set(self.sources):
-            raise ValueError(f"data state is for languages {sorted(state['sources'])}, "
+            raise DataFormatError(f"data state is for languages {sorted(state['sources'])}, "
                              f"this stream has {sorted(self.sources)}")
         for language, source_state in state["sources"].items():
             self.sources[language].restore(source_state)

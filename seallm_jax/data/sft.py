@@ -10,10 +10,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
-from seallm_jax.data.corpus import (LANGUAGE_NAMES, DataFormatError, LoadReport, OnError, check_language,
+from seallm_jax.data.corpus import (LANGUAGE_NAMES, LoadReport, OnError, check_language,
                                     load_parallel, read_jsonl, shipped_languages, split_of)
 from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, Example, WeightMethod
 from seallm_jax.data.stream import PackedStream, TokenizerAdapter, as_tokenizer, build_mixture
+from seallm_jax.errors import ConfigError, DataFormatError
 
 ROLES = ("system", "user", "assistant")
 IM_START = "<|im_start|>"
@@ -75,7 +76,7 @@ def load_conversations(paths: str | os.PathLike | Sequence[str | os.PathLike], *
     report = report if report is not None else LoadReport()
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
-        raise ValueError("empty source: no conversation files given")
+        raise DataFormatError("empty source: no conversation files given")
     grouped: dict[str, list[Conversation]] = {}
     for path in paths:
         for number, record in read_jsonl(path, on_error=on_error, report=report):
@@ -93,7 +94,7 @@ def load_conversations(paths: str | os.PathLike | Sequence[str | os.PathLike], *
             if split is None or split_of(conversation.id) == split:
                 grouped.setdefault(conversation.language, []).append(conversation)
     if not grouped:
-        raise ValueError(f"empty source: no usable conversations in {', '.join(map(str, paths))} "
+        raise DataFormatError(f"empty source: no usable conversations in {', '.join(map(str, paths))} "
                          f"({report.summary()})")
     if report.without_assistant or report.malformed:
         # Visible even to a caller that passed no report: nothing is dropped silently.
@@ -141,7 +142,7 @@ class ChatMLRenderer:
         """The conversation as one example of at most `max_tokens` tokens, or None when the
         truncation policy drops it (counted in `report`)."""
         if truncation not in TRUNCATION_POLICIES:
-            raise ValueError(f"unknown truncation policy {truncation!r}; expected one of {TRUNCATION_POLICIES}")
+            raise ConfigError(f"unknown truncation policy {truncation!r}; expected one of {TRUNCATION_POLICIES}")
         pieces = self.message_pieces(conversation, contents)
         tokens = [token for piece in pieces for token in piece[0]]
         mask = [value for piece in pieces for value in piece[1]]
@@ -191,7 +192,7 @@ def sft_examples(conversations: Mapping[str, Sequence[Conversation]], renderer: 
             warnings.warn(f"{language}: {len(rendered) - len(kept)} of {len(rendered)} conversations do not "
                           f"fit {max_tokens} tokens and were dropped (truncation={truncation!r})", stacklevel=2)
         if not kept:
-            raise ValueError(f"empty source: no conversation for language {language!r} fits "
+            raise DataFormatError(f"empty source: no conversation for language {language!r} fits "
                              f"{max_tokens} tokens under truncation={truncation!r}")
         examples[language] = kept
     return examples
@@ -221,7 +222,7 @@ def translation_conversations(split: str = "train", languages: Sequence[str] | N
                 grouped.setdefault(target, []).append(Conversation(
                     (Message("user", prompt), Message("assistant", target_doc.text)), target, key))
     if not grouped:
-        raise ValueError(f"empty source: no translation pairs for {languages} in split {split!r}")
+        raise DataFormatError(f"empty source: no translation pairs for {languages} in split {split!r}")
     if max_per_language is not None:
         # Ordering by a hash of the id picks the same subset on every run and every process.
         grouped = {language: sorted(items, key=lambda c: hashlib.sha256(c.id.encode()).digest())[:max_per_language]
@@ -261,7 +262,7 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | Sequence
         for language in languages:
             check_language(language)
             if language not in grouped:
-                raise ValueError(f"no conversations for {language!r}; have {', '.join(grouped)}")
+                raise DataFormatError(f"no conversations for {language!r}; have {', '.join(grouped)}")
         grouped = {language: grouped[language] for language in languages}
     renderer = ChatMLRenderer(adapter, default_system)
     examples = sft_examples(grouped, renderer, max_tokens=seq_len + 1, truncation=truncation, report=report)

@@ -12,7 +12,7 @@ import numpy as np
 from seallm_jax.data.corpus import Document, LoadReport, load_corpus, load_files
 from seallm_jax.data.mixture import (DEFAULT_TEMPERATURE, Example, ExampleSource, Mixture, WeightMethod,
                                      mixture_weights)
-from seallm_jax.errors import DataFormatError
+from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError
 
 Encode = Callable[[str], list]
 STATE_VERSION = 1
@@ -100,7 +100,7 @@ class PackedStream:
     def __init__(self, mixture: Mixture, *, seq_len: int, batch_size: int, split_examples: bool = True,
                  pad_id: int = 0, report: LoadReport | None = None):
         if seq_len < 1 or batch_size < 1:
-            raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
+            raise ConfigError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         self.mixture = mixture
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -125,7 +125,7 @@ class PackedStream:
 
     def restore(self, state: Mapping) -> None:
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data state version {state.get('version')!r}, expected {STATE_VERSION}")
+            raise DataFormatError(f"data state version {state.get('version')!r}, expected {STATE_VERSION}")
         self.mixture.restore(state["mixture"])
         self._pending = None
         if state["pending"]:
@@ -230,18 +230,18 @@ def _documents(corpus: CorpusArg, split: str | None, languages: Sequence[str] | 
     if corpus is None:
         return load_corpus(split, languages)
     if not corpus:
-        raise ValueError("empty source: the corpus has no languages")
+        raise DataFormatError("empty source: the corpus has no languages")
     first = next(iter(corpus.values()))
     if isinstance(first, (str, os.PathLike)) or (first and isinstance(first[0], (str, os.PathLike))):
         corpus = load_files(corpus, split=split)
     if languages is not None:
         missing = [language for language in languages if language not in corpus]
         if missing:
-            raise ValueError(f"no data for {missing}; the corpus has {', '.join(corpus)}")
+            raise UnknownLanguageError(f"no data for {missing}; the corpus has {', '.join(corpus)}")
         corpus = {language: corpus[language] for language in languages}
     for language, documents in corpus.items():
         if not documents:
-            raise ValueError(f"empty source: no documents for language {language!r} in split {split!r}")
+            raise DataFormatError(f"empty source: no documents for language {language!r} in split {split!r}")
     return dict(corpus)
 
 

@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from seallm_jax.cli_args import parse_languages, parse_mesh
+from seallm_jax.errors import ConfigError, check_dtype, require_dir, require_file, require_model_dir
+from seallm_jax.files import check_output_file
+
 DEFAULT_TASKS = "ppl,chrf"  # the two that need no downloaded benchmark: they run on the shipped corpus
 
 
@@ -50,75 +54,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.set_defaults(func=_run_plot)
 
 
-def _fail(message: str) -> int:
-    print(f"seallm-jax eval: {message}", file=sys.stderr)
-    return 2
-
-
-def parse_mesh(spec: str) -> dict[str, int]:
-    """"data=2,fsdp=-1" -> {"data": 2, "fsdp": -1}."""
-    sizes = {}
-    for part in spec.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() not in ("data", "fsdp", "tensor") or not value:
-            raise ValueError(f"--mesh {spec!r}: expected AXIS=SIZE pairs over data, fsdp, tensor")
-        sizes[name.strip()] = int(value)
-    return sizes
-
-
 def _run_eval(args: argparse.Namespace) -> int:
-    from seallm_jax.eval.core import EvalConfig, EvalContext, MissingDataError
-    from seallm_jax.eval.formats import FormatError
+    if not args.model:
+        raise ConfigError("--model is required (or compare results: `seallm-jax eval plot RESULTS.json ... --out PNG`)")
+    require_model_dir(args.model)
+    if args.tokenizer is not None:
+        require_dir(args.tokenizer, "--tokenizer")
+    if args.data_dir is not None:
+        require_dir(args.data_dir, "--data-dir")
+    check_dtype(args.dtype)
+    mesh_sizes = parse_mesh(args.mesh)
+    languages = parse_languages(args.languages)
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--max-length", args.max_length),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected a positive integer")
+    if args.num_shots < 0:
+        raise ConfigError(f"--num-shots {args.num_shots}: expected 0 or more")
+    check_output_file(args.out, "--out")
+    from seallm_jax.eval.core import EvalConfig, EvalContext
     from seallm_jax.eval.generation import GenerationConfig
-    from seallm_jax.eval.languages import check_languages
     from seallm_jax.eval.runner import check_data, parse_tasks, results_document, run_tasks, save_results
     from seallm_jax.eval.scoring import ScoringConfig
     from seallm_jax.hf import load_model
-    from seallm_jax.sharding import params_sharding_fn
+    from seallm_jax.sharding import make_mesh, params_sharding_fn
     from seallm_jax.tokenizer import tokenizer_for
 
-    if not args.model:
-        return _fail("--model is required (or use `seallm-jax eval plot RESULTS.json ... --out PNG`)")
-    try:
-        tasks = parse_tasks(args.tasks)
-        languages = check_languages([c.strip() for c in args.languages.split(",") if c.strip()]) if args.languages else None
-        scoring = ScoringConfig(batch_size=args.batch_size, max_length=args.max_length, show_progress=not args.no_progress)
-        generation = GenerationConfig(batch_size=args.batch_size, max_prompt_length=args.max_length,
-                                      show_progress=not args.no_progress)
-        config = EvalConfig(scoring=scoring, generation=generation, limit=args.limit, num_shots=args.num_shots)
-        if args.max_new_tokens is not None:
-            config = dataclasses.replace(config, **{field: args.max_new_tokens for field in (
-                "mgsm_max_new_tokens", "translation_max_new_tokens", "refusal_max_new_tokens", "seabench_max_new_tokens")})
-        mesh = None
-        if args.mesh:
-            from seallm_jax.sharding import make_mesh
-
-            mesh = make_mesh(parse_mesh(args.mesh))
-        model_name = args.model_name or Path(os.path.abspath(args.model)).name
-        ctx = EvalContext(
-            model=None, tokenizer=None, config=config, data_dir=Path(args.data_dir) if args.data_dir else None,
-            languages=languages, output_dir=Path(args.output_dir) if args.output_dir else Path(args.out).parent,
-            model_name=model_name, mesh=mesh,
-        )
-        check_data(ctx, tasks)  # before the (slow) model load
-        ctx.model = load_model(args.model, dtype=args.dtype,
-                               sharding=params_sharding_fn(mesh) if mesh is not None else None)
-        ctx.tokenizer = tokenizer_for(args.model, args.tokenizer)
-        results = run_tasks(ctx, tasks, table_stream=sys.stdout)
-    except (MissingDataError, FormatError, FileNotFoundError, ValueError) as error:
-        return _fail(str(error))
+    tasks = parse_tasks(args.tasks)
+    scoring = ScoringConfig(batch_size=args.batch_size, max_length=args.max_length, show_progress=not args.no_progress)
+    generation = GenerationConfig(batch_size=args.batch_size, max_prompt_length=args.max_length,
+                                  show_progress=not args.no_progress)
+    config = EvalConfig(scoring=scoring, generation=generation, limit=args.limit, num_shots=args.num_shots)
+    if args.max_new_tokens is not None:
+        config = dataclasses.replace(config, **{field: args.max_new_tokens for field in (
+            "mgsm_max_new_tokens", "translation_max_new_tokens", "refusal_max_new_tokens", "seabench_max_new_tokens")})
+    mesh = make_mesh(mesh_sizes, what=f"--mesh {args.mesh}") if mesh_sizes else None
+    model_name = args.model_name or Path(os.path.abspath(args.model)).name
+    ctx = EvalContext(
+        model=None, tokenizer=None, config=config, data_dir=Path(args.data_dir) if args.data_dir else None,
+        languages=languages, output_dir=Path(args.output_dir) if args.output_dir else Path(args.out).parent,
+        model_name=model_name, mesh=mesh,
+    )
+    check_data(ctx, tasks)  # before the (slow) model load
+    ctx.model = load_model(args.model, dtype=args.dtype,
+                           sharding=params_sharding_fn(mesh) if mesh is not None else None)
+    ctx.tokenizer = tokenizer_for(args.model, args.tokenizer)
+    results = run_tasks(ctx, tasks, table_stream=sys.stdout)
     path = save_results(args.out, results_document(model_name, results, config))
     print(f"wrote {path}")
     return 0
 
 
 def _run_plot(args: argparse.Namespace) -> int:
+    for path in args.results:
+        require_file(path, "results file")
+    check_output_file(args.plot_out, "--out")
     from seallm_jax.eval.plot import plot_comparison
 
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    try:
-        path = plot_comparison(args.results, args.plot_out, labels)
-    except (FileNotFoundError, ValueError) as error:
-        return _fail(str(error))
-    print(f"wrote {path}")
+    print(f"wrote {plot_comparison(args.results, args.plot_out, labels)}")
     return 0

@@ -5,7 +5,7 @@ Codes are the project's ISO 639-1 codes (en, zh, id, vi, th, tl, ms, my, km, lo,
 from __future__ import annotations
 
 # Code -> English name, used in prompts and tables; the data package owns the table and the check.
-from seallm_jax.data.corpus import LANGUAGE_NAMES, check_language
+from seallm_jax.data.corpus import LANGUAGE_NAMES
 
 # Code -> Flores-200 file stem (`flores200_dataset/dev/tha_Thai.dev`).
 FLORES_CODES: dict[str, str] = {
@@ -48,8 +48,3 @@ def language_from_name(name: str) -> str:
 def language_name(code: str) -> str:
     """English display name of a language code; the code itself when unknown."""
     return LANGUAGE_NAMES.get(code, code)
-
-
-def check_languages(codes: list[str]) -> list[str]:
-    """Validate user-given language codes; an unknown code lists the known ones."""
-    return [check_language(code, "--languages") for code in codes]

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from seallm_jax.eval.runner import load_results
+from seallm_jax.files import atomic_file
 
 
 # Token perplexity depends on the tokenizer (a byte-level model and a 150k-vocabulary model split the
@@ -51,7 +52,7 @@ def plot_comparison(results_paths: list[str | Path], out: str | Path, labels: li
     axes.flat[0].legend(fontsize="small")
     figure.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
+    with atomic_file(out) as staging:
+        figure.savefig(staging, dpi=110)
     plt.close(figure)
     return out

@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from seallm_jax.eval.core import EvalContext, MissingDataError, TaskResult
 from seallm_jax.eval.tasks import TASKS
+from seallm_jax.errors import ConfigError, DataFormatError
+from seallm_jax.files import atomic_file
 
 
 def parse_tasks(spec: str | list[str]) -> list[str]:
@@ -20,7 +22,8 @@ def parse_tasks(spec: str | list[str]) -> list[str]:
     names = [name.strip() for name in (spec.split(",") if isinstance(spec, str) else spec) if name.strip()]
     unknown = [name for name in names if name not in TASKS]
     if unknown or not names:
-        raise ValueError(f"unknown task(s) {unknown or spec!r}; known: {', '.join(TASKS)}")
+        raise ConfigError(f"--tasks {spec if isinstance(spec, str) else ','.join(spec)!r}: unknown task(s) "
+                          f"{', '.join(unknown) or '(none given)'}; known: {', '.join(TASKS)}")
     return names
 
 
@@ -62,16 +65,21 @@ def results_document(model: str, results: dict[str, TaskResult], config: Any = N
 
 def save_results(path: str | Path, document: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    with atomic_file(path) as staging:
+        Path(staging).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
 
 
 def load_results(path: str | Path) -> tuple[str, dict[str, TaskResult]]:
     """(model name, results) from a results JSON written by `seallm-jax eval`."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"{path} is not a seallm-jax eval results file (not JSON: {error})") from None
+    if not isinstance(document, dict):
+        raise DataFormatError(f"{path} is not a seallm-jax eval results file (not a JSON object)")
     if "results" not in document:
-        raise ValueError(f"{path} is not a seallm-jax eval results file (no 'results' key)")
+        raise DataFormatError(f"{path} is not a seallm-jax eval results file (no 'results' key)")
     return document.get("model", str(path)), {key: TaskResult.from_json(value) for key, value in document["results"].items()}
 
 

@@ -1,17 +1,34 @@
 """Language-specific neurons: statistics (LAPE, PLND), selection, neuron sets, masked training, ablation.
 
-Typical flow: `compute_statistics` -> `select` -> `NeuronSet.save`; train with `lsn_masked(optimizer, ...)`;
+Typical flow: `compute_statistics` -> `select_lape` / `select_plnd` (or `lsn.select.select(stats, method)`)
+-> `NeuronSet.save`; train with `lsn_masked(optimizer, ...)`;
 check with `ablation_matrix`. The same steps run as `seallm-jax lsn stats | select | ablate`.
 """
-from seallm_jax.lsn.neurons import NeuronSet
-from seallm_jax.lsn.optim import NeuronSlices, lsn_masked, masked_by_groups, trainable_count, trainable_groups
-from seallm_jax.lsn.select import LapeConfig, PlndConfig, plot_neuron_heatmap, select, select_lape, select_plnd
-from seallm_jax.lsn.ablate import AblationResult, ablation_matrix
-from seallm_jax.lsn.stats import NeuronStats, StatisticsPass, compute_statistics
+from seallm_jax._lazy import lazy_getattr
+
+_EXPORTS = {
+    "NeuronSet": "seallm_jax.lsn.neurons",
+    "NeuronSlices": "seallm_jax.lsn.optim",
+    "lsn_masked": "seallm_jax.lsn.optim",
+    "masked_by_groups": "seallm_jax.lsn.optim",
+    "trainable_count": "seallm_jax.lsn.optim",
+    "trainable_groups": "seallm_jax.lsn.optim",
+    "LapeConfig": "seallm_jax.lsn.select",
+    "PlndConfig": "seallm_jax.lsn.select",
+    "plot_neuron_heatmap": "seallm_jax.lsn.select",
+    "select_lape": "seallm_jax.lsn.select",
+    "select_plnd": "seallm_jax.lsn.select",
+    "AblationResult": "seallm_jax.lsn.ablate",
+    "ablation_matrix": "seallm_jax.lsn.ablate",
+    "NeuronStats": "seallm_jax.lsn.stats",
+    "StatisticsPass": "seallm_jax.lsn.stats",
+    "compute_statistics": "seallm_jax.lsn.stats",
+}
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 __all__ = [
     "NeuronSet", "NeuronStats", "StatisticsPass", "compute_statistics",
-    "LapeConfig", "PlndConfig", "select", "select_lape", "select_plnd", "plot_neuron_heatmap",
+    "LapeConfig", "PlndConfig", "select_lape", "select_plnd", "plot_neuron_heatmap",
     "lsn_masked", "masked_by_groups", "trainable_groups", "trainable_count", "NeuronSlices",
     "AblationResult", "ablation_matrix",
 ]

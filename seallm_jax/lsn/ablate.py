@@ -17,6 +17,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from seallm_jax.data.corpus import check_languages
+from seallm_jax.errors import DataFormatError, UnknownLanguageError
+from seallm_jax.files import atomic_file
 from seallm_jax.lsn.neurons import NeuronSet
 from seallm_jax.lsn.stats import BATCH_MESH_AXES, Batch, _segment_positions_np
 from seallm_jax.train.step import cross_entropy_sums
@@ -55,8 +58,7 @@ class AblationResult:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_file(path) as staging, open(staging, "w", encoding="utf-8") as f:
             json.dump(self.to_json_dict(), f, indent=1)
             f.write("\n")
 
@@ -96,8 +98,8 @@ class AblationResult:
         fig.colorbar(image, ax=ax, label="perplexity change (%)")
         ax.set_title(title or "Perplexity change when a language's neurons are deactivated")
         fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=120)
+        with atomic_file(path) as staging:
+            fig.savefig(staging, dpi=120)
         plt.close(fig)
 
 
@@ -147,7 +149,7 @@ class PerplexityEvaluator:
         loss_sum = sum(float(r[0]) for r in results)
         tokens = int(sum(float(r[1]) for r in results))
         if tokens == 0:
-            raise ValueError("no target tokens to evaluate (all loss_mask entries are 0)")
+            raise DataFormatError("no target tokens to evaluate (all loss_mask entries are 0): the text is empty")
         return loss_sum / tokens, tokens
 
 
@@ -161,9 +163,11 @@ def ablation_matrix(model: nnx.Module, neuron_set: NeuronSet, batches_by_languag
     evaluated = list(batches_by_language)
     if deactivate is None:
         deactivate = [lang for lang in evaluated if lang in neuron_set.languages]
-    missing = [lang for lang in deactivate if lang not in neuron_set.languages]
-    if missing:
-        raise ValueError(f"the neuron set has no neurons for {missing}; it has {sorted(neuron_set.languages)}")
+    check_languages(deactivate, sorted(neuron_set.languages), where="the neuron set")
+    if not deactivate:
+        raise UnknownLanguageError(
+            f"nothing to deactivate: the neuron set has neurons for {', '.join(sorted(neuron_set.languages))}, none of "
+            f"which is evaluated ({', '.join(evaluated)}); evaluate one of them or name them with --deactivate")
     evaluator = PerplexityEvaluator(model, mesh)
     batches = {lang: list(b) for lang, b in batches_by_language.items()}  # evaluated once per row
     rows = [BASELINE, *deactivate]

@@ -11,6 +11,13 @@ import os
 import sys
 import time
 
+from seallm_jax.cli_args import parse_data_args, parse_languages, parse_mesh
+from seallm_jax.data.corpus import check_languages
+from seallm_jax.defaults import LSN_BATCH_SIZE, LSN_SEQ_LEN
+from seallm_jax.errors import (ConfigError, UnknownLanguageError, check_dtype, require_dir, require_file,
+                               require_model_dir)
+from seallm_jax.files import check_output_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     lsn = subparsers.add_parser("lsn", help="language-specific neurons: statistics, selection, ablation",
@@ -65,16 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
-    from seallm_jax.lsn.inputs import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN
-
     parser.add_argument("--data", action="append", metavar="LANG=PATH", default=None,
                         help="text of a language (.jsonl with a 'text' field, or .txt); repeatable; "
                              "languages without --data read the shipped corpus")
     parser.add_argument("--split", default=default_split, choices=("train", "validation", "test"),
                         help=f"split of the shipped corpus (default: {default_split})")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per language (default: all)")
-    parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per packed row")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--seq-len", type=int, default=LSN_SEQ_LEN, help="tokens per packed row")
+    parser.add_argument("--batch-size", type=int, default=LSN_BATCH_SIZE,
                         help="rows per process and batch (rounded up to split over the mesh)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer directory (default: the model's own, else the built-in Qwen2 one)")
@@ -90,17 +95,12 @@ def _mesh_from(args: argparse.Namespace):
 
     from seallm_jax import sharding
 
-    if args.mesh is None:
+    sizes = parse_mesh(args.mesh)
+    if sizes is None:
         if jax.device_count() == 1:
             return None
-        return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    sizes = {}
-    for item in args.mesh.split(","):
-        axis, _, size = item.partition("=")
-        if axis.strip() not in sharding.MESH_AXES or not size.strip().lstrip("-").isdigit():
-            raise ValueError(f"--mesh {args.mesh!r}: expected AXIS=SIZE items with AXIS in {sharding.MESH_AXES}")
-        sizes[axis.strip()] = int(size)
-    return sharding.make_mesh(sizes)
+        sizes = {"data": -1, "fsdp": 1, "tensor": 1}
+    return sharding.make_mesh(sizes, what=f"--mesh {args.mesh}")
 
 
 def _rows_per_process(batch_size: int, mesh) -> int:
@@ -116,15 +116,25 @@ def _rows_per_process(batch_size: int, mesh) -> int:
     return int(math.ceil(batch_size / per_process) * per_process)
 
 
-def _prepare(args: argparse.Namespace, languages: list[str]):
+def _check_inputs(args: argparse.Namespace, languages: list[str]) -> dict[str, list[str]]:
+    """Everything the model-reading commands take from the user, checked before JAX is imported:
+    the model directory, the tokenizer, every --data file, the --mesh and the numbers."""
+    require_model_dir(args.model)
+    if args.tokenizer is not None:
+        require_dir(args.tokenizer, "--tokenizer")
+    check_dtype(args.dtype)
+    parse_mesh(args.mesh)
+    for flag, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size), ("--max-tokens", args.max_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected a positive integer")
+    return parse_data_args(args.data, languages)
+
+
+def _prepare(args: argparse.Namespace, languages: list[str], files: dict[str, list[str]]):
     from seallm_jax.hf import load_model
     from seallm_jax.lsn import inputs
     from seallm_jax.tokenizer import tokenizer_for
 
-    files = inputs.parse_data_args(args.data)
-    unused = sorted(set(files) - set(languages))
-    if unused:
-        raise ValueError(f"--data given for {unused}, which --languages does not list ({','.join(languages)})")
     mesh = _mesh_from(args)
     model = load_model(args.model, dtype=args.dtype)
     tokenizer = tokenizer_for(args.model, args.tokenizer)
@@ -149,13 +159,16 @@ def _param_shardings(model, mesh):
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    languages = parse_languages(args.languages)
+    files = _check_inputs(args, languages)
+    check_output_file(args.out, "--out")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: expected a positive integer")
     import jax
 
-    from seallm_jax.lsn import inputs
     from seallm_jax.lsn.stats import StatisticsPass
 
-    languages = inputs.parse_languages(args.languages)
-    model, mesh, streams, sources = _prepare(args, languages)
+    model, mesh, streams, sources = _prepare(args, languages, files)
     statistics_pass = StatisticsPass(
         model, top_k=args.top_k, mesh=mesh, param_shardings=_param_shardings(model, mesh),
         metadata={"model": os.path.abspath(args.model), "seq_len": args.seq_len, "dtype": args.dtype,
@@ -179,15 +192,20 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from seallm_jax.lsn import inputs
+    for path in args.stats:
+        require_file(path, "--stats")
+    check_output_file(args.out, "--out")
+    heatmap = args.heatmap or os.path.splitext(args.out)[0] + ".png"
+    check_output_file(heatmap, "--heatmap")
+    languages = parse_languages(args.languages)
     from seallm_jax.lsn.select import LapeConfig, PlndConfig, plot_neuron_heatmap, select
     from seallm_jax.lsn.stats import NeuronStats
 
     stats = NeuronStats.load(args.stats[0])
     for path in args.stats[1:]:
         stats = stats.merge(NeuronStats.load(path))
-    languages = inputs.parse_languages(args.languages)
     if languages is not None:
+        check_languages(languages, stats.languages, where=f"the statistics ({', '.join(args.stats)})")
         stats = stats.select_languages(languages)
     matrices = tuple(m.strip() for m in args.matrices.split(",") if m.strip())
     if args.method == "lape":
@@ -198,7 +216,6 @@ def run_select(args: argparse.Namespace) -> int:
                             max_languages_per_neuron=args.max_languages_per_neuron, matrices=matrices)
     neuron_set = select(stats, args.method, config)
     neuron_set.save(args.out)
-    heatmap = args.heatmap or os.path.splitext(args.out)[0] + ".png"
     plot_neuron_heatmap(neuron_set, heatmap, languages=stats.languages)
     counts = neuron_set.counts()
     total = neuron_set.num_layers * neuron_set.intermediate_size
@@ -212,23 +229,34 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
+    from seallm_jax.lsn.neurons import NeuronSet
+
+    neuron_set = NeuronSet.load(args.neurons)
+    languages = parse_languages(args.languages) or sorted(neuron_set.languages)
+    deactivate = parse_languages(args.deactivate, "--deactivate")
+    has = sorted(neuron_set.languages)
+    if deactivate is not None:
+        check_languages(deactivate, has, where=f"neuron file {args.neurons}")
+    elif not set(languages) & set(has):
+        raise UnknownLanguageError(
+            f"neuron file {args.neurons} has neurons for {', '.join(has)}, none of which --languages evaluates "
+            f"({', '.join(languages)}); evaluate one of them, or name the languages to deactivate with --deactivate")
+    files = _check_inputs(args, languages)
+    check_output_file(args.out, "--out")
+    plot = args.plot or os.path.splitext(args.out)[0] + ".png"
+    check_output_file(plot, "--plot")
     import jax
 
     from seallm_jax.lsn import inputs
     from seallm_jax.lsn.ablate import ablation_matrix
-    from seallm_jax.lsn.neurons import NeuronSet
 
-    neuron_set = NeuronSet.load(args.neurons)
-    languages = inputs.parse_languages(args.languages) or sorted(neuron_set.languages)
-    deactivate = inputs.parse_languages(args.deactivate)
-    model, mesh, streams, sources = _prepare(args, languages)
+    model, mesh, streams, sources = _prepare(args, languages, files)
     batches = {lang: inputs.take_tokens(stream, args.max_tokens) for lang, stream in streams.items()}
     result = ablation_matrix(model, neuron_set, batches, deactivate=deactivate, mesh=mesh,
                              progress=not args.no_progress)
     result.metadata.update(model=os.path.abspath(args.model), neurons=os.path.abspath(args.neurons),
                            data=sources)
     print(result.table())
-    plot = args.plot or os.path.splitext(args.out)[0] + ".png"
     if jax.process_index() == 0:
         result.save(args.out)
         result.plot(plot)
@@ -237,11 +265,10 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `lsn ...` directly (`python -m seallm_jax.lsn.cli stats ...`)."""
-    parser = argparse.ArgumentParser(prog="seallm-jax")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["lsn", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
+    """Run `lsn ...` directly (`python -m seallm_jax.lsn.cli stats ...`), as `seallm-jax lsn ...`."""
+    from seallm_jax.cli import main as seallm_jax_main
+
+    return seallm_jax_main(["lsn", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -4,44 +4,19 @@ Text comes from the shipped corpus (default) or user files (`LANG=PATH`), packed
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from seallm_jax.defaults import LSN_BATCH_SIZE, LSN_SEQ_LEN
 from seallm_jax.lsn.stats import Batch
 from seallm_jax.tokenizer import document_separator_id
 
-DEFAULT_SEQ_LEN = 256
-DEFAULT_BATCH_SIZE = 8  # rows per process
-
-
-def parse_data_args(items: Sequence[str] | None) -> dict[str, list[str]]:
-    """`["th=a.jsonl", "th=b.txt", "vi=c.jsonl"]` -> {"th": [...], "vi": [...]}; errors name the bad item."""
-    files: dict[str, list[str]] = {}
-    for item in items or []:
-        language, sep, path = item.partition("=")
-        if not sep or not language or not path:
-            raise ValueError(f"--data {item!r}: expected LANG=PATH, e.g. th=data/th.jsonl")
-        if not Path(path).exists():
-            raise FileNotFoundError(f"--data {item!r}: {path} does not exist")
-        files.setdefault(language.strip(), []).append(path)
-    return files
-
-
-def parse_languages(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    languages = [lang.strip() for lang in text.split(",") if lang.strip()]
-    if len(set(languages)) != len(languages):
-        raise ValueError(f"--languages {text!r} names a language twice")
-    return languages
-
 
 def language_batches(language: str, *, tokenizer, split: str | None = "train",
-                     files: Sequence[str] | None = None, seq_len: int = DEFAULT_SEQ_LEN,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Batch]:
+                     files: Sequence[str] | None = None, seq_len: int = LSN_SEQ_LEN,
+                     batch_size: int = LSN_BATCH_SIZE) -> Iterator[Batch]:
     """One pass (no repetition) over `language`'s documents, packed into `[batch_size, seq_len]` rows.
 
     Documents are not split across rows (PLND counts each segment as a document); a document longer than
@@ -58,8 +33,8 @@ def language_batches(language: str, *, tokenizer, split: str | None = "train",
 
 
 def batches_by_language(languages: Sequence[str], *, tokenizer, split: str | None,
-                        files: Mapping[str, Sequence[str]] | None = None, seq_len: int = DEFAULT_SEQ_LEN,
-                        batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Iterator[Batch]]:
+                        files: Mapping[str, Sequence[str]] | None = None, seq_len: int = LSN_SEQ_LEN,
+                        batch_size: int = LSN_BATCH_SIZE) -> dict[str, Iterator[Batch]]:
     """Per-language batch streams; languages given in `files` read those files, the rest the shipped corpus."""
     files = files or {}
     return {lang: language_batches(lang, tokenizer=tokenizer, split=split, files=files.get(lang),

@@ -11,6 +11,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError, require_file
+from seallm_jax.files import atomic_file
+
 # Per-layer neuron ids of one language: layer index -> sorted unique int array.
 LayerNeurons = dict[int, np.ndarray]
 
@@ -49,7 +52,7 @@ class NeuronSet:
     def validate(self) -> None:
         """Raise ValueError naming the language/layer when ids are out of range, unsorted or duplicated."""
         if self.num_layers <= 0 or self.intermediate_size <= 0:
-            raise ValueError(
+            raise DataFormatError(
                 f"neuron set: num_layers ({self.num_layers}) and intermediate_size ({self.intermediate_size}) "
                 "must be positive"
             )
@@ -57,18 +60,19 @@ class NeuronSet:
             _validate_layers(layers, self.num_layers, self.intermediate_size, f"language {lang!r}")
         for proj, by_lang in self.attention.items():
             if proj not in self.attention_sizes:
-                raise ValueError(f"neuron set: attention projection {proj!r} has no size in attention_sizes")
+                raise DataFormatError(f"neuron set: attention projection {proj!r} has no size in attention_sizes")
             for lang, layers in by_lang.items():
                 _validate_layers(
                     layers, self.num_layers, self.attention_sizes[proj], f"attention {proj} language {lang!r}"
                 )
 
     def check_compatible(self, num_layers: int, intermediate_size: int) -> None:
-        """Raise ValueError when this set was selected for a model of a different shape."""
+        """A `ConfigError` when this set was selected for a model of a different shape."""
         if (num_layers, intermediate_size) != (self.num_layers, self.intermediate_size):
-            raise ValueError(
-                f"neuron set is for {self.num_layers} layers x {self.intermediate_size} FFN neurons, "
-                f"but the model has {num_layers} layers x {intermediate_size} FFN neurons"
+            raise ConfigError(
+                f"the neuron set is for a model of {self.num_layers} layers x {self.intermediate_size} FFN neurons, "
+                f"but this model has {num_layers} x {intermediate_size}: select neurons from statistics of this "
+                "model (`seallm-jax lsn stats`, then `lsn select`)"
             )
 
     def _languages_or_all(self, languages: Iterable[str] | None) -> list[str]:
@@ -77,8 +81,8 @@ class NeuronSet:
         languages = list(languages)
         unknown = [lang for lang in languages if lang not in self.languages]
         if unknown:
-            raise ValueError(
-                f"neuron set has no neurons for language(s) {unknown}; it has {sorted(self.languages)}"
+            raise UnknownLanguageError(
+                f"the neuron set has no neurons for {', '.join(unknown)}; it has: {', '.join(sorted(self.languages))}"
             )
         return languages
 
@@ -104,7 +108,7 @@ class NeuronSet:
         """Boolean `[num_layers, units]` of the PLND attention units of one projection (all False if none)."""
         size = self.attention_sizes.get(projection)
         if size is None:
-            raise ValueError(f"neuron set has no attention units for {projection!r}")
+            raise DataFormatError(f"neuron set has no attention units for {projection!r}")
         out = np.zeros((self.num_layers, size), dtype=bool)
         by_lang = self.attention.get(projection, {})
         langs = sorted(by_lang) if languages is None else [lang for lang in languages if lang in by_lang]
@@ -184,8 +188,7 @@ class NeuronSet:
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_file(path) as staging, open(staging, "w", encoding="utf-8") as f:
             json.dump(self.to_json_dict(), f, indent=1)
             f.write("\n")
 
@@ -193,13 +196,13 @@ class NeuronSet:
     def from_json_dict(cls, data: Mapping, source: str = "neuron set") -> "NeuronSet":
         for key in ("method", "num_layers", "intermediate_size", "languages"):
             if key not in data:
-                raise ValueError(f"{source}: missing key {key!r}")
+                raise DataFormatError(f"{source}: missing key {key!r}")
 
         def layers_from_json(layers: Mapping) -> LayerNeurons:
             try:
                 return {int(layer): np.asarray(ids, dtype=np.int64) for layer, ids in layers.items()}
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{source}: layer keys must be integers and ids integer lists ({error})")
+                raise DataFormatError(f"{source}: layer keys must be integers and ids integer lists ({error})")
 
         try:
             return cls(
@@ -217,16 +220,12 @@ class NeuronSet:
                 config=dict(data.get("config", {})),
             )
         except ValueError as error:
-            raise ValueError(f"{source}: {error}") from None
+            raise DataFormatError(f"{source}: {error}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NeuronSet":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: not a neuron-set JSON file ({error})") from None
-        return cls.from_json_dict(data, source=str(path))
+        return cls.from_json_dict(_read_json(path), source=str(path))
+
 
     @classmethod
     def from_masks(cls, method: str, masks: Mapping[str, np.ndarray], **kwargs) -> "NeuronSet":
@@ -234,7 +233,7 @@ class NeuronSet:
         masks = {lang: np.asarray(mask, dtype=bool) for lang, mask in masks.items()}
         shapes = {mask.shape for mask in masks.values()}
         if len(shapes) != 1:
-            raise ValueError(f"per-language masks must share one [layers, intermediate] shape, got {shapes}")
+            raise DataFormatError(f"per-language masks must share one [layers, intermediate] shape, got {shapes}")
         (num_layers, intermediate_size), = shapes
         languages = {
             lang: {layer: np.flatnonzero(mask[layer]) for layer in range(num_layers) if mask[layer].any()}
@@ -260,11 +259,31 @@ def _normalize_layers(layers: Mapping) -> LayerNeurons:
 def _validate_layers(layers: LayerNeurons, num_layers: int, size: int, what: str) -> None:
     for layer, ids in layers.items():
         if not 0 <= layer < num_layers:
-            raise ValueError(f"neuron set: {what} has layer {layer}, expected 0..{num_layers - 1}")
+            raise DataFormatError(f"neuron set: {what} has layer {layer}, expected 0..{num_layers - 1}")
         if ids.min() < 0 or ids.max() >= size:
-            raise ValueError(
+            raise DataFormatError(
                 f"neuron set: {what} layer {layer} has neuron ids outside 0..{size - 1} "
                 f"(min {ids.min()}, max {ids.max()})"
             )
         if np.any(np.diff(ids) <= 0):
-            raise ValueError(f"neuron set: {what} layer {layer} ids must be sorted and unique")
+            raise DataFormatError(f"neuron set: {what} layer {layer} ids must be sorted and unique")
+
+
+def _read_json(path: str | os.PathLike) -> dict:
+    require_file(path, "neuron file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"{path}: not a neuron-set JSON file ({error})") from None
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{path}: not a neuron-set JSON file (a JSON {type(data).__name__}, expected an object)")
+    return data
+
+
+def neuron_file_languages(path: str | os.PathLike) -> list[str]:
+    """The languages a neuron-set JSON file has (read without building the set; for early checks)."""
+    languages = _read_json(path).get("languages")
+    if not isinstance(languages, dict):
+        raise DataFormatError(f"{path}: not a neuron-set JSON file (no 'languages' object)")
+    return sorted(languages)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from seallm_jax.errors import ConfigError, UnknownLanguageError
 from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
@@ -89,7 +90,7 @@ def trainable_groups(neuron_set: NeuronSet, languages: Sequence[str] | None = No
     """
     unknown = [m for m in matrices if m not in FFN_MATRICES]
     if unknown:
-        raise ValueError(f"unknown FFN matrices {unknown}; expected a subset of {FFN_MATRICES}")
+        raise ConfigError(f"unknown FFN matrices {unknown}; expected a subset of {FFN_MATRICES}")
     unknown = [p for p in attention if p not in ATTENTION_PROJECTIONS]
     if unknown:
         raise ValueError(f"unknown attention projections {unknown}; expected a subset of {ATTENTION_PROJECTIONS}")
@@ -282,7 +283,7 @@ def lsn_masked(inner: optax.GradientTransformation, neuron_set: NeuronSet, *,
     """`inner` restricted to the neurons of `languages` (see `trainable_groups` and `masked_by_groups`)."""
     groups = trainable_groups(neuron_set, languages, matrices, attention, attention_bias)
     if not any(group.num_units for group in groups):
-        raise ValueError(f"the neuron set selects no neurons for languages {languages or sorted(neuron_set.languages)}")
+        raise UnknownLanguageError(f"the neuron set selects no neurons for languages {languages or sorted(neuron_set.languages)}")
     return masked_by_groups(inner, groups, lean=lean)
 
 

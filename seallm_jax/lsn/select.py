@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError
+from seallm_jax.files import atomic_file
 from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
 from seallm_jax.lsn.stats import NeuronStats
 
@@ -41,7 +43,7 @@ class LapeConfig:
         for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
-                raise ValueError(f"LapeConfig.{name} must be in (0, 1], got {value}")
+                raise ConfigError(f"LapeConfig.{name} must be in (0, 1], got {value}")
         _check_budget(self.budget, self.matrices)
 
 
@@ -65,25 +67,25 @@ class PlndConfig:
 
     def __post_init__(self):
         if not 0.0 < self.membership_fraction <= 1.0:
-            raise ValueError(f"PlndConfig.membership_fraction must be in (0, 1], got {self.membership_fraction}")
+            raise ConfigError(f"PlndConfig.membership_fraction must be in (0, 1], got {self.membership_fraction}")
         if self.max_languages_per_neuron is not None and self.max_languages_per_neuron < 1:
-            raise ValueError("PlndConfig.max_languages_per_neuron must be >= 1 or None")
+            raise ConfigError("PlndConfig.max_languages_per_neuron must be >= 1 or None")
         _check_budget(self.budget, self.matrices)
 
 
 def _check_budget(budget: float | None, matrices: Sequence[str]) -> None:
     if budget is not None and not 0.0 < budget <= 1.0:
-        raise ValueError(f"budget must be a fraction of all parameters in (0, 1], got {budget}")
+        raise ConfigError(f"budget must be a fraction of all parameters in (0, 1], got {budget}")
     unknown = [m for m in matrices if m not in FFN_MATRICES]
     if unknown or not matrices:
-        raise ValueError(f"matrices must be a non-empty subset of {FFN_MATRICES}, got {tuple(matrices)}")
+        raise ConfigError(f"matrices must be a non-empty subset of {FFN_MATRICES}, got {tuple(matrices)}")
 
 
 def budget_neurons(stats: NeuronStats, budget: float, matrices: Sequence[str]) -> int:
     """How many neurons `budget` (a fraction of all parameters) buys: each owns len(matrices) * hidden weights."""
     hidden, total = stats.metadata.get("hidden_size"), stats.metadata.get("num_parameters")
     if not hidden or not total:
-        raise ValueError("a parameter budget needs hidden_size and num_parameters in the statistics' metadata")
+        raise DataFormatError("a parameter budget needs hidden_size and num_parameters in the statistics' metadata")
     return int(math.floor(budget * total / (len(matrices) * hidden)))
 
 
@@ -135,7 +137,7 @@ def select_plnd(stats: NeuronStats, config: PlndConfig = PlndConfig()) -> Neuron
     """PLND selection from per-document top-k membership counts."""
     empty = [lang for lang, docs in zip(stats.languages, stats.document_count) if docs <= 0]
     if empty:
-        raise ValueError(f"statistics have no documents for language(s) {empty}")
+        raise UnknownLanguageError(f"statistics have no documents for language(s) {empty}")
     # count >= fraction * documents, with a tolerance so that 0.9 * 10 documents means 9, not 10.
     required = config.membership_fraction * stats.document_count[:, None, None] - 1e-9
     masks_array = stats.topk_count >= required  # [K, L, I]
@@ -164,7 +166,7 @@ def select(stats: NeuronStats, method: str, config: LapeConfig | PlndConfig | No
         return select_lape(stats, config or LapeConfig())
     if method == "plnd":
         return select_plnd(stats, config or PlndConfig())
-    raise ValueError(f"unknown LSN selection method {method!r}; expected one of {METHODS}")
+    raise ConfigError(f"unknown LSN selection method {method!r}; expected one of {METHODS}")
 
 
 def _neuron_set(method: str, masks: dict[str, np.ndarray], stats: NeuronStats, settings: dict) -> NeuronSet:
@@ -203,6 +205,6 @@ def plot_neuron_heatmap(neuron_set: NeuronSet, path: str | os.PathLike, language
     fig.colorbar(image, ax=ax, label="neurons")
     ax.set_title(title or f"{neuron_set.method.upper()} neurons per layer ({neuron_set.intermediate_size} per layer)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as staging:
+        fig.savefig(staging, dpi=120)
     plt.close(fig)

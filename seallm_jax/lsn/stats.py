@@ -17,6 +17,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError, require_file
+from seallm_jax.files import atomic_file
+
 STATS_FORMAT_VERSION = 1
 
 
@@ -50,7 +53,7 @@ class NeuronStats:
         self.document_count = np.asarray(self.document_count, dtype=np.int64).reshape(-1)
         num_languages = len(self.languages)
         if len(set(self.languages)) != num_languages:
-            raise ValueError(f"NeuronStats: duplicate languages in {self.languages}")
+            raise DataFormatError(f"NeuronStats: duplicate languages in {self.languages}")
         if self.active_count.ndim != 3 or self.active_count.shape[0] != num_languages:
             raise ValueError(
                 f"NeuronStats: active_count must be [languages={num_languages}, layers, intermediate], "
@@ -104,16 +107,16 @@ class NeuronStats:
     def merge(self, other: "NeuronStats") -> "NeuronStats":
         """Sum of two statistics (languages in either; shared languages are added). Counts merge exactly."""
         if (self.num_layers, self.intermediate_size) != (other.num_layers, other.intermediate_size):
-            raise ValueError(
+            raise DataFormatError(
                 f"cannot merge statistics of a {self.num_layers}x{self.intermediate_size} FFN with "
                 f"{other.num_layers}x{other.intermediate_size}"
             )
         if self.top_k != other.top_k:
-            raise ValueError(f"cannot merge statistics with PLND top_k {self.top_k} and {other.top_k}")
+            raise DataFormatError(f"cannot merge statistics with PLND top_k {self.top_k} and {other.top_k}")
         for key in ("model", "hidden_size", "num_parameters"):
             mine, theirs = self.metadata.get(key), other.metadata.get(key)
             if key != "model" and mine is not None and theirs is not None and mine != theirs:
-                raise ValueError(f"cannot merge statistics of different models ({key}: {mine} vs {theirs})")
+                raise DataFormatError(f"cannot merge statistics of different models ({key}: {mine} vs {theirs})")
         languages = self.languages + [lang for lang in other.languages if lang not in self.languages]
         merged = NeuronStats.zeros(languages, self.num_layers, self.intermediate_size, self.top_k,
                                    metadata={**other.metadata, **self.metadata})
@@ -136,9 +139,8 @@ class NeuronStats:
             token_count=dict(zip(self.languages, self.token_count.tolist())),
             document_count=dict(zip(self.languages, self.document_count.tolist())),
         )
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # np.savez appends .npz to names without it; write to the exact path the user gave.
-        with open(path, "wb") as f:
+        with atomic_file(path) as staging, open(staging, "wb") as f:
             np.savez(
                 f, active_count=self.active_count, importance_sum=self.importance_sum,
                 topk_count=self.topk_count, token_count=self.token_count, document_count=self.document_count,
@@ -147,15 +149,18 @@ class NeuronStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NeuronStats":
+        require_file(path, "statistics file")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError) as error:
-            raise ValueError(f"{path}: not a neuron-statistics .npz file ({error})") from None
+            reason = "written by something else" if "pickled" in str(error) else str(error)
+            raise DataFormatError(f"{path}: not a neuron-statistics .npz file ({reason}); "
+                                  "write one with `seallm-jax lsn stats`") from None
         required = ("active_count", "importance_sum", "topk_count", "token_count", "document_count", "metadata_json")
         missing = [key for key in required if key not in arrays]
         if missing:
-            raise ValueError(f"{path}: neuron statistics file lacks {missing}")
+            raise DataFormatError(f"{path}: neuron statistics file lacks {missing}")
         metadata = json.loads(str(arrays["metadata_json"]))
         return cls(
             languages=metadata["languages"], top_k=int(metadata["top_k"]),
@@ -168,7 +173,7 @@ class NeuronStats:
         """LAPE's p: `[L, I, K]` share of each language's tokens on which the neuron fires (silu(gate) > 0)."""
         if np.any(self.token_count <= 0):
             empty = [lang for lang, n in zip(self.languages, self.token_count) if n <= 0]
-            raise ValueError(f"statistics have no tokens for language(s) {empty}")
+            raise UnknownLanguageError(f"statistics have no tokens for language(s) {empty}")
         return np.moveaxis(self.active_count / self.token_count[:, None, None], 0, -1)
 
     def summary(self) -> str:
@@ -260,7 +265,7 @@ class StatisticsPass:
         self.intermediate_size = config.intermediate_size
         self.top_k = default_top_k(self.intermediate_size) if top_k is None else int(top_k)
         if not 1 <= self.top_k <= self.intermediate_size:
-            raise ValueError(f"PLND top_k must be in 1..{self.intermediate_size} (intermediate_size), got {top_k}")
+            raise ConfigError(f"PLND top_k must be in 1..{self.intermediate_size} (intermediate_size), got {top_k}")
         self.mesh = mesh
         self.graphdef, params = nnx.split(model, nnx.Param)
         params = params.to_pure_dict()
@@ -407,7 +412,7 @@ def compute_statistics(model: nnx.Module, batches_by_language: Mapping[str, Iter
         seconds.update(stats.metadata.get("seconds", {}))
         merged = stats if merged is None else merged.merge(stats)
     if merged is None:
-        raise ValueError("compute_statistics needs at least one language")
+        raise ConfigError("compute_statistics needs at least one language")
     merged.metadata["seconds"] = seconds
     merged.metadata["languages"] = merged.languages
     merged.metadata["token_count"] = dict(zip(merged.languages, merged.token_count.tolist()))

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-from seallm_jax.model.generate import DEFAULT_MAX_NEW_TOKENS
+from seallm_jax.defaults import DEFAULT_MAX_NEW_TOKENS
+from seallm_jax.errors import check_dtype, require_dir, require_model_dir
+from seallm_jax.files import check_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,42 +52,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _convert_hf_to_orbax(args: argparse.Namespace) -> int:
+    require_model_dir(args.hf_dir)
+    check_output_dir(args.ckpt_dir, "CKPT_DIR")
     from seallm_jax.hf import convert_hf_to_orbax
 
-    if not os.path.isdir(args.hf_dir):
-        return _fail("convert", f"HF_DIR {args.hf_dir} is not a directory")
     print(f"wrote Orbax checkpoint {convert_hf_to_orbax(args.hf_dir, args.ckpt_dir)}")
     return 0
 
 
 def _convert_orbax_to_hf(args: argparse.Namespace) -> int:
+    require_model_dir(args.ckpt_dir)
+    check_output_dir(args.hf_dir, "HF_DIR")
     from seallm_jax.hf import convert_orbax_to_hf
 
-    if not os.path.isdir(args.ckpt_dir):
-        return _fail("convert", f"CKPT_DIR {args.ckpt_dir} is not a directory")
     print(f"wrote Hugging Face model {convert_orbax_to_hf(args.ckpt_dir, args.hf_dir)}")
     return 0
 
 
-def _fail(command: str, message: str) -> int:
-    print(f"seallm-jax {command}: {message}", file=sys.stderr)
-    return 2
-
-
 def _generate(args: argparse.Namespace) -> int:
-    from seallm_jax.model.generate import generate_text
+    require_model_dir(args.model)
+    if args.tokenizer is not None:
+        require_dir(args.tokenizer, "--tokenizer")
+    check_dtype(args.dtype)
     from seallm_jax.hf import load_model
+    from seallm_jax.model.generate import check_sampling, generate_text
     from seallm_jax.tokenizer import tokenizer_for
 
-    try:
-        model = load_model(args.model, dtype=args.dtype)
-        tokenizer = tokenizer_for(args.model, args.tokenizer)
-        completions = generate_text(
-            model, tokenizer, args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        )
-    except (FileNotFoundError, ValueError) as error:  # bad paths and arguments; a bug still shows its traceback
-        return _fail("generate", str(error))
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    model = load_model(args.model, dtype=args.dtype)
+    tokenizer = tokenizer_for(args.model, args.tokenizer)
+    completions = generate_text(
+        model, tokenizer, args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )
     for number, (prompt, completion) in enumerate(zip(args.prompt, completions)):
         if args.json:
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))

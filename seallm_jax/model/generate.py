@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seallm_jax.defaults import DEFAULT_MAX_NEW_TOKENS
+from seallm_jax.errors import ConfigError
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
 
 if TYPE_CHECKING:  # transformers is only needed for the text-level helper's type
@@ -22,7 +24,6 @@ if TYPE_CHECKING:  # transformers is only needed for the text-level helper's typ
 Array = jax.Array
 Float = Array  # float arrays (logits); the alias keeps signatures readable
 
-DEFAULT_MAX_NEW_TOKENS = 64
 # Prompts are left-padded to the next power of two at least this long, so that prompts of similar
 # length share one compiled program.
 MIN_PROMPT_BUCKET = 16
@@ -121,6 +122,18 @@ def _generate_jit(
     return jax.lax.while_loop(keep_going, decode_step, carry)[-1]
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    """A `ConfigError` naming the first decoding setting out of range (checked before any work)."""
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
 def generate(
     model: Qwen2ForCausalLM,
     prompts: Sequence[Sequence[int]],
@@ -140,26 +153,19 @@ def generate(
     distribution restricted by `top_k` (0 = off) and `top_p` (1.0 = off). A row stops after emitting
     one of `eos_token_ids` (the EOS token is kept) and shows `pad_token_id` afterwards.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     if len(prompts) == 0:
-        raise ValueError("no prompts given")
+        raise ConfigError("no prompts given")
     vocab_size = model.config.vocab_size
     for row, prompt in enumerate(prompts):
         if len(prompt) == 0:
-            raise ValueError(f"prompt {row} is empty: every prompt needs at least one token")
+            raise ConfigError(f"prompt {row} is empty: every prompt needs at least one token")
         bad = [int(t) for t in prompt if not 0 <= int(t) < vocab_size]
         if bad:
-            raise ValueError(f"prompt {row} has token ids outside the model's vocabulary [0, {vocab_size}): {bad[:5]}")
+            raise ConfigError(f"prompt {row} has token ids outside the model's vocabulary [0, {vocab_size}): {bad[:5]}")
     stops = np.atleast_1d(np.asarray(eos_token_ids, np.int32)).reshape(-1)
     if stops.size > MAX_STOP_TOKENS:
-        raise ValueError(f"at most {MAX_STOP_TOKENS} eos_token_ids are supported, got {stops.size}")
+        raise ConfigError(f"at most {MAX_STOP_TOKENS} eos_token_ids are supported, got {stops.size}")
     eos = np.full((MAX_STOP_TOKENS,), -1, np.int32)
     eos[: stops.size] = stops
 

@@ -18,17 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seallm_jax.train.config import load_config
+    from seallm_jax.train.config import check_run_inputs, load_config
+
+    config = load_config(args.config, getattr(args, "overrides", None) or [])
+    check_run_inputs(config, args.workdir)
     from seallm_jax.train.loop import TrainingDivergedError, train
 
     try:
-        config = load_config(args.config, getattr(args, "overrides", None) or [])
-    except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError) as error:
-        print(f"seallm-jax train: {error}", file=sys.stderr)
-        return 2
-    try:
         train(config, args.workdir)
-    except TrainingDivergedError as error:
+    except TrainingDivergedError as error:  # not the user's input, not a bug: one line, exit 1
         print(f"seallm-jax train: {error}", file=sys.stderr)
         return 1
     return 0

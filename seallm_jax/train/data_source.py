@@ -6,12 +6,13 @@ exposes `state()` / `restore(state)`: a JSON-serialisable position saved with ev
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ml_collections
 import numpy as np
+
+from seallm_jax.errors import ConfigError
 
 if TYPE_CHECKING:
     from seallm_jax.data.vocabulary import VocabularySubset
@@ -119,7 +120,7 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
             tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
             weighting=data.weighting, temperature=float(data.temperature), truncation=data.truncation,
             min_source_chars=int(data.min_source_chars), max_per_language=max_per_language or None)
-    raise ValueError(f"config.data.source={source!r}: expected 'synthetic', 'corpus' or 'sft'")
+    raise ConfigError(f"config.data.source={source!r}: expected 'synthetic', 'corpus' or 'sft'")
 
 
 def sft_vocabulary(directory: str | os.PathLike, *, languages: Sequence[str] | None = None,
@@ -133,6 +134,7 @@ def sft_vocabulary(directory: str | os.PathLike, *, languages: Sequence[str] | N
     """
     from seallm_jax.data.sft import ROLES, QWEN2_DEFAULT_SYSTEM, translation_conversations
     from seallm_jax.data.vocabulary import FILE_NAME, VocabularySubset
+    from seallm_jax.files import atomic_directory
     from seallm_jax.tokenizer import load_tokenizer
 
     directory = os.fspath(directory)
@@ -147,11 +149,6 @@ def sft_vocabulary(directory: str | os.PathLike, *, languages: Sequence[str] | N
                 texts += [m.content for items in grouped.values() for c in items for m in c.messages]
         subset = VocabularySubset.from_texts(load_tokenizer(), texts)
         # Written beside, then renamed: concurrent processes never read a half-written subset.
-        staging = f"{directory}.tmp-{os.getpid()}"
-        subset.save_pretrained(staging)
-        os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-        try:
-            os.rename(staging, directory)
-        except OSError:  # another process saved it first
-            shutil.rmtree(staging, ignore_errors=True)
+        with atomic_directory(directory, if_exists="keep") as staging:
+            subset.save_pretrained(staging)
     return VocabularySubset.load(directory)
