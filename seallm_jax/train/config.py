@@ -38,7 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1,
         decay_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0))
-    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
+    # on_damage: a saved step that no longer restores (truncated file, missing metadata) is moved
+    # aside to STEP.damaged and the newest step that restores is resumed ('fallback'), or the run
+    # stops with an error naming it ('error').
+    c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True, on_damage="fallback"))
     # source: 'synthetic' (random documents of arithmetic token sequences, learnable; tests and
     # benchmarks), 'corpus' (the shipped SEA corpus / TFDS, seallm_jax.data) or 'sft' (ChatML
     # conversations, loss on assistant tokens; seallm_jax.data.sft.sft_stream).
@@ -64,7 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                          "gate_proj", "up_proj", "down_proj"]))
     # Multi-process: 'auto' (SLURM / TPU pod / JAX_* env vars), 'none' (single process).
-    c.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
+    # stall_timeout: seconds a process of a multi-process run may go without finishing a step, an
+    # evaluation or a checkpoint (the first step's compilation included) before it stops with an
+    # error and exit code 75: a process that died or hangs would otherwise leave the others waiting
+    # in a collective forever. 0 disables.
+    c.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300, stall_timeout=300))
     return c
 
 
@@ -77,7 +84,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ConfigError(f"config file {path}, line {error.lineno}: {error.msg}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config()")
     config = module.get_config(arg) if arg else module.get_config()
@@ -136,3 +146,35 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
         node[leaf] = value
     except TypeError as error:
         raise ConfigError(f"--config.{key}={text}: {error}") from None
+
+
+def check_run_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The paths and names a run reads, checked before anything heavy starts (a `UserError` names
+    the field): the workdir, `model.init_from`, `data.tokenizer`, `data.files`, `data.languages`,
+    `lsn.neurons` and `lsn.languages`."""
+    from seallm_jax.data.corpus import check_language
+    from seallm_jax.errors import require_dir, require_file, require_model_dir
+    from seallm_jax.files import check_output_dir
+
+    check_output_dir(workdir, "--workdir")
+    if config.model.get("init_from"):
+        require_model_dir(config.model.init_from)
+    data = config.data
+    if data.source not in ("synthetic", "corpus", "sft"):
+        raise ConfigError(f"config.data.source={data.source!r}: expected 'synthetic', 'corpus' or 'sft'")
+    if data.source != "synthetic":
+        if data.get("tokenizer"):
+            require_dir(data.tokenizer, "config.data.tokenizer")
+        for path in data.get("files") or []:
+            require_file(path, "config.data.files:")
+        for language in data.get("languages") or []:
+            check_language(language, "config.data.languages")
+    lsn = config.lsn
+    if lsn.get("neurons"):
+        require_file(lsn.neurons, "config.lsn.neurons")
+        asked = [code for code in (lsn.get("languages") or []) if code]
+        if asked:
+            from seallm_jax.data.corpus import check_languages
+            from seallm_jax.lsn.neurons import neuron_file_languages
+
+            check_languages(asked, neuron_file_languages(lsn.neurons), where=f"neuron file {lsn.neurons}")
