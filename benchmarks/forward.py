@@ -2,8 +2,10 @@
 
     python benchmarks/forward.py --batch 1 --length 128            # Qwen2-0.5B shape, float32, CPU
     python benchmarks/forward.py --num-hidden-layers 4 --batch 4   # a quicker look
+    python benchmarks/forward.py --num-hidden-layers 4 --batch 1 --length 4096 --compare xla   # long context
 
-Prints tokens/s of each and the ratio (seallm-jax / transformers).
+Prints tokens/s of each and the ratio (seallm-jax / transformers). `--attention-impl` picks the
+kernel (default `flash`); `--compare xla` also times the old dense path in the same run.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from seallm_jax import Qwen2ForCausalLM
 
 
 def time_seallm(config, ids: np.ndarray, args: argparse.Namespace) -> float:
-    """Median seconds of one jitted forward (the model is freed before the reference is built)."""
+    """Median seconds of one jitted forward (the model is freed before the next one is built)."""
     graphdef, params = nnx.split(Qwen2ForCausalLM(config, rngs=nnx.Rngs(0)), nnx.Param)
     forward = jax.jit(lambda params, ids: nnx.merge(graphdef, params)(ids))
     jax_ids = jnp.asarray(ids)
@@ -36,14 +38,18 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--attention-impl", default="flash", help="seallm-jax attention kernel (model.attention_impl)")
+    parser.add_argument("--compare", default="", help="comma list of other attention kernels to time too, e.g. xla")
+    parser.add_argument("--scan-unroll", type=int, default=1)
     args = parser.parse_args()
-    config = model_config(args)
+    config = model_config(args).replace(scan_unroll=args.scan_unroll)
     tokens = args.batch * args.length
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (args.batch, args.length)).astype(np.int32)
     print(f"config: {config.num_parameters() / 1e6:.0f}M params, batch {args.batch} x length {args.length}, float32, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
-    jax_seconds = time_seallm(config, ids, args)
+    implementations = [args.attention_impl] + [name for name in args.compare.split(",") if name]
+    jax_seconds = {name: time_seallm(config.replace(attention_impl=name), ids, args) for name in implementations}
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(torch_config(config), attn_implementation="sdpa").eval()
     torch_ids = torch.as_tensor(ids, dtype=torch.long)
@@ -53,9 +59,10 @@ def main() -> None:
             return reference(torch_ids).logits
 
     torch_seconds = time_it(torch_forward, warmup=args.warmup, iterations=args.iterations)
-    print(f"seallm-jax    : {tokens / jax_seconds:10.1f} tokens/s ({jax_seconds * 1e3:.0f} ms/forward)")
-    print(f"transformers  : {tokens / torch_seconds:10.1f} tokens/s ({torch_seconds * 1e3:.0f} ms/forward)")
-    print(f"ratio (seallm-jax / transformers): {torch_seconds / jax_seconds:.2f}x")
+    for name, seconds in jax_seconds.items():
+        print(f"seallm-jax {name:8s}: {tokens / seconds:10.1f} tokens/s ({seconds * 1e3:.0f} ms/forward), "
+              f"ratio to transformers {torch_seconds / seconds:.2f}x")
+    print(f"transformers       : {tokens / torch_seconds:10.1f} tokens/s ({torch_seconds * 1e3:.0f} ms/forward)")
 
 
 if __name__ == "__main__":

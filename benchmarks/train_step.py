@@ -4,6 +4,9 @@ fraction of a matmul peak measured in the same run.
 
     python benchmarks/train_step.py                      # small CPU config, float32
     python benchmarks/train_step.py --hidden 896 --layers 4 --seq 512 --batch 4
+    # long context, Qwen2-0.5B width and vocabulary:
+    python benchmarks/train_step.py --vocab 151936 --hidden 896 --intermediate 4864 --heads 14 --kv-heads 2 \
+        --layers 4 --batch 1 --seq 4096 --steps 2
 
 Both frameworks see the same batch, the same model shape and float32; rounds alternate between
 the two so that a shared machine's load affects both alike, and the median round is reported.
@@ -35,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--matmul-size", type=int, default=1024)
+    p.add_argument("--attention-impl", default="flash", help="model.attention_impl of the seallm-jax step")
+    p.add_argument("--loss-chunk-tokens", type=int, default=None,
+                   help="train.loss_chunk_tokens (0: full logits; default: the step's default)")
+    p.add_argument("--scan-unroll", type=int, default=1)
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -73,8 +80,11 @@ class JaxStep:
         config = base_config()
         config.model.update(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                             num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                            num_key_value_heads=args.kv_heads, tie_word_embeddings=False)
+                            num_key_value_heads=args.kv_heads, tie_word_embeddings=False,
+                            attention_impl=args.attention_impl, scan_unroll=args.scan_unroll)
         config.train.update(global_batch_size=args.batch, seq_len=args.seq, steps=10**6)
+        if args.loss_chunk_tokens is not None:
+            config.train.loss_chunk_tokens = args.loss_chunk_tokens
         config.optimizer.update(warmup_steps=0, schedule="constant", weight_decay=0.0, max_grad_norm=1.0)
         mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
         self.trainer = Trainer(config, mesh, build_optimizer(config), build_schedule(config))
@@ -157,7 +167,8 @@ def main(argv=None) -> dict:
         "matmul_peak_flops_per_s": peak, "fraction_of_matmul_peak": achieved / peak,
     }
     print(f"model: {result['config']['parameters'] / 1e6:.2f}M params, batch {args.batch} x {args.seq}, float32, "
-          f"{result['device']}")
+          f"{result['device']}; seallm-jax attention {args.attention_impl}, "
+          f"loss_chunk_tokens {jax_step.trainer.settings.loss_chunk_tokens}")
     print(f"{'':24s}{'tokens/s':>12s}")
     print(f"{'seallm-jax (jit)':24s}{jax_tps:12.0f}")
     print(f"{'transformers + AdamW':24s}{torch_tps:12.0f}")

@@ -36,7 +36,7 @@ def segment_causal_mask(query_segments: Array, key_segments: Array, query_offset
 
 def causal_attention(
     q: Array, k: Array, v: Array, segment_ids: Array, *, implementation: str = "xla",
-    block_q: int = 512, block_k: int = 512,
+    block_q: int = 128, block_k: int = 128,
 ) -> Array:
     """Causal GQA self-attention within segments.
 
@@ -73,17 +73,19 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array, *, implementatio
 # values as [k_blocks, batch, kv_heads, block_k, head_dim], so each tile is one batched matmul over
 # (batch, kv_heads) with the query groups folded into its rows: GQA without repeating K/V.
 #
-# Causal skipping is static: query block i needs key blocks 0 .. last_key_block(i) only, a Python
-# constant, so the blocks above the diagonal are never computed (about half of all tiles at large T).
+# Causal skipping: query block i visits key blocks 0 .. last_key_block(i) only and key block j is
+# visited by query blocks first_query_block(j) .. end, so the tiles above the diagonal are never
+# computed (about half of them at large T). The loop bounds are arithmetic on the block index, so
+# the program has one loop nest whatever T is (compile time does not grow with the length).
 
 
-def _num_key_blocks_needed(query_block: int, block_q: int, block_k: int, num_key_blocks: int) -> int:
+def _num_key_blocks_needed(query_block: Array, block_q: int, block_k: int, num_key_blocks: int) -> Array:
     """How many key blocks query block `query_block` can see under the causal mask."""
     last_query = (query_block + 1) * block_q - 1
-    return min(num_key_blocks, last_query // block_k + 1)
+    return jnp.minimum(num_key_blocks, last_query // block_k + 1)
 
 
-def _first_query_block_needing(key_block: int, block_q: int, block_k: int) -> int:
+def _first_query_block_needing(key_block: Array, block_q: int, block_k: int) -> Array:
     """The first query block that can see key block `key_block` under the causal mask."""
     return (key_block * block_k) // block_q
 
@@ -98,6 +100,12 @@ def _to_blocks(x: Array, block: int, groups: int | None) -> Array:
     return x.transpose(1, 0, 3, 4, 2, 5)
 
 
+def _segment_blocks(segment_ids: Array, block: int) -> Array:
+    """[batch, T] -> [T/block, batch, block]."""
+    batch, length = segment_ids.shape
+    return segment_ids.reshape(batch, length // block, block).transpose(1, 0, 2)
+
+
 def _from_query_blocks(x: Array) -> Array:
     """[q_blocks, batch, kv_heads, groups, block_q, head_dim] -> [batch, T, heads, head_dim]."""
     num_blocks, batch, kv_heads, groups, block, head_dim = x.shape
@@ -110,7 +118,7 @@ def _from_key_blocks(x: Array) -> Array:
     return x.transpose(1, 0, 3, 2, 4).reshape(batch, num_blocks * block, kv_heads, head_dim)
 
 
-def _tile_mask(query_block: int | Array, key_block: int | Array, query_segments: Array, key_segments: Array,
+def _tile_mask(query_block: Array, key_block: Array, query_segments: Array, key_segments: Array,
                block_q: int, block_k: int) -> Array:
     """Boolean [batch, 1, 1, block_q, block_k]: causal within the two blocks' positions and same segment.
 
@@ -134,20 +142,18 @@ def _flash_forward(q, k, v, segment_ids, block_q, block_k):
     scale = q.shape[-1] ** -0.5
     q_blocks = _to_blocks(q, block_q, groups)
     k_blocks, v_blocks = _to_blocks(k, block_k, None), _to_blocks(v, block_k, None)
+    query_segments, key_segments = _segment_blocks(segment_ids, block_q), _segment_blocks(segment_ids, block_k)
     num_query_blocks, num_key_blocks = q_blocks.shape[0], k_blocks.shape[0]
-    query_segments = segment_ids.reshape(q.shape[0], num_query_blocks, block_q).transpose(1, 0, 2)
-    key_segments = segment_ids.reshape(q.shape[0], num_key_blocks, block_k).transpose(1, 0, 2)
+    row_shape = q_blocks.shape[1:-1]  # [batch, kv_heads, groups, block_q]
 
-    outputs, log_sum_exps = [], []
-    for i in range(num_query_blocks):  # static: each query block gets its own causal key range
+    def visit_query_block(i, outputs):
+        out_blocks, log_sum_exp = outputs
         q_tile, q_segments = q_blocks[i], query_segments[i]
-        row_shape = q_tile.shape[:-1]  # [batch, kv_heads, groups, block_q]
 
-        def visit_key_block(j, carry, q_tile=q_tile, q_segments=q_segments, i=i):
+        def visit_key_block(j, carry):
             row_max, row_sum, accumulator = carry
-            scores = _tile_scores(q_tile, k_blocks[j], scale)
             visible = _tile_mask(i, j, q_segments, key_segments[j], block_q, block_k)
-            scores = jnp.where(visible, scores, MASK_VALUE)
+            scores = jnp.where(visible, _tile_scores(q_tile, k_blocks[j], scale), MASK_VALUE)
             new_max = jnp.maximum(row_max, scores.max(axis=-1))
             probabilities = jnp.where(visible, jnp.exp(scores - new_max[..., None]), 0.0)
             correction = jnp.exp(row_max - new_max)
@@ -162,59 +168,58 @@ def _flash_forward(q, k, v, segment_ids, block_q, block_k):
         needed = _num_key_blocks_needed(i, block_q, block_k, num_key_blocks)
         row_max, row_sum, accumulator = jax.lax.fori_loop(0, needed, visit_key_block, init)
         safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)  # only rows of the block-rounding padding are empty
-        outputs.append((accumulator / safe_sum[..., None]).astype(q.dtype))
-        log_sum_exps.append(row_max + jnp.log(safe_sum))
-    return jnp.stack(outputs), jnp.stack(log_sum_exps)
+        out_blocks = out_blocks.at[i].set((accumulator / safe_sum[..., None]).astype(q.dtype))
+        log_sum_exp = log_sum_exp.at[i].set(row_max + jnp.log(safe_sum))
+        return out_blocks, log_sum_exp
+
+    outputs = (jnp.zeros(q_blocks.shape, q.dtype), jnp.zeros((num_query_blocks, *row_shape), jnp.float32))
+    return jax.lax.fori_loop(0, num_query_blocks, visit_query_block, outputs)
 
 
 def _flash_backward(q, k, v, segment_ids, out_blocks, log_sum_exp, d_out, block_q, block_k):
     """dq, dk, dv recomputed tile by tile from the saved log-sum-exp (FlashAttention-2's backward).
 
-    Outer loop over key blocks (static, so each knows its first causal query block), inner loop over
-    the query blocks that see it; dk/dv of the key block accumulate in the inner carry, dq in a
-    [q_blocks, ...] buffer updated in place.
+    Outer loop over key blocks, inner loop over the query blocks that see the key block; dk/dv of
+    the key block accumulate in the inner carry, dq in a [q_blocks, ...] buffer updated in place.
     """
     groups = q.shape[2] // k.shape[2]
     scale = q.shape[-1] ** -0.5
-    q_blocks = _to_blocks(q, block_q, groups)
+    q_blocks, d_out_blocks = _to_blocks(q, block_q, groups), _to_blocks(d_out, block_q, groups)
     k_blocks, v_blocks = _to_blocks(k, block_k, None), _to_blocks(v, block_k, None)
-    d_out_blocks = _to_blocks(d_out, block_q, groups)
+    query_segments, key_segments = _segment_blocks(segment_ids, block_q), _segment_blocks(segment_ids, block_k)
     num_query_blocks, num_key_blocks = q_blocks.shape[0], k_blocks.shape[0]
-    query_segments = segment_ids.reshape(q.shape[0], num_query_blocks, block_q).transpose(1, 0, 2)
-    key_segments = segment_ids.reshape(q.shape[0], num_key_blocks, block_k).transpose(1, 0, 2)
     # D_i = rowsum(dO_i * O_i): the softmax-backward term shared by every key of row i.
     d_out_dot_out = jnp.sum(d_out_blocks.astype(jnp.float32) * out_blocks.astype(jnp.float32), axis=-1)
 
-    d_query = jnp.zeros(q_blocks.shape, jnp.float32)
-    d_keys, d_values = [], []
-    for j in range(num_key_blocks):
+    def visit_key_block(j, grads):
+        d_query, d_keys, d_values = grads
         k_tile, v_tile, k_segments = k_blocks[j], v_blocks[j], key_segments[j]
 
-        def visit_query_block(i, carry, k_tile=k_tile, v_tile=v_tile, k_segments=k_segments, j=j):
+        def visit_query_block(i, carry):
             d_query, d_key, d_value = carry
             q_tile, d_out_tile = q_blocks[i], d_out_blocks[i]
-            scores = _tile_scores(q_tile, k_tile, scale)
             visible = _tile_mask(i, j, query_segments[i], k_segments, block_q, block_k)
-            scores = jnp.where(visible, scores, MASK_VALUE)
+            scores = jnp.where(visible, _tile_scores(q_tile, k_tile, scale), MASK_VALUE)
             probabilities = jnp.where(visible, jnp.exp(scores - log_sum_exp[i][..., None]), 0.0)
             d_value = d_value + jnp.einsum("bkgqc,bkgqh->bkch", probabilities.astype(d_out_tile.dtype), d_out_tile,
                                            preferred_element_type=jnp.float32)
             d_probabilities = jnp.einsum("bkgqh,bkch->bkgqc", d_out_tile, v_tile, preferred_element_type=jnp.float32)
             d_scores = (probabilities * (d_probabilities - d_out_dot_out[i][..., None]) * scale).astype(q_tile.dtype)
             d_key = d_key + jnp.einsum("bkgqc,bkgqh->bkch", d_scores, q_tile, preferred_element_type=jnp.float32)
-            d_query_tile = jnp.einsum("bkgqc,bkch->bkgqh", d_scores, k_tile, preferred_element_type=jnp.float32)
-            d_query = d_query.at[i].add(d_query_tile)
+            d_query = d_query.at[i].add(jnp.einsum("bkgqc,bkch->bkgqh", d_scores, k_tile,
+                                                   preferred_element_type=jnp.float32))
             return d_query, d_key, d_value
 
         zeros = jnp.zeros(k_tile.shape, jnp.float32)
         first = _first_query_block_needing(j, block_q, block_k)
         d_query, d_key, d_value = jax.lax.fori_loop(first, num_query_blocks, visit_query_block, (d_query, zeros, zeros))
-        d_keys.append(d_key)
-        d_values.append(d_value)
+        return d_query, d_keys.at[j].set(d_key), d_values.at[j].set(d_value)
+
+    grads = (jnp.zeros(q_blocks.shape, jnp.float32), jnp.zeros(k_blocks.shape, jnp.float32),
+             jnp.zeros(v_blocks.shape, jnp.float32))
+    d_query, d_keys, d_values = jax.lax.fori_loop(0, num_key_blocks, visit_key_block, grads)
     d_q = _from_query_blocks(d_query).astype(q.dtype)
-    d_k = _from_key_blocks(jnp.stack(d_keys)).astype(k.dtype)
-    d_v = _from_key_blocks(jnp.stack(d_values)).astype(v.dtype)
-    return d_q, d_k, d_v
+    return d_q, _from_key_blocks(d_keys).astype(k.dtype), _from_key_blocks(d_values).astype(v.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -242,8 +247,8 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block_q: int = 512,
-                    block_k: int = 512) -> Array:
+def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block_q: int = 128,
+                    block_k: int = 128) -> Array:
     """Blockwise causal attention within segments, O(T) memory forward and backward.
 
     Same arguments and result as `causal_attention`. Tiles are `block_q` queries x `block_k` keys

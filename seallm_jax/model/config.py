@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from seallm_jax.errors import ConfigError, MissingDataError
+from seallm_jax.errors import ConfigError, MissingDataError, check_dtype
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -62,8 +62,8 @@ class Qwen2Config:
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # rematerialisation of each decoder layer in the scan: see REMAT_POLICIES
     attention_impl: str = "xla"  # see ATTENTION_IMPLEMENTATIONS; docs/long_context.md
-    attention_block_q: int = 512  # "flash": queries per tile
-    attention_block_k: int = 512  # "flash": keys per tile
+    attention_block_q: int = 128  # "flash": queries per tile (128 x 128 was fastest on CPU, docs/long_context.md)
+    attention_block_k: int = 128  # "flash": keys per tile
     # Layers per iteration of the layer scan: 1 keeps compile time flat in depth; k > 1 compiles k
     # copies of the layer (compile time and program size grow ~k-fold) and lets XLA fuse across them.
     scan_unroll: int = 1
@@ -80,6 +80,8 @@ class Qwen2Config:
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                 f"({self.num_attention_heads}); set head_dim explicitly"
             )
+        check_dtype(self.dtype, "dtype")
+        check_dtype(self.param_dtype, "param_dtype")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:

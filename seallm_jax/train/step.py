@@ -18,8 +18,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from seallm_jax import sharding as shd
+from seallm_jax.errors import ConfigError
 from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, param_logical_axes
 from seallm_jax.model.axes import activation_sharding
+from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_sums, cross_entropy_sums
+
+__all__ = ["BATCH_KEYS", "StepSettings", "TrainState", "Trainer", "cross_entropy_sums", "model_config_from"]
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
@@ -33,27 +37,25 @@ class TrainState:
     rng: jax.Array           # uint32[2] raw key, folded with the step where randomness is needed
 
 
-def cross_entropy_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Masked sums of token cross-entropy and of log(Z)^2 (z-loss), both float32 scalars.
-
-    logits: float32 [batch, length, vocab]; targets: int32 [batch, length]; loss_mask: [batch, length].
-    """
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    mask = loss_mask.astype(jnp.float32)
-    return jnp.sum((log_z - target_logit) * mask), jnp.sum(jnp.square(log_z) * mask)
-
-
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-    """What the step needs from config, as plain values (hashable: part of the jit closure)."""
+    """What the step needs from config, as plain values (hashable: part of the jit closure).
+
+    `loss_chunk_tokens` (`config.train.loss_chunk_tokens`): tokens whose float32 logits the loss
+    holds at once (`chunked_cross_entropy_sums`); 0 computes the full [batch, length, vocab] logits.
+    """
     micro_batches: int = 1
     z_loss_weight: float = 0.0
+    loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "StepSettings":
-        return cls(micro_batches=int(config.train.micro_batches), z_loss_weight=float(config.train.z_loss_weight))
+        chunk_tokens = config.train.get("loss_chunk_tokens", DEFAULT_CHUNK_TOKENS)
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 0:
+            raise ConfigError(f"config.train.loss_chunk_tokens={chunk_tokens!r}: expected an integer >= 0 "
+                              f"(0: full logits)")
+        return cls(micro_batches=int(config.train.micro_batches), z_loss_weight=float(config.train.z_loss_weight),
+                   loss_chunk_tokens=chunk_tokens)
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> Qwen2Config:
@@ -61,7 +63,8 @@ def model_config_from(config: ml_collections.ConfigDict) -> Qwen2Config:
     fields = {k: v for k, v in config.model.to_dict().items() if k != "init_from"}
     init_from = config.model.get("init_from")
     if init_from:
-        compute = {k: fields[k] for k in ("dtype", "param_dtype", "remat", "attention_impl") if k in fields}
+        compute = {k: fields[k] for k in ("dtype", "param_dtype", "remat", "attention_impl", "attention_block_q",
+                                          "attention_block_k", "scan_unroll") if k in fields}
         return Qwen2Config.from_hf(init_from, **compute)
     known = {f.name for f in dataclasses.fields(Qwen2Config)}
     unknown = sorted(set(fields) - known)
@@ -149,8 +152,13 @@ class Trainer:
     # ---- loss -----------------------------------------------------------------------------------------
     def _sums(self, params: Any, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         model = nnx.merge(self.graphdef, params)
-        logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-        return cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+        if not self.settings.loss_chunk_tokens:
+            logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+            return cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+        hidden, _ = model.hidden_states(batch["input_ids"], positions=batch["positions"],
+                                        segment_ids=batch["segment_ids"])
+        return chunked_cross_entropy_sums(hidden, model.logits, batch["targets"], batch["loss_mask"],
+                                          chunk_tokens=self.settings.loss_chunk_tokens)
 
     def _loss_and_grads(self, params: Any, batch: Batch) -> tuple[dict[str, jax.Array], Any]:
         z_weight = self.settings.z_loss_weight
@@ -208,6 +216,19 @@ class Trainer:
     def eval_step(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
         """Summed cross-entropy and target-token count of one global batch (no update)."""
         return self._eval_step(params, batch)
+
+    def lower_train_step(self, seq_len: int | None = None) -> jax.stages.Lowered:
+        """The train step lowered for abstract inputs (`jax.ShapeDtypeStruct` with this mesh's
+        shardings; nothing is allocated): `.compile().memory_analysis()` gives its memory, `.as_text()`
+        the program. `seq_len` defaults to `config.train.seq_len`."""
+        seq_len = int(seq_len or self.config.train.seq_len)
+        def abstract(leaf: jax.ShapeDtypeStruct, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+        state = jax.tree.map(abstract, self.abstract_state, self.state_shardings)
+        dtypes = {"loss_mask": jnp.float32}
+        batch = {key: jax.ShapeDtypeStruct((self.global_batch_size, seq_len), dtypes.get(key, jnp.int32),
+                                           sharding=self.batch_shardings[key]) for key in BATCH_KEYS}
+        return self._train_step.lower(state, batch)
 
     def put_batch(self, local_batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         """This process's rows (numpy) -> the global batch on the mesh."""
