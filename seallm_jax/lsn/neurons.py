@@ -25,8 +25,6 @@ FFN_MATRICES = ("gate_proj", "up_proj", "down_proj")
 class NeuronSet:
     """Language -> layer -> sorted FFN neuron ids, plus the model geometry they index into.
 
-    `attention` optionally holds PLND attention units: projection name ('q_proj', 'k_proj', 'v_proj') ->
-    language -> layer -> sorted output-unit ids (kernel columns in Flax layout).
     `hidden_size` and `num_parameters` (of the whole model) let the set report the parameter fraction it covers.
     """
 
@@ -36,16 +34,10 @@ class NeuronSet:
     languages: dict[str, LayerNeurons]
     hidden_size: int | None = None
     num_parameters: int | None = None
-    attention: dict[str, dict[str, LayerNeurons]] = dataclasses.field(default_factory=dict)
-    attention_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # projection -> output units
     config: dict = dataclasses.field(default_factory=dict)  # the selection settings, for the record
 
     def __post_init__(self) -> None:
         self.languages = {lang: _normalize_layers(layers) for lang, layers in self.languages.items()}
-        self.attention = {
-            proj: {lang: _normalize_layers(layers) for lang, layers in by_lang.items()}
-            for proj, by_lang in self.attention.items()
-        }
         self.validate()
 
     # ---- checks -------------------------------------------------------------------------------------------
@@ -58,13 +50,6 @@ class NeuronSet:
             )
         for lang, layers in self.languages.items():
             _validate_layers(layers, self.num_layers, self.intermediate_size, f"language {lang!r}")
-        for proj, by_lang in self.attention.items():
-            if proj not in self.attention_sizes:
-                raise DataFormatError(f"neuron set: attention projection {proj!r} has no size in attention_sizes")
-            for lang, layers in by_lang.items():
-                _validate_layers(
-                    layers, self.num_layers, self.attention_sizes[proj], f"attention {proj} language {lang!r}"
-                )
 
     def check_compatible(self, num_layers: int, intermediate_size: int) -> None:
         """A `ConfigError` when this set was selected for a model of a different shape."""
@@ -82,7 +67,7 @@ class NeuronSet:
         unknown = [lang for lang in languages if lang not in self.languages]
         if unknown:
             raise UnknownLanguageError(
-                f"the neuron set has no neurons for {', '.join(unknown)}; it has: {', '.join(sorted(self.languages))}"
+                f"the neuron set has no neurons for language {', '.join(unknown)}; it has: {', '.join(sorted(self.languages))}"
             )
         return languages
 
@@ -102,19 +87,6 @@ class NeuronSet:
         out = np.zeros((self.num_layers, self.intermediate_size), dtype=bool)
         for layer, ids in self.union(languages).items():
             out[layer, ids] = True
-        return out
-
-    def attention_mask(self, projection: str, languages: Iterable[str] | None = None) -> np.ndarray:
-        """Boolean `[num_layers, units]` of the PLND attention units of one projection (all False if none)."""
-        size = self.attention_sizes.get(projection)
-        if size is None:
-            raise DataFormatError(f"neuron set has no attention units for {projection!r}")
-        out = np.zeros((self.num_layers, size), dtype=bool)
-        by_lang = self.attention.get(projection, {})
-        langs = sorted(by_lang) if languages is None else [lang for lang in languages if lang in by_lang]
-        for lang in langs:
-            for layer, ids in by_lang[lang].items():
-                out[layer, ids] = True
         return out
 
     def gate_scale(self, languages: Iterable[str] | None = None, dtype: type = np.float32) -> np.ndarray:
@@ -156,7 +128,6 @@ class NeuronSet:
         return dataclasses.replace(
             self,
             languages={lang: self.languages[lang] for lang in langs},
-            attention={p: {l: v for l, v in d.items() if l in langs} for p, d in self.attention.items()},
         )
 
     # ---- file format ---------------------------------------------------------------------------------------
@@ -179,12 +150,6 @@ class NeuronSet:
             "parameter_fraction_union": self.parameter_fraction(),
             "config": self.config,
         }
-        if self.attention:
-            out["attention"] = {
-                proj: {lang: layers_json(layers) for lang, layers in sorted(by_lang.items())}
-                for proj, by_lang in self.attention.items()
-            }
-            out["attention_sizes"] = dict(self.attention_sizes)
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -197,6 +162,8 @@ class NeuronSet:
         for key in ("method", "num_layers", "intermediate_size", "languages"):
             if key not in data:
                 raise DataFormatError(f"{source}: missing key {key!r}")
+        if "attention" in data:  # never written by seallm-jax; refused rather than silently ignored
+            raise DataFormatError(f"{source}: attention units are not supported; neuron sets hold FFN neurons only")
 
         def layers_from_json(layers: Mapping) -> LayerNeurons:
             try:
@@ -212,11 +179,6 @@ class NeuronSet:
                 languages={lang: layers_from_json(layers) for lang, layers in data["languages"].items()},
                 hidden_size=data.get("hidden_size"),
                 num_parameters=data.get("num_parameters"),
-                attention={
-                    proj: {lang: layers_from_json(layers) for lang, layers in by_lang.items()}
-                    for proj, by_lang in data.get("attention", {}).items()
-                },
-                attention_sizes={k: int(v) for k, v in data.get("attention_sizes", {}).items()},
                 config=dict(data.get("config", {})),
             )
         except ValueError as error:

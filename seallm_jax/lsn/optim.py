@@ -18,7 +18,6 @@ import optax
 from seallm_jax.errors import ConfigError, UnknownLanguageError
 from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
 
-ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 Params = Mapping[str, Any]  # nested dict of arrays (nnx.split(...)[1].to_pure_dict())
 Path = tuple[str, ...]
 
@@ -74,26 +73,16 @@ def _ffn_path(matrix: str) -> Path:
     return ("model", "layers", "mlp", matrix, "kernel")
 
 
-def _attention_path(projection: str, leaf: str) -> Path:
-    return ("model", "layers", "self_attn", projection, leaf)
-
-
 def trainable_groups(neuron_set: NeuronSet, languages: Sequence[str] | None = None,
-                     matrices: Sequence[str] = FFN_MATRICES, attention: Sequence[str] = (),
-                     attention_bias: bool = True, params: Params | None = None) -> list[UnitGroup]:
+                     matrices: Sequence[str] = FFN_MATRICES, params: Params | None = None) -> list[UnitGroup]:
     """The parameter slices LSN training updates, from the union of `languages`' neurons (all when None).
 
     matrices: which FFN kernels train ('gate_proj', 'up_proj', 'down_proj'; PLND's reference uses up + down).
-    attention: PLND attention projections whose selected output units train (kernel columns and, with
-        `attention_bias`, their bias entries when the model has biases).
-    params: when given, the groups are checked against (and biases looked up in) the parameter tree.
+    params: when given, the groups are checked against the parameter tree.
     """
     unknown = [m for m in matrices if m not in FFN_MATRICES]
     if unknown:
         raise ConfigError(f"unknown FFN matrices {unknown}; expected a subset of {FFN_MATRICES}")
-    unknown = [p for p in attention if p not in ATTENTION_PROJECTIONS]
-    if unknown:
-        raise ValueError(f"unknown attention projections {unknown}; expected a subset of {ATTENTION_PROJECTIONS}")
     union = neuron_set.union(languages)
     layer_ids = tuple(union.get(layer, np.zeros(0, np.int64)) for layer in range(neuron_set.num_layers))
     groups = [
@@ -101,15 +90,6 @@ def trainable_groups(neuron_set: NeuronSet, languages: Sequence[str] | None = No
                   layer_ids=layer_ids)
         for m in matrices
     ]
-    for projection in attention:
-        size = neuron_set.attention_sizes.get(projection)
-        if size is None or projection not in neuron_set.attention:
-            raise ValueError(f"the neuron set has no attention units for {projection!r}")
-        mask = neuron_set.attention_mask(projection, languages)
-        ids = tuple(np.flatnonzero(mask[layer]) for layer in range(neuron_set.num_layers))
-        groups.append(UnitGroup(_attention_path(projection, "kernel"), axis=2, size=size, layer_ids=ids))
-        if attention_bias and (params is None or _has_path(params, _attention_path(projection, "bias"))):
-            groups.append(UnitGroup(_attention_path(projection, "bias"), axis=1, size=size, layer_ids=ids))
     if params is not None:
         check_groups(groups, params)
     return groups
@@ -278,10 +258,9 @@ def masked_by_groups(inner: optax.GradientTransformation, groups: Sequence[UnitG
 
 def lsn_masked(inner: optax.GradientTransformation, neuron_set: NeuronSet, *,
                languages: Sequence[str] | None = None, matrices: Sequence[str] = FFN_MATRICES,
-               attention: Sequence[str] = (), attention_bias: bool = True,
                lean: bool = False) -> optax.GradientTransformation:
     """`inner` restricted to the neurons of `languages` (see `trainable_groups` and `masked_by_groups`)."""
-    groups = trainable_groups(neuron_set, languages, matrices, attention, attention_bias)
+    groups = trainable_groups(neuron_set, languages, matrices)
     if not any(group.num_units for group in groups):
         raise UnknownLanguageError(f"the neuron set selects no neurons for languages {languages or sorted(neuron_set.languages)}")
     return masked_by_groups(inner, groups, lean=lean)
@@ -306,11 +285,10 @@ def _comma_list(value: Any) -> list[str]:
 
 def _settings(config: Any) -> dict[str, Any]:
     """config.lsn as masked-optimizer arguments: neurons (neuron-set JSON), languages (list or comma
-    string; empty = all in the file), matrices (default gate/up/down), attention (default none), lean."""
+    string; empty = all in the file), matrices (default gate/up/down), lean."""
     lsn = config.lsn
     return dict(neuron_set=NeuronSet.load(lsn.neurons), languages=_comma_list(lsn.get("languages")) or None,
-                matrices=tuple(_comma_list(lsn.get("matrices")) or FFN_MATRICES),
-                attention=tuple(_comma_list(lsn.get("attention"))), lean=bool(lsn.get("lean", False)))
+                matrices=tuple(_comma_list(lsn.get("matrices")) or FFN_MATRICES), lean=bool(lsn.get("lean", False)))
 
 
 def masked(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
@@ -321,8 +299,7 @@ def masked(optimizer: optax.GradientTransformation, config: Any) -> optax.Gradie
 def trainable_summary(config: Any, params: Params) -> str:
     """The line the training loop prints at the start of LSN training: what trains, and how much of the model."""
     settings = _settings(config)
-    groups = trainable_groups(settings["neuron_set"], settings["languages"], settings["matrices"],
-                              settings["attention"], params=params)
+    groups = trainable_groups(settings["neuron_set"], settings["languages"], settings["matrices"], params=params)
     trainable, total = trainable_count(params, groups)
     languages = ",".join(settings["languages"] or settings["neuron_set"].languages)
     return (f"LSN: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%): "

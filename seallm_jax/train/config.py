@@ -59,9 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
                                             truncation="turns"))
     # LSN training: neurons = a neuron-set JSON; set => seallm_jax.lsn.optim.masked(optimizer, config)
     # wraps the optimizer (languages: [] = all in the file; matrices: which FFN matrices train;
-    # attention: PLND attention projections; lean: optimizer state on the gathered neurons only).
+    # lean: optimizer state on the gathered neurons only).
     c.lsn = ml_collections.ConfigDict(dict(neurons="", languages=[], matrices=["gate_proj", "up_proj", "down_proj"],
-                                           attention=[], lean=False))
+                                           lean=False))
     # LoRA: rank > 0 => seallm_jax.lora.wrap(optimizer, config): rank-`rank` adapters of the `targets`
     # kernels, scale alpha / rank (alpha 0: 2 x rank); the parameters hold the merged weights.
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=["q_proj", "k_proj", "v_proj", "o_proj",
