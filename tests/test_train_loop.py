@@ -1,5 +1,5 @@
 """The training loop as a user runs it: outputs, exact resume after SIGKILL, SIGTERM checkpoints,
-half-written checkpoints, NaN stop."""
+Ctrl-C, half-written checkpoints, NaN stop."""
 import os
 import signal
 
@@ -79,6 +79,33 @@ def test_sigterm_saves_a_checkpoint_and_exits(uninterrupted_and_killed, tmp_path
     checkpointer.close()
     assert saved is not None and 3 <= saved < STEPS
     assert f"checkpoint saved at step {saved}" in out
+
+
+def test_ctrl_c_saves_then_exits_130_and_a_rerun_continues_exactly(uninterrupted_and_killed, tmp_path):
+    """Ctrl-C (SIGINT): the step in flight finishes, a checkpoint is saved, one line, exit 130; the same
+    command resumes with the uninterrupted losses. Evaluation runs every 6 steps although only every
+    4th step is logged (it used to run only on logging steps)."""
+    reference_dir, _ = uninterrupted_and_killed
+    run = [*RUN, "--config.train.log_every=4", "--config.train.eval_every=6"]
+    process = start(tmp_path, *run)
+    wait_for(lambda: len(metrics(tmp_path)) >= 2, process, what="two metrics records")
+    process.send_signal(signal.SIGINT)
+    code, out = finish(process)
+    assert code == 130, out[-3000:]
+    assert "Traceback" not in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("seallm-jax train: interrupted: checkpoint saved at step "), last
+    saved = int(last.split("checkpoint saved at step ")[1].split()[0])
+    assert 2 <= saved < STEPS
+    code, out = finish(start(tmp_path, *run))
+    assert code == 0, out[-3000:]
+    assert "resumed from" in out
+    records = metrics(tmp_path)
+    reference = {r["step"]: r["loss"] for r in metrics(reference_dir)}
+    logged = {r["step"]: r["loss"] for r in records if "loss" in r}
+    assert set(range(4, STEPS + 1, 4)) <= set(logged)
+    assert all(logged[step] == reference[step] for step in logged)
+    assert [r["step"] for r in records if "eval_loss" in r] == list(range(6, STEPS + 1, 6))
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
