@@ -2,7 +2,8 @@
 
 Pretrain a small Qwen2 on the shipped corpus, find language-specific neurons (LAPE), train only one
 language's neurons, measure every language's perplexity before and after, export to Hugging Face and
-check that `transformers` computes the same logits. Everything lands in one folder.
+check that `transformers` computes the same logits. Beside it, the control: as many random neurons per
+layer, trained the same way, so the selection's own effect shows. Everything lands in one folder.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from seallm_jax.errors import ConfigError
 
 DEMO_LANGUAGES = ("en", "zh", "id", "vi", "th", "ms", "tl", "km", "my")
 DEFAULT_TARGET = "th"
+DEFAULT_LSN_LEARNING_RATE = 2e-3
 
 
 def demo_config(*, vocab_size: int, eos_token_id: int, tokenizer_dir: str,
@@ -43,13 +45,13 @@ def demo_config(*, vocab_size: int, eos_token_id: int, tokenizer_dir: str,
 
 
 def lsn_config(pretrain: ml_collections.ConfigDict, *, init_from: str, neurons: str, language: str,
-               steps: int) -> ml_collections.ConfigDict:
+               steps: int, learning_rate: float = 2e-3) -> ml_collections.ConfigDict:
     """LSN training: start from the pretrained export, train only `language`'s neurons on its text."""
     config = ml_collections.ConfigDict(pretrain.to_dict())
     config.model.init_from = init_from
     config.data.languages = [language]
     config.train.update(steps=steps, log_every=10)
-    config.optimizer.update(learning_rate=2e-3, warmup_steps=5, weight_decay=0.0)
+    config.optimizer.update(learning_rate=learning_rate, warmup_steps=5, weight_decay=0.0)
     config.lsn.update(neurons=neurons, languages=[language])
     return config
 
@@ -96,12 +98,15 @@ def check_demo_languages(languages: Sequence[str], target: str) -> None:
 
 def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str = DEFAULT_TARGET,
              pretrain_steps: int | None = None, lsn_steps: int = 60, top_rate: float = 0.05,
-             eval_tokens: int = 8192, stats_tokens: int = 32768) -> dict[str, Any]:
+             eval_tokens: int = 8192, stats_tokens: int = 32768,
+             lsn_learning_rate: float = DEFAULT_LSN_LEARNING_RATE) -> dict[str, Any]:
     """Run the whole job into `out`; returns (and writes to out/summary.json) what it measured."""
     from seallm_jax import hf
     from seallm_jax.data import load_corpus
     from seallm_jax.data.vocabulary import VocabularySubset
+    from seallm_jax.lsn.compare import random_neurons
     from seallm_jax.lsn.inputs import batches_by_language
+    from seallm_jax.lsn.neurons import NeuronSet
     from seallm_jax.lsn.select import LapeConfig, plot_neuron_heatmap, select_lape
     from seallm_jax.lsn.stats import compute_statistics
     from seallm_jax.tokenizer import load_tokenizer
@@ -158,23 +163,40 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     lap("perplexity_before")
 
     _say(f"6/7 LSN training: only {target}'s {counts[target]} neurons change, for {lsn_steps} steps")
-    lsn = lsn_config(pretrain, init_from=base_dir, neurons=neurons_path, language=target, steps=lsn_steps)
+    lsn = lsn_config(pretrain, init_from=base_dir, neurons=neurons_path, language=target, steps=lsn_steps,
+                     learning_rate=lsn_learning_rate)
     train(lsn, os.path.join(out, "lsn_train"))
     export_dir = hf.convert_orbax_to_hf(os.path.join(out, "lsn_train"), os.path.join(out, "export_hf"))
     hf.copy_tokenizer_files(tokenizer_dir, export_dir)
     after = _perplexities(export_dir, languages, subset, eval_tokens)
     lap("lsn_training")
 
+    _say(f"    control: {counts[target]} random neurons (the same count in each layer), trained the same way")
+    random_path = os.path.join(out, "neurons_random.json")
+    target_mask = neurons.mask([target])
+    NeuronSet.from_masks("random", {target: random_neurons(target_mask.sum(axis=1), target_mask.shape[1],
+                                                            target_mask, seed=0)},
+                         hidden_size=neurons.hidden_size, num_parameters=neurons.num_parameters).save(random_path)
+    control = lsn_config(pretrain, init_from=base_dir, neurons=random_path, language=target, steps=lsn_steps,
+                         learning_rate=lsn_learning_rate)
+    train(control, os.path.join(out, "random_train"))
+    random_dir = hf.convert_orbax_to_hf(os.path.join(out, "random_train"), os.path.join(out, "random_hf"))
+    after_random = _perplexities(random_dir, languages, subset, eval_tokens)
+    lap("random_control")
+
     _say("7/7 checking the Hugging Face export with transformers")
     max_diff = _check_transformers_parity(export_dir, len(subset))
     lap("export_check")
 
     change = {lang: 100.0 * (after[lang] / before[lang] - 1.0) for lang in languages}
+    change_random = {lang: 100.0 * (after_random[lang] / before[lang] - 1.0) for lang in languages}
     summary = {
         "out": out, "languages": list(languages), "target": target, "vocabulary_size": len(subset),
         "pretrain_steps": int(pretrain.train.steps), "lsn_steps": lsn_steps,
         "neurons_per_language": counts, "trained_parameter_fraction": neurons.parameter_fraction([target]),
         "perplexity_before": before, "perplexity_after": after, "perplexity_change_percent": change,
+        "perplexity_after_random_neurons": after_random, "perplexity_change_percent_random_neurons": change_random,
+        "lsn_learning_rate": lsn_learning_rate,
         "transformers_max_abs_logit_diff": max_diff, "seconds": timings,
     }
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
@@ -186,18 +208,24 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
 def _print_summary(summary: dict[str, Any]) -> None:
     target = summary["target"]
     print()
-    print(f"{'language':<10}{'ppl before':>12}{'ppl after':>12}{'change':>10}")
+    print(f"{'language':<10}{'ppl before':>12}{'LSN after':>12}{'change':>10}{'random after':>14}{'change':>10}")
     for lang in summary["languages"]:
         mark = "  <- trained" if lang == target else ""
         print(f"{lang:<10}{summary['perplexity_before'][lang]:>12.2f}{summary['perplexity_after'][lang]:>12.2f}"
-              f"{summary['perplexity_change_percent'][lang]:>+9.2f}%{mark}")
+              f"{summary['perplexity_change_percent'][lang]:>+9.2f}%"
+              f"{summary['perplexity_after_random_neurons'][lang]:>14.2f}"
+              f"{summary['perplexity_change_percent_random_neurons'][lang]:>+9.2f}%{mark}")
+    lsn_gain = -summary["perplexity_change_percent"][target]
+    random_gain = -summary["perplexity_change_percent_random_neurons"][target]
+    verdict = "the selected neurons do better" if lsn_gain > random_gain else "the selection does not beat chance here"
+    print(f"\n{target}: LSN neurons -{lsn_gain:.2f}%, random neurons of the same count -{random_gain:.2f}%: {verdict}")
     others = [abs(v) for k, v in summary["perplexity_change_percent"].items() if k != target]
     moved = f"; other languages moved at most {max(others):.2f}%" if others else ""
     print(f"\ntrained {summary['trained_parameter_fraction'] * 100:.3f}% of the parameters ({target}'s neurons){moved}")
     print(f"transformers loads the export with max |logit difference| {summary['transformers_max_abs_logit_diff']:.2e}")
     print(f"total {sum(summary['seconds'].values()):.0f}s {summary['seconds']}")
     print(f"\nEverything is in {summary['out']}: tokenizer/, pretrain/, base_hf/, stats.npz, neurons.json, "
-          f"neurons.png, lsn_train/, export_hf/, summary.json")
+          f"neurons.png, lsn_train/, export_hf/, neurons_random.json, random_train/, random_hf/, summary.json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -209,6 +237,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
     parser.add_argument("--lsn-steps", type=int, default=60, help="LSN training steps")
     parser.add_argument("--top-rate", type=float, default=0.05, help="LAPE: share of all neurons selected")
+    parser.add_argument("--lsn-learning-rate", type=float, default=DEFAULT_LSN_LEARNING_RATE,
+                        help="learning rate of LSN training (and of the random-neuron control)")
     parser.set_defaults(func=_run)
 
 
@@ -218,5 +248,5 @@ def _run(args: argparse.Namespace) -> int:
     languages = [check_language(code.strip()) for code in args.languages.split(",") if code.strip()]
     check_demo_languages(languages, check_language(args.target))
     run_demo(args.out, languages=languages, target=args.target, pretrain_steps=args.pretrain_steps,
-             lsn_steps=args.lsn_steps, top_rate=args.top_rate)
+             lsn_steps=args.lsn_steps, top_rate=args.top_rate, lsn_learning_rate=args.lsn_learning_rate)
     return 0

@@ -16,6 +16,7 @@ def test_demo_runs_end_to_end_and_changes_only_the_target_neurons(tmp_path):
         assert os.path.exists(os.path.join(out, name)), name
     assert summary["transformers_max_abs_logit_diff"] < 1e-4
     assert set(summary["perplexity_after"]) == {"en", "th", "vi"}
+    assert set(summary["perplexity_after_random_neurons"]) == {"en", "th", "vi"}  # the random-neuron control
 
     neurons = json.load(open(os.path.join(out, "neurons.json")))["languages"]["th"]
     base = load_file(os.path.join(out, "base_hf", "model.safetensors"))

