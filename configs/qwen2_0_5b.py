@@ -7,7 +7,8 @@
 
 Pure FSDP over all devices (0.5B needs no tensor parallelism: 14 heads and 2 KV heads would not
 split well anyway), bfloat16 compute over float32 master weights, 0.5M tokens per step (128 x 4096)
-in 8 micro-batches so the 152k-vocabulary logits stay small, full remat of each decoder layer.
+in 8 micro-batches, full remat of each decoder layer, blockwise `flash` attention (packed segments,
+O(T) memory; `--config.model.attention_impl=splash` for the Pallas TPU kernel) and the chunked loss.
 `cpu` is a 4-step smoke test of the same recipe at seq_len 128.
 """
 from seallm_jax.errors import ConfigError
@@ -25,7 +26,7 @@ def get_config(platform: str = "gpu"):
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
         rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True,
         dtype="bfloat16", param_dtype="float32", remat="full",
-        attention_impl="cudnn" if platform == "gpu" else "xla")
+        attention_impl="flash" if platform != "cpu" else "xla")
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     config.train.update(steps=20000, global_batch_size=128, seq_len=4096, micro_batches=8, log_every=10,
                         eval_every=500, eval_batches=8, peak_flops=PEAK_FLOPS[platform], z_loss_weight=1e-4)

@@ -28,7 +28,7 @@ def get_config(platform: str = "gpu"):
         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
         rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=True,
         dtype="bfloat16", param_dtype="float32", remat="full",
-        attention_impl="cudnn" if platform == "gpu" else "xla")
+        attention_impl="flash")
     if platform == "gpu":
         config.mesh.update(data=-1, fsdp=8, tensor=1)
     else:

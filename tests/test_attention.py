@@ -1,6 +1,6 @@
-"""Attention kernels: the blockwise `flash` kernel equals the dense reference (values and gradients,
-segments, padding, GQA ratios 1/2/7, ragged block sizes), and the whole model still matches
-`transformers` with it."""
+"""Attention kernels: the blockwise `flash` kernel and `splash` (Pallas interpret mode) equal the dense
+reference (values and gradients; segments, padding, GQA ratios 1/2/7, ragged block sizes), and the
+whole model still matches `transformers` with flash."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,3 +134,48 @@ def test_flash_model_packed_segments_equal_separate_runs(flash_model_pair):
         n = document.shape[1]
         np.testing.assert_allclose(ours[0, start:start + n], torch_logits(torch_model, document)[0], atol=1e-4, rtol=0)
         start += n
+
+
+# ---- splash (Pallas TPU kernel) in interpret mode on CPU -------------------------------------------
+
+@pytest.mark.parametrize("heads, kv_heads, length", [(4, 2, 13), (7, 1, 130)], ids=["gqa2-short", "gqa7-two_blocks"])
+def test_splash_interpret_equals_reference_values_and_gradients(heads, kv_heads, length):
+    q, k, v = random_qkv(3, length, heads, kv_heads, 16)
+    segments = packed_segments(3, length)
+    reference, reference_grads = attention_and_grads("xla", q, k, v, segments)
+    splash, splash_grads = attention_and_grads("splash", q, k, v, segments)
+    np.testing.assert_allclose(splash, reference, atol=TOLERANCE, rtol=0)
+    for name, ours, theirs in zip("qkv", splash_grads, reference_grads):
+        np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0, err_msg=f"d{name}")
+
+
+def test_splash_shard_maps_over_batch_and_heads():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from seallm_jax import sharding as shd
+    from seallm_jax.model.axes import activation_sharding
+
+    mesh = shd.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+    rules = {"batch": ("data",), "heads": ("tensor",), "kv_heads": ("tensor",)}
+    q, k, v = random_qkv(2, 20, 4, 2, 16)
+    segments = packed_segments(2, 20)
+
+    @jax.jit
+    def sharded(q, k, v, segments):
+        with activation_sharding(mesh, rules):
+            return causal_attention(q, k, v, segments, implementation="splash")
+
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+    heads_spec = PartitionSpec("data", None, "tensor", None)
+    out = sharded(put(q, heads_spec), put(k, heads_spec), put(v, heads_spec), put(segments, PartitionSpec("data")))
+    assert "shard_map" in str(jax.make_jaxpr(sharded)(q, k, v, segments))
+    np.testing.assert_allclose(out, causal_attention(q, k, v, segments), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("implementation, platform", [("cudnn", "cpu"), ("splash", "gpu"), ("splash", "cpu")])
+def test_kernel_on_the_wrong_platform_is_refused_at_start_up(implementation, platform):
+    from seallm_jax.model.attention import check_platform
+
+    with pytest.raises(ConfigError, match=f"attention_impl='{implementation}'.*flash"):
+        check_platform(implementation, platform)
+    check_platform("flash", platform)

@@ -2,7 +2,8 @@
 
 `xla` is the dense reference (`jax.nn.dot_product_attention` with a [T, T] mask); `flash` is the
 blockwise kernel written here (online softmax over key blocks, O(T) memory, forward and backward);
-`cudnn` is cuDNN's fused kernel through `jax.nn.dot_product_attention` (GPU, bf16/fp16 only).
+`cudnn` is cuDNN's fused kernel through `jax.nn.dot_product_attention` (GPU, bf16/fp16 only);
+`splash` is the Pallas TPU splash-attention kernel (off TPU it runs in Pallas interpret mode, for tests).
 
 Masking is the same everywhere: a token attends to earlier tokens of its own segment (packed
 documents), and segment 0 (padding) attends only to padding, so every row has at least its own key.
@@ -14,7 +15,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
+from seallm_jax.errors import ConfigError
+from seallm_jax.model.axes import active_mesh_specs
 from seallm_jax.model.config import ATTENTION_IMPLEMENTATIONS
 
 Array = jax.Array
@@ -23,6 +27,19 @@ Array = jax.Array
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # Keys and queries added to round T up to a block multiple get this segment: no real token sees them.
 _PAD_SEGMENT = -1
+
+
+# The platform each kernel needs to run for real (`splash` runs elsewhere only in interpret mode).
+REQUIRED_PLATFORM = {"cudnn": "gpu", "splash": "tpu"}
+
+
+def check_platform(implementation: str, platform: str) -> None:
+    """A `ConfigError` when `implementation` cannot run on `platform` ('cpu', 'gpu', 'tpu')."""
+    needed = REQUIRED_PLATFORM.get(implementation)
+    if needed is not None and platform != needed:
+        raise ConfigError(f"model.attention_impl={implementation!r} runs on {needed.upper()} only, and this run's "
+                          f"devices are {platform.upper()}: use attention_impl='flash' (any backend, packed "
+                          f"segments, O(T) memory) or 'xla'")
 
 
 def segment_causal_mask(query_segments: Array, key_segments: Array, query_offset: Array | int = 0) -> Array:
@@ -48,6 +65,8 @@ def causal_attention(
     scale = q.shape[-1] ** -0.5
     if implementation == "flash":
         return flash_attention(q, k, v, segment_ids, block_q=block_q, block_k=block_k)
+    if implementation == "splash":
+        return splash_attention(q, k, v, segment_ids, block_q=block_q, block_k=block_k)
     mask = segment_causal_mask(segment_ids, segment_ids)
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
@@ -257,11 +276,76 @@ def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block_q
     """
     length = q.shape[1]
     block_q, block_k = min(block_q, length), min(block_k, length)
-    padded = _round_up(length, math.lcm(block_q, block_k))
-    if padded != length:
-        extra = padded - length
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))  # noqa: E731
-        q, k, v = pad(q), pad(k), pad(v)
-        segment_ids = jnp.pad(segment_ids, ((0, 0), (0, extra)), constant_values=_PAD_SEGMENT)
+    q, k, v, segment_ids = _pad_length(q, k, v, segment_ids, math.lcm(block_q, block_k))
     out = _flash(q, k, v, segment_ids.astype(jnp.int32), block_q, block_k)
     return out[:, :length]
+
+
+def _pad_length(q: Array, k: Array, v: Array, segment_ids: Array, multiple: int):
+    """Round the length up to `multiple` with keys/queries of a segment no real token has."""
+    extra = _round_up(q.shape[1], multiple) - q.shape[1]
+    if not extra:
+        return q, k, v, segment_ids
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))  # noqa: E731
+    return pad(q), pad(k), pad(v), jnp.pad(segment_ids, ((0, 0), (0, extra)), constant_values=_PAD_SEGMENT)
+
+
+# ---- splash: the Pallas TPU kernel ---------------------------------------------------------------
+#
+# GQA: one MQA kernel (a [groups, T, T] causal mask) per KV head, vmapped over batch and KV heads.
+# The kernel is a pallas_call, which XLA cannot partition, so under `activation_sharding` it runs in
+# `shard_map` over the mesh axes that the batch and the heads are sharded over (each device gets
+# whole rows and whole KV-head groups; the length must not be sharded).
+
+SPLASH_LANES = 128  # splash tiles are multiples of the TPU's 128 lanes
+
+
+def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block_q: int = 128, block_k: int = 128,
+                     interpret: bool | None = None) -> Array:
+    """Causal attention within segments by `jax.experimental.pallas.ops.tpu.splash_attention`.
+
+    Same arguments and result as `causal_attention`. Block sizes are rounded up to multiples of 128
+    and clipped to the (padded) length; `interpret` (default: off TPU) runs the kernel in Pallas
+    interpret mode, which is how it is tested on CPU.
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    length = q.shape[1]
+    if interpret is None:
+        interpret = jax.default_backend() != "tpu"
+    padded_length = _round_up(length, SPLASH_LANES)
+    block_q = min(_round_up(block_q, SPLASH_LANES), padded_length)
+    block_k = min(_round_up(block_k, SPLASH_LANES), padded_length)
+    q, k, v, segment_ids = _pad_length(q, k, v, segment_ids, math.lcm(block_q, block_k))
+    padded_length = q.shape[1]
+    groups = q.shape[2] // k.shape[2]
+    blocks = splash.BlockSizes(block_q=block_q, block_kv=block_k, block_kv_compute=block_k,
+                               block_q_dkv=block_q, block_kv_dkv=block_k, block_kv_dkv_compute=block_k,
+                               block_q_dq=block_q, block_kv_dq=block_k)
+    mask = splash.MultiHeadMask([splash.CausalMask((padded_length, padded_length))] * groups)
+    kernel = splash.make_splash_mqa_single_device(mask=mask, block_sizes=blocks, interpret=interpret)
+
+    def attend(q, k, v, segment_ids):  # local shapes: [b, T, n, H], [b, T, kv, H], [b, T]
+        batch, _, heads, head_dim = q.shape
+        kv_heads = k.shape[2]
+        # splash does not scale the scores: fold 1/sqrt(head_dim) into the queries.
+        q = (q * head_dim**-0.5).reshape(batch, padded_length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kv, T, H]
+
+        def one_kv_head(q_group, k_head, v_head, segments):
+            return kernel(q_group, k_head, v_head, splash.SegmentIds(q=segments, kv=segments))
+
+        per_row = jax.vmap(one_kv_head, in_axes=(0, 0, 0, None))
+        out = jax.vmap(per_row)(q, k, v, segment_ids.astype(jnp.int32))  # [b, kv, groups, T, H]
+        return out.transpose(0, 3, 1, 2, 4).reshape(batch, padded_length, heads, head_dim)
+
+    sharded = active_mesh_specs(("batch", None, "heads", None), ("batch", None, "kv_heads", None), ("batch", None))
+    if sharded is not None:
+        mesh, (q_spec, kv_spec, segment_spec) = sharded
+        if q_spec[2] != kv_spec[2]:  # heads and KV heads must split alike, or the groups break apart
+            kv_spec = PartitionSpec(kv_spec[0], None, None, None)
+            q_spec = PartitionSpec(q_spec[0], None, None, None)
+        attend = jax.shard_map(attend, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, segment_spec),
+                               out_specs=q_spec, check_vma=False)
+    return attend(q, k, v, segment_ids)[:, :length]
+

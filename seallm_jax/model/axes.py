@@ -90,6 +90,16 @@ def activation_sharding(mesh: Mesh, rules: Mapping[str, Any]) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def active_mesh_specs(*axes: LogicalAxes) -> tuple[Mesh, tuple[PartitionSpec, ...]] | None:
+    """Inside `activation_sharding`: its mesh and the specs of `axes` (for `shard_map` around a
+    kernel XLA cannot partition itself); None outside (one device)."""
+    active = _ACTIVE.get()
+    if active is None:
+        return None
+    mesh, rules = active
+    return mesh, tuple(logical_to_spec(a, rules) for a in axes)
+
+
 def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
     """Sharding constraint by logical axes; a no-op outside `activation_sharding` (one device)."""
     active = _ACTIVE.get()

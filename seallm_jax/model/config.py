@@ -15,8 +15,9 @@ from seallm_jax.errors import ConfigError, MissingDataError, check_dtype
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # Causal self-attention kernels (seallm_jax.model.attention): "xla" dense reference (T x T scores),
-# "flash" blockwise with O(T) memory (any backend), "cudnn" cuDNN's fused kernel (GPU, bf16/fp16).
-ATTENTION_IMPLEMENTATIONS = ("xla", "flash", "cudnn")
+# "flash" blockwise with O(T) memory (any backend), "cudnn" cuDNN's fused kernel (GPU, bf16/fp16),
+# "splash" the Pallas TPU splash-attention kernel (TPU; Pallas interpret mode elsewhere, for tests).
+ATTENTION_IMPLEMENTATIONS = ("xla", "flash", "cudnn", "splash")
 
 
 

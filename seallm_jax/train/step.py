@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from seallm_jax import sharding as shd
 from seallm_jax.errors import ConfigError
-from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, param_logical_axes
+from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, attention, param_logical_axes
 from seallm_jax.model.axes import activation_sharding
 from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_sums, cross_entropy_sums
 
@@ -103,6 +103,7 @@ class Trainer:
         self.optimizer = optimizer
         self.schedule = schedule
         self.model_config = model_config or model_config_from(config)
+        attention.check_platform(self.model_config.attention_impl, mesh.devices.flat[0].platform)
         self.settings = StepSettings.from_config(config)
         self.rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
         self.global_batch_size = int(config.train.global_batch_size)
