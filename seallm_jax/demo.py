@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from seallm_jax.errors import ConfigError
+from seallm_jax.files import check_output_dir
 
 DEMO_LANGUAGES = ("en", "zh", "id", "vi", "th", "ms", "tl", "km", "my")
 DEFAULT_TARGET = "th"
@@ -247,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 
     languages = [check_language(code.strip()) for code in args.languages.split(",") if code.strip()]
     check_demo_languages(languages, check_language(args.target))
+    check_output_dir(args.out, "--out")
     run_demo(args.out, languages=languages, target=args.target, pretrain_steps=args.pretrain_steps,
              lsn_steps=args.lsn_steps, top_rate=args.top_rate, lsn_learning_rate=args.lsn_learning_rate)
     return 0

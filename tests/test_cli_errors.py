@@ -146,6 +146,9 @@ CASES = [
     ("train-unknown-source", f"train --config {TINY} --workdir {{out}}/t --config.data.source=nosuch", "train", "config.data.source='nosuch'"),
     ("train-bad-dtype", f"train --config {TINY} --workdir {{out}}/t --config.model.dtype=float33", "train", "float33"),
     ("train-missing-data-file", f"train --config {TINY} --workdir {{out}}/t --config.data.source=sft --config.data.files={{out}}/nowhere.jsonl", "train", "nowhere.jsonl' does not exist"),
+    ("train-neurons-of-other-model", f"train --config {TINY} --workdir {{out}}/t --config.lsn.neurons={{neurons_other_model}}", "train", "3 layers x 128"),
+    ("train-unknown-optimizer", f"train --config {TINY} --workdir {{out}}/t --config.optimizer.name=adamx", "train", "config.optimizer.name='adamx'"),
+    ("train-override-without-value", f"train --config {TINY} --workdir {{out}}/t --config.train.steps", "train", "--config.train.steps has no value"),
     # data
     ("data-unknown-language", "data stats --languages xx", "data stats", "'xx'"),
     ("data-missing-file", "data stats --file th={out}/nowhere.txt", "data stats", "nowhere.txt' does not exist"),
@@ -157,6 +160,7 @@ CASES = [
     ("stats-malformed-jsonl", "lsn stats --model {model} --languages th --data th={bad_jsonl} --out {out}/s.npz", "lsn stats", "bad.jsonl:2"),
     ("stats-jsonl-without-text", "lsn stats --model {model} --languages th --data th={no_text_field} --out {out}/s.npz", "lsn stats", "no_text.jsonl:1"),
     ("stats-data-for-unlisted-language", "lsn stats --model {model} --languages th --data vi={vi} --out {out}/s.npz", "lsn stats", "--data is given for vi"),
+    ("stats-binary-data", "lsn stats --model {model} --languages th --data th={model}/model.safetensors --out {out}/s.npz", "lsn stats", "not UTF-8 text"),
     ("stats-bad-data-arg", "lsn stats --model {model} --languages th --data th --out {out}/s.npz", "lsn stats", "LANG=PATH"),
     ("stats-no-such-model", "lsn stats --model {out}/nowhere --languages th --out {out}/s.npz", "lsn stats", "nowhere' does not exist"),
     ("stats-malformed-config", "lsn stats --model {bad_json} --languages th --out {out}/s.npz", "lsn stats", "config.json is not valid JSON"),
@@ -184,6 +188,7 @@ CASES = [
     # demo
     ("demo-only-the-target", "demo --languages th --out {out}/d", "demo", "at least one other language"),
     ("demo-unknown-language", "demo --languages th,xx --out {out}/d", "demo", "'xx'"),
+    ("demo-out-is-a-file", "demo --out {a_file}", "demo", "a_file' exists and is a file"),
     ("demo-target-not-listed", "demo --languages en,vi --target th --out {out}/d", "demo", "--target th"),
 ]
 

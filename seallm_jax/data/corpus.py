@@ -4,6 +4,7 @@ Every reader names the file and line of bad input, and checks language codes aga
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -11,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Iterator, Literal, Mapping, Sequence, TextIO
 
 from seallm_jax import LANGUAGES
 from seallm_jax.errors import ConfigError, DataFormatError, MissingDataError, UnknownLanguageError
@@ -103,8 +104,21 @@ def _check_split(split: str | None) -> None:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)} or None for all")
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+@contextlib.contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """The file as UTF-8 text (gzip-compressed when it ends in .gz); bytes that are not UTF-8 (a
+    binary file given as data, another encoding) raise a `DataFormatError` naming the file."""
+    handle = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    try:
+        with handle:
+            yield handle
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                              f"{error.start} of a read chunk): save it as UTF-8, or is it the wrong file?") from None
+    except (OSError, EOFError) as error:
+        if isinstance(error, FileNotFoundError) or not path.suffix == ".gz":
+            raise
+        raise DataFormatError(f"{path}: not a readable gzip file ({error})") from None
 
 
 def read_jsonl(path: str | os.PathLike, *, on_error: OnError = "raise",

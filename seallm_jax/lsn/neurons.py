@@ -242,10 +242,3 @@ def _read_json(path: str | os.PathLike) -> dict:
         raise DataFormatError(f"{path}: not a neuron-set JSON file (a JSON {type(data).__name__}, expected an object)")
     return data
 
-
-def neuron_file_languages(path: str | os.PathLike) -> list[str]:
-    """The languages a neuron-set JSON file has (read without building the set; for early checks)."""
-    languages = _read_json(path).get("languages")
-    if not isinstance(languages, dict):
-        raise DataFormatError(f"{path}: not a neuron-set JSON file (no 'languages' object)")
-    return sorted(languages)

@@ -96,15 +96,16 @@ def trainable_groups(neuron_set: NeuronSet, languages: Sequence[str] | None = No
 
 
 def check_groups(groups: Sequence[UnitGroup], params: Params) -> None:
-    """Raise ValueError naming the parameter when a group does not fit the parameter tree."""
+    """A `ConfigError` naming the parameter when a group does not fit the parameter tree."""
     for group in groups:
         if not _has_path(params, group.path):
-            raise ValueError(f"LSN training: the model has no parameter {group.name}")
+            raise ConfigError(f"LSN training: the model has no parameter {group.name}")
         shape = _get_path(params, group.path).shape
         if shape[0] != len(group.layer_ids) or shape[group.axis] != group.size:
-            raise ValueError(
+            raise ConfigError(
                 f"LSN training: {group.name} has shape {tuple(shape)}, but the neuron set is for "
-                f"{len(group.layer_ids)} layers x {group.size} units on axis {group.axis}"
+                f"{len(group.layer_ids)} layers x {group.size} units on axis {group.axis}: select neurons "
+                "from statistics of this model (`seallm-jax lsn stats`, then `lsn select`)"
             )
 
 

@@ -67,10 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                          "gate_proj", "up_proj", "down_proj"]))
     # Multi-process: 'auto' (SLURM / TPU pod / JAX_* env vars), 'none' (single process).
-    # stall_timeout: seconds a process of a multi-process run may go without finishing a step, an
-    # evaluation or a checkpoint (the first step's compilation included) before it stops with an
-    # error and exit code 75: a process that died or hangs would otherwise leave the others waiting
-    # in a collective forever. 0 disables.
+    # stall_timeout: seconds a process of a multi-process run may go, once its first step is done,
+    # without finishing a step, an evaluation or a checkpoint before it stops with one error line and
+    # exit code 75: a process that died or hangs would otherwise leave the others waiting in a
+    # collective forever. 0 disables.
     c.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300, stall_timeout=300))
     return c
 
@@ -171,10 +171,14 @@ def check_run_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
             check_language(language, "config.data.languages")
     lsn = config.lsn
     if lsn.get("neurons"):
-        require_file(lsn.neurons, "config.lsn.neurons")
-        asked = [code for code in (lsn.get("languages") or []) if code]
-        if asked:
-            from seallm_jax.data.corpus import check_languages
-            from seallm_jax.lsn.neurons import neuron_file_languages
+        from seallm_jax.data.corpus import check_languages
+        from seallm_jax.lsn.neurons import NeuronSet
+        from seallm_jax.model.config import read_config_json
 
-            check_languages(asked, neuron_file_languages(lsn.neurons), where=f"neuron file {lsn.neurons}")
+        require_file(lsn.neurons, "config.lsn.neurons")
+        neuron_set = NeuronSet.load(lsn.neurons)
+        asked = [code.strip() for code in (lsn.languages.split(",") if isinstance(lsn.languages, str)
+                                           else lsn.get("languages") or []) if code.strip()]
+        check_languages(asked, sorted(neuron_set.languages), where=f"neuron file {lsn.neurons}")
+        model = read_config_json(config.model.init_from) if config.model.get("init_from") else config.model
+        neuron_set.check_compatible(int(model["num_hidden_layers"]), int(model["intermediate_size"]))

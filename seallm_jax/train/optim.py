@@ -12,6 +12,8 @@ import jax
 import ml_collections
 import optax
 
+from seallm_jax.errors import ConfigError
+
 # Parameters whose last path element is one of these get no weight decay: norms' scales and biases
 # are few, not matrices, and decaying them pulls the model towards zero activations / no offset
 # instead of regularising (the GPT-3/Llama convention). Embeddings and kernels are decayed.
@@ -39,7 +41,7 @@ def build_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     elif kind == "linear":
         decay = optax.linear_schedule(peak, end, max(total - warmup, 1))
     else:
-        raise ValueError(f"config.optimizer.schedule={kind!r}: expected 'cosine', 'linear' or 'constant'")
+        raise ConfigError(f"config.optimizer.schedule={kind!r}: expected 'cosine', 'linear' or 'constant'")
     if warmup <= 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
@@ -65,7 +67,7 @@ def build_optimizer(config: ml_collections.ConfigDict,
     """
     opt = config.optimizer
     if opt.name != "adamw":
-        raise ValueError(f"config.optimizer.name={opt.name!r}: only 'adamw' is implemented")
+        raise ConfigError(f"config.optimizer.name={opt.name!r}: only 'adamw' is implemented")
     chain = []
     if float(opt.max_grad_norm) > 0:
         chain.append(optax.clip_by_global_norm(float(opt.max_grad_norm)))
