@@ -155,6 +155,7 @@ CASES = [
     ("data-malformed-file-arg", "data stats --file th", "data stats", "LANG=PATH"),
     # lsn stats
     ("stats-unknown-language", "lsn stats --model {model} --languages th,xx --out {out}/s.npz", "lsn stats", "'xx'"),
+    ("stats-language-not-shipped", "lsn stats --model {model} --languages th,jv --out {out}/s.npz", "lsn stats", "has no data for jv"),
     ("stats-missing-data", "lsn stats --model {model} --languages th --data th={out}/nowhere.txt --out {out}/s.npz", "lsn stats", "nowhere.txt' does not exist"),
     ("stats-empty-data", "lsn stats --model {model} --languages th --data th={empty} --out {out}/s.npz", "lsn stats", "empty.txt' is empty"),
     ("stats-malformed-jsonl", "lsn stats --model {model} --languages th --data th={bad_jsonl} --out {out}/s.npz", "lsn stats", "bad.jsonl:2"),

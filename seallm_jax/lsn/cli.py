@@ -12,7 +12,7 @@ import sys
 import time
 
 from seallm_jax.cli_args import parse_data_args, parse_languages, parse_mesh
-from seallm_jax.data.corpus import check_languages
+from seallm_jax.data.corpus import check_languages, shipped_languages
 from seallm_jax.defaults import LSN_BATCH_SIZE, LSN_SEQ_LEN
 from seallm_jax.errors import (ConfigError, UnknownLanguageError, check_dtype, require_dir, require_file,
                                require_model_dir)
@@ -127,7 +127,10 @@ def _check_inputs(args: argparse.Namespace, languages: list[str]) -> dict[str, l
     for flag, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size), ("--max-tokens", args.max_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: expected a positive integer")
-    return parse_data_args(args.data, languages)
+    files = parse_data_args(args.data, languages)
+    from_corpus = [language for language in languages if language not in files]
+    check_languages(from_corpus, shipped_languages(), where="the shipped corpus (give --data LANG=PATH for others)")
+    return files
 
 
 def _prepare(args: argparse.Namespace, languages: list[str], files: dict[str, list[str]]):
