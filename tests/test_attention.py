@@ -179,3 +179,34 @@ def test_kernel_on_the_wrong_platform_is_refused_at_start_up(implementation, pla
     with pytest.raises(ConfigError, match=f"attention_impl='{implementation}'.*flash"):
         check_platform(implementation, platform)
     check_platform("flash", platform)
+
+
+@pytest.mark.parametrize("layout", [
+    pytest.param(dict(data=2, fsdp=2, tensor=2), id="data2-fsdp2-tensor2"),
+    pytest.param(dict(tensor=2, fsdp=4), id="tensor2-fsdp4", marks=pytest.mark.slow),
+])
+def test_flash_train_losses_on_a_mesh_equal_the_single_device_reference(layout):
+    """The new path (flash attention, chunked loss) on a sharded mesh = the old path on one device."""
+    from seallm_jax import sharding as shd
+    from seallm_jax.train.config import load_config
+    from seallm_jax.train.data_source import SyntheticSource
+    from seallm_jax.train.optim import build_optimizer, build_schedule
+    from seallm_jax.train.step import Trainer
+    from train_helpers import TINY
+
+    def losses(attention_impl, loss_chunk_tokens, data=1, fsdp=1, tensor=1):
+        config = load_config(TINY)
+        config.model.update(attention_impl=attention_impl, attention_block_q=8, attention_block_k=8)
+        config.train.loss_chunk_tokens = loss_chunk_tokens
+        mesh = shd.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, jax.devices()[:data * fsdp * tensor])
+        trainer = Trainer(config, mesh, build_optimizer(config), build_schedule(config))
+        source = SyntheticSource(vocab_size=config.model.vocab_size, seq_len=config.train.seq_len,
+                                 global_batch_size=config.train.global_batch_size, row_start=0,
+                                 row_stop=config.train.global_batch_size, seed=0)
+        state, out = trainer.init_state(0), []
+        for _ in range(2):
+            state, metrics = trainer.train_step(state, trainer.put_batch(next(source)))
+            out.append(float(metrics["loss"]))
+        return np.array(out)
+
+    np.testing.assert_allclose(losses("flash", 64, **layout), losses("xla", 0), rtol=1e-5)
