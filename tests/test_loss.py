@@ -98,3 +98,24 @@ def test_train_step_chunked_equals_full_logits():
         np.testing.assert_allclose(chunked_metrics[key], full_metrics[key], rtol=1e-5, err_msg=key)
     for ours, theirs in zip(jax.tree.leaves(chunked_params), jax.tree.leaves(full_params)):
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_chunked_loss_lowers_the_compiled_steps_temporaries():
+    """Trainer.lower_train_step compiles for abstract inputs; the chunked loss needs less scratch."""
+    from seallm_jax import sharding as shd
+    from seallm_jax.train.config import base_config
+    from seallm_jax.train.optim import build_optimizer, build_schedule
+    from seallm_jax.train.step import Trainer
+
+    def temporaries(chunk_tokens):
+        config = base_config()
+        config.model.update(vocab_size=8192, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+        config.train.update(global_batch_size=4, seq_len=64)
+        config.train.loss_chunk_tokens = chunk_tokens
+        mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+        trainer = Trainer(config, mesh, build_optimizer(config), build_schedule(config))
+        return trainer.lower_train_step().compile().memory_analysis().temp_size_in_bytes
+
+    full_logits = 4 * 64 * 8192 * 4  # bytes of the float32 logits alone
+    assert temporaries(0) - temporaries(32) > full_logits  # at least the logits and their gradient saved

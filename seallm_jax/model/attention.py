@@ -60,7 +60,7 @@ def causal_attention(
     q: [batch, length, heads, head_dim]; k, v: [batch, length, kv_heads, head_dim] (heads a multiple
     of kv_heads; query head n reads KV head n // (heads // kv_heads), as `transformers`' repeat_kv);
     segment_ids: int [batch, length], 0 = padding. Returns [batch, length, heads, head_dim].
-    `block_q` / `block_k` are the flash kernel's tile sizes (ignored by the others).
+    `block_q` / `block_k` are the tile sizes of `flash` and `splash` (ignored by the dense kernels).
     """
     scale = q.shape[-1] ** -0.5
     if implementation == "flash":
