@@ -297,7 +297,7 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, subset: bool = True
     tokenizer = build_qwen2_tokenizer()
     try:
         _write_cache_atomically(tokenizer, cache_dir)
-    except OSError as error:  # a read-only home still gets a working tokenizer, just not a cached one
+    except (OSError, UserError) as error:  # a read-only home still gets a working tokenizer, just not a cached one
         warnings.warn(f"could not cache the Qwen2 tokenizer in {cache_dir}: {error}; set ${CACHE_ENV_VAR}", stacklevel=2)
     return tokenizer
 

@@ -269,5 +269,5 @@ def test_convert_commands_round_trip_bit_exact_and_generate_reads_orbax(model_di
 
 def test_convert_command_rejects_a_missing_directory(tmp_path, capsys):
     assert cli_main(["convert", "hf-to-orbax", str(tmp_path / "missing"), str(tmp_path / "ckpt")]) == 2
-    assert "missing is not a directory" in capsys.readouterr().err
+    assert "missing' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()

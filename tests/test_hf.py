@@ -120,7 +120,7 @@ def test_shape_mismatch_is_named(tmp_path):
 def test_pickle_only_checkpoint_is_refused(tmp_path):
     hf_dir = save_hf_model(make_hf_model("untied_gqa2"), tmp_path / "hf")
     os.rename(os.path.join(hf_dir, "model.safetensors"), os.path.join(hf_dir, "pytorch_model.bin"))
-    with pytest.raises(FileNotFoundError, match="safetensors only"):
+    with pytest.raises(hf.CheckpointError, match="pytorch_model.bin is a pickle, which seallm-jax never loads"):
         hf.load_pretrained(hf_dir)
 
 

@@ -69,6 +69,11 @@ class VocabularySubset:
     def to_base(self, ids: Sequence[int] | np.ndarray) -> list[int]:
         return self.base_ids[np.asarray(ids, np.int64)].tolist()
 
+    def get_vocab(self) -> dict[str, int]:
+        """Token -> compact id for the kept tokens (what `tokenizer.special_token_id` looks up)."""
+        return {token: int(self._compact[i]) for token, i in self.base_tokenizer.get_vocab().items()
+                if i < len(self._compact) and self._compact[i] > 0}
+
     def convert_tokens_to_ids(self, token: str) -> int:
         return int(self._compact[self.base_tokenizer.convert_tokens_to_ids(token)])
 

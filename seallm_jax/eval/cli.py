@@ -57,7 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     if not args.model:
         raise ConfigError("--model is required (or compare results: `seallm-jax eval plot RESULTS.json ... --out PNG`)")
-    require_model_dir(args.model)
     if args.tokenizer is not None:
         require_dir(args.tokenizer, "--tokenizer")
     if args.data_dir is not None:
@@ -96,6 +95,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         model_name=model_name, mesh=mesh,
     )
     check_data(ctx, tasks)  # before the (slow) model load
+    require_model_dir(args.model)
     ctx.model = load_model(args.model, dtype=args.dtype,
                            sharding=params_sharding_fn(mesh) if mesh is not None else None)
     ctx.tokenizer = tokenizer_for(args.model, args.tokenizer)

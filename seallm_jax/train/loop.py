@@ -20,7 +20,7 @@ import numpy as np
 
 from seallm_jax import distributed
 from seallm_jax import sharding as shd
-from seallm_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from seallm_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, describe_error
 from seallm_jax.train.data_source import make_source
 from seallm_jax.train.metrics import MetricsWriter, mfu
 from seallm_jax.train.optim import OptimizerWrapper, build_optimizer, build_schedule
@@ -130,7 +130,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     """Run (or resume) training in `workdir`; returns {'status', 'step', 'losses', 'eval_losses'}.
 
     status is 'completed' or 'preempted' (SIGTERM: a checkpoint of the current step was saved).
-    Raises TrainingDivergedError on a NaN/Inf loss without checkpointing the bad state.
+    Raises TrainingDivergedError on a NaN/Inf loss without checkpointing the bad state,
+    CheckpointSaveError when a checkpoint cannot be written, DamagedCheckpointError when no saved
+    step restores (or the newest does not, with checkpoint.on_damage='error'). In a multi-process
+    run, a process that loses another ends itself with exit code 75 (distributed.exit_lost_run).
     """
     distributed.initialize(config.distributed.mode, int(config.distributed.initialization_timeout))
     primary = distributed.is_primary()
@@ -156,12 +159,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR), keep=int(ckpt_cfg.keep),
                                 async_save=bool(ckpt_cfg.async_save))
     writer = MetricsWriter(workdir, enabled=primary)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        restored = checkpointer.restore(
-            latest,
-            abstract_params=shd.abstract_with_shardings(trainer.abstract_params, trainer.param_shardings),
-            abstract_opt_state=shd.abstract_with_shardings(trainer.abstract_state.opt_state, trainer.opt_shardings))
+    # The newest step that restores on every process; damaged newer ones are moved aside (or, with
+    # checkpoint.on_damage='error', stop the run). Everything below comes from that one step.
+    newest = checkpointer.restore_newest(
+        abstract_params=shd.abstract_with_shardings(trainer.abstract_params, trainer.param_shardings),
+        abstract_opt_state=shd.abstract_with_shardings(trainer.abstract_state.opt_state, trainer.opt_shardings),
+        on_damage=str(ckpt_cfg.on_damage), log=_log)
+    latest = newest[0] if newest is not None else None
+    if newest is not None:
+        restored = newest[1]
         # Host values onto the mesh the multi-process-safe way (every process holds the same value).
         step_and_rng = shd.place_host_arrays({"step": np.asarray(latest, np.int32), "rng": restored["rng"]},
                                              {"step": trainer.state_shardings.step, "rng": trainer.state_shardings.rng})
@@ -232,8 +238,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                           data_state=source.state())
         last_saved = done
 
+    # Multi-process: a process that died leaves the others in a collective that fails (gloo) or never
+    # returns (NCCL, TPU): either way this process stops in bounded time with one line and exit 75.
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    rerun = ("rerun every process with the same command to resume from the last complete checkpoint in "
+             f"{checkpointer.directory}")
+    stall_timeout = float(config.distributed.stall_timeout) if jax.process_count() > 1 else 0.0
+    watchdog = distributed.StallWatchdog(stall_timeout, lambda idle: (
+        f"seallm-jax train: error: {where} made no progress for {idle:.0f} s at step {step} "
+        f"(distributed.stall_timeout={stall_timeout:g}): another process has most likely died or hangs; {rerun}"))
     try:
         while step < total_steps:
+            watchdog.progress()
+            checkpointer.check()  # a background save that failed stops the run now, not at the next save
             if _preempted(stop, checkpointer, step):
                 flush()
                 save(step)
@@ -257,9 +274,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                     progress.update(1)
                 in_flight = metrics["loss"]
             if step == start + 1:
-                # The first step includes compilation: keep it out of the throughput figures.
+                # The first step includes compilation: keep it out of the throughput figures, and
+                # out of the watchdog's budget (compiling a large model can take minutes).
                 jax.block_until_ready(metrics)
                 interval_start, interval_steps = time.perf_counter(), 0
+                watchdog.start()
             is_log = step % log_every == 0 or step == total_steps
             is_ckpt = (ckpt_every > 0 and step % ckpt_every == 0) or step == total_steps
             is_eval = eval_source is not None and step % eval_every == 0
@@ -276,8 +295,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                     record["mfu"] = mfu(flops_per_token, tokens_per_s, float(train_cfg.peak_flops), jax.device_count())
                 interval_start, interval_steps = time.perf_counter(), 0
             if is_eval:
+                watchdog.progress()
                 eval_losses[step] = record["eval_loss"] = _evaluate(trainer, state, eval_source, eval_initial,
                                                                     eval_batches)
+                watchdog.progress()
             if record:
                 writer.write(step, record)
                 if on_step is not None:
@@ -296,12 +317,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         else:
             flush()
             save(step)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        # Exit now: the clean-up below would wait for the lost process in Orbax's and JAX's barriers.
+        distributed.exit_lost_run(f"seallm-jax train: error: {where} stopped at step {step}: a collective or device "
+                                  f"operation failed ({describe_error(error)}); if another process died, {rerun}")
     finally:
         stop.uninstall()
         if progress is not None:
             progress.update(step - progress.n)
             progress.close()
         writer.close()
-        checkpointer.close()
+        try:
+            checkpointer.close()  # waits for the last save: still under the watchdog
+        finally:
+            watchdog.stop()
     _log(f"{status} at step {step}; checkpoints in {checkpointer.directory}")
     return {"status": status, "step": step, "losses": losses, "eval_losses": eval_losses}
