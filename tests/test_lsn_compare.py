@@ -73,7 +73,8 @@ def test_compare_runs_every_arm_and_lsn_arms_change_only_their_neurons(tiny_mode
     assert plnd["details"]["neurons"] <= lape["details"]["neurons"]
     for label in ("random_s0", "random_s1"):
         assert results[label]["details"]["neurons_per_layer"] == lape["details"]["neurons_per_layer"]
-    assert results["full"]["optimizer_state_bytes"] > lape["optimizer_state_bytes"] > 0
+    assert results["full"]["optimizer_state_bytes"] > lape["optimizer_state_bytes"] > lape["optimizer_state_bytes_lean"] > 0
+    assert results["full"]["optimizer_state_bytes_lean"] is None
     assert {"lape", "plnd", "random", "full"} <= set(report["aggregates"]["th"])
     assert report["aggregates"]["th"]["random"]["runs"] == ["random_s0", "random_s1"]
     assert (out / "tradeoff.png").stat().st_size > 0
