@@ -138,13 +138,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     distributed.initialize(config.distributed.mode, int(config.distributed.initialization_timeout))
     primary = distributed.is_primary()
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    # A mesh that does not fit the devices, a bad model field or optimizer setting fails before
+    # anything is written.
     mesh = shd.make_mesh(config.mesh.to_dict())
     model_config = model_config_from(config)
-    if primary:
-        _write_run_files(workdir, config, model_config)
     trainer = Trainer(config, mesh, build_optimizer(config, optimizer_wrapper), build_schedule(config),
                       model_config=model_config)
+    os.makedirs(workdir, exist_ok=True)
+    if primary:
+        _write_run_files(workdir, config, model_config)
     train_cfg = config.train
     total_steps, global_batch, seq_len = int(train_cfg.steps), int(train_cfg.global_batch_size), int(train_cfg.seq_len)
     row_start, row_stop = shd.process_batch_rows(mesh, global_batch, trainer.rules)

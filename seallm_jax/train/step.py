@@ -69,7 +69,7 @@ def model_config_from(config: ml_collections.ConfigDict) -> Qwen2Config:
     known = {f.name for f in dataclasses.fields(Qwen2Config)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"config.model has unknown fields {unknown}; Qwen2Config fields are {sorted(known)}")
+        raise ConfigError(f"config.model has unknown fields {unknown}; Qwen2Config fields are {sorted(known)}")
     return Qwen2Config(**fields)
 
 
@@ -108,11 +108,11 @@ class Trainer:
         self.rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
         self.global_batch_size = int(config.train.global_batch_size)
         if self.global_batch_size % self.settings.micro_batches:
-            raise ValueError(f"config.train.global_batch_size={self.global_batch_size} is not divisible by "
+            raise ConfigError(f"config.train.global_batch_size={self.global_batch_size} is not divisible by "
                              f"config.train.micro_batches={self.settings.micro_batches}")
         batch_shards = shd.batch_shard_count(mesh, self.rules)
         if self.global_batch_size % (batch_shards * self.settings.micro_batches):
-            raise ValueError(f"config.train.global_batch_size={self.global_batch_size} must be a multiple of "
+            raise ConfigError(f"config.train.global_batch_size={self.global_batch_size} must be a multiple of "
                              f"micro_batches ({self.settings.micro_batches}) x the {batch_shards} devices the "
                              f"batch is split over (mesh {dict(mesh.shape)})")
         model = nnx.eval_shape(lambda: Qwen2ForCausalLM(self.model_config, rngs=nnx.Rngs(0)))
