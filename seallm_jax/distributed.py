@@ -1,4 +1,5 @@
-"""Multi-process start-up through JAX's own runtime (`jax.distributed.initialize`).
+"""Multi-process start-up through JAX's own runtime (`jax.distributed.initialize`), and what the
+processes of a run need to agree or to notice that one of them is gone.
 
 Call `initialize()` before anything touches a device. It picks, in order: explicit JAX_* variables,
 SLURM, a TPU pod; otherwise the run is a single process and nothing happens.
@@ -6,8 +7,14 @@ SLURM, a TPU pod; otherwise the run is a single process and nothing happens.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import NoReturn
 
 import jax
+import numpy as np
 
 # Explicit settings (what launch/local.py and launch/gpu_node.sh export). JAX itself reads
 # JAX_COORDINATOR_ADDRESS; the process count and id are ours to pass.
@@ -79,3 +86,82 @@ def initialize(mode: str = "auto", initialization_timeout: int = 300) -> str:
 def is_primary() -> bool:
     """True on the process that writes logs, metrics and progress (process 0)."""
     return jax.process_index() == 0
+
+
+def gather_text(text: str, max_bytes: int = 1024) -> list[str]:
+    """`text` from every process, in process order (one process: `[text]`); each is cut to `max_bytes`.
+
+    A collective: every process must call it, in the same order as the others.
+    """
+    if jax.process_count() == 1:
+        return [text]
+    from jax.experimental import multihost_utils
+
+    encoded = np.frombuffer(text.encode("utf-8")[:max_bytes], np.uint8)
+    row = np.zeros(max_bytes + 4, np.uint8)
+    row[:4] = np.frombuffer(np.int32(encoded.size).tobytes(), np.uint8)
+    row[4:4 + encoded.size] = encoded
+    rows = np.asarray(multihost_utils.process_allgather(row))
+    return [bytes(r[4:4 + int(np.frombuffer(r[:4].tobytes(), np.int32)[0])]).decode("utf-8", "ignore")
+            for r in rows]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing to wait for in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# The exit code of a process that stopped because the run lost another process (EX_TEMPFAIL of
+# sysexits.h: a temporary failure; rerunning every process resumes from the last checkpoint).
+LOST_PROCESS_EXIT_CODE = 75
+
+
+def exit_lost_run(line: str) -> NoReturn:
+    """Print `line` to stderr and end this process now, with LOST_PROCESS_EXIT_CODE.
+
+    A normal exit would first wait in JAX's shutdown barrier for the process that is gone (until the
+    heartbeat timeout, then abort with a C++ stack trace); checkpoints already written are complete,
+    and a half-written one is never resumed from, so nothing is lost by skipping Python's clean-up.
+    """
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    os._exit(LOST_PROCESS_EXIT_CODE)
+
+
+class StallWatchdog:
+    """Ends this process (`exit_lost_run(message(idle_seconds))`) when `progress()` has not been
+    called for `timeout` seconds; `timeout <= 0` disables it.
+
+    In a multi-process run, a process that died or hangs leaves the others waiting in a collective
+    that may never return (NCCL, TPU ICI); no Python exception interrupts such a wait, so a thread
+    watches the time since the last sign of progress.
+    """
+
+    def __init__(self, timeout: float, message: Callable[[float], str]):
+        self.timeout = float(timeout)
+        self._message = message
+        self._last_progress = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
+
+    def start(self) -> None:
+        if self.timeout > 0:
+            self.progress()
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def progress(self) -> None:
+        self._last_progress = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(1.0, self.timeout / 10)):
+            idle = time.monotonic() - self._last_progress
+            if idle > self.timeout:
+                exit_lost_run(self._message(idle))
