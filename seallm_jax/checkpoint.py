@@ -81,11 +81,24 @@ class _FailureReports:
         previous_hook = sys.unraisablehook
 
         def hook(unraisable: Any) -> None:
-            if not (isinstance(unraisable.exc_value, RuntimeError) and unraisable.object is None
-                    and str(unraisable.exc_value) == "Event loop is closed"):
+            loop_closed = (isinstance(unraisable.exc_value, RuntimeError) and unraisable.object is None
+                           and str(unraisable.exc_value) == "Event loop is closed")
+            if not (loop_closed or cls._raised_in_orbax(unraisable)):
                 previous_hook(unraisable)
 
         sys.unraisablehook = hook
+
+    @staticmethod
+    def _raised_in_orbax(unraisable: Any) -> bool:
+        """An abandoned Orbax coroutine ('Exception ignored in: <coroutine object
+        _read_array_index_and_device_put …>') or an error raised from Orbax's own code."""
+        code = getattr(unraisable.object, "cr_code", None)
+        files = [code.co_filename] if code is not None else []
+        frame = unraisable.exc_traceback
+        while frame is not None:
+            files.append(frame.tb_frame.f_code.co_filename)
+            frame = frame.tb_next
+        return any(f"{os.sep}orbax{os.sep}" in name for name in files)
 
     @staticmethod
     def _keep_log(record: logging.LogRecord) -> bool:
@@ -234,7 +247,7 @@ class Checkpointer:
         try:
             restored = self.restore(step, abstract_params=abstract_params, abstract_opt_state=abstract_opt_state)
         except Exception as error:  # noqa: BLE001 - whatever the damage, the step does not restore
-                return None, describe_error(error)
+            return None, describe_error(error)
         absent = [key for key in _META_KEYS if key not in restored["meta"]]
         if absent:
             return None, f"meta/metadata lacks {', '.join(absent)}"
