@@ -20,6 +20,15 @@ def test_overrides_follow_the_field_types():
     assert config.model.init_from == "/models/x"
 
 
+def test_every_model_field_can_be_overridden_and_reaches_the_model_config():
+    config = load_config(TINY, ["--config.model.head_dim=32", "--config.model.scan_unroll=2",
+                                "--config.model.attention_block_q=64", "--config.model.pad_token_id=0",
+                                "--config.train.loss_chunk_tokens=0"])
+    model = model_config_from(config)
+    assert (model.head_size, model.scan_unroll, model.attention_block_q, model.pad_token_id) == (32, 2, 64, 0)
+    assert config.train.loss_chunk_tokens == 0
+
+
 def test_unknown_or_mistyped_overrides_are_errors_that_name_the_key():
     with pytest.raises(ConfigError, match="no such field"):
         load_config(TINY, ["--config.train.stpes=7"])

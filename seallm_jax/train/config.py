@@ -5,6 +5,7 @@ Config files (configs/*.py) define `get_config(arg=None)`; `path.py:arg` passes 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -14,27 +15,28 @@ from typing import Any
 import ml_collections
 
 from seallm_jax.errors import ConfigError, MissingDataError
+from seallm_jax.model.config import Qwen2Config
 from seallm_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
+from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS
 
 
 def base_config() -> ml_collections.ConfigDict:
     """Every field a training run reads, with its default; recipes override what they need."""
     c = ml_collections.ConfigDict()
-    # Qwen2Config fields, plus init_from: a model to start from ('' = random init): a Hugging Face
-    # directory, an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir (its latest step);
-    # with init_from the architecture comes from its config.json.
-    c.model = ml_collections.ConfigDict(dict(
-        init_from="", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True,
-        dtype="float32", param_dtype="float32", remat="none", attention_impl="xla"))
+    # Every Qwen2Config field with its default (Qwen2-0.5B; see seallm_jax/model/config.py), plus
+    # init_from: a model to start from ('' = random init): a Hugging Face directory, an Orbax checkpoint
+    # (`convert hf-to-orbax`) or a training workdir (its latest step); with init_from the architecture
+    # comes from its config.json and only the computation fields (dtype, remat, attention_impl, ...) apply.
+    c.model = ml_collections.ConfigDict(dict(init_from="", **{
+        field.name: field.default for field in dataclasses.fields(Qwen2Config) if field.name != "model_type"}))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
     c.sharding = ml_collections.ConfigDict(dict(
         logical_axis_rules=[list(rule) if not isinstance(rule[1], tuple) else [rule[0], list(rule[1])]
                             for rule in DEFAULT_LOGICAL_AXIS_RULES]))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, global_batch_size=8, seq_len=512, micro_batches=1, seed=0, z_loss_weight=0.0,
-        log_every=10, eval_every=200, eval_batches=4, peak_flops=0.0, progress_bar=True))
+        log_every=10, eval_every=200, eval_batches=4, peak_flops=0.0, progress_bar=True,
+        loss_chunk_tokens=DEFAULT_CHUNK_TOKENS))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-4, warmup_steps=100, schedule="cosine", end_lr_ratio=0.1,
         decay_steps=0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0))
