@@ -1,8 +1,8 @@
 """Language-specific neurons: statistics (LAPE, PLND), selection, neuron sets, masked training, ablation.
 
 Typical flow: `compute_statistics` -> `select_lape` / `select_plnd` (or `lsn.select.select(stats, method)`)
--> `NeuronSet.save`; train with `lsn_masked(optimizer, ...)`;
-check with `ablation_matrix`. The same steps run as `seallm-jax lsn stats | select | ablate`.
+-> `NeuronSet.save`; train with `lsn_masked(optimizer, ...)` (from Python in one call: `train_neurons`);
+check with `ablation_matrix` and `heldout_perplexity`. The same steps run as `seallm-jax lsn stats | select | ablate`.
 """
 from seallm_jax._lazy import lazy_getattr
 
@@ -23,6 +23,10 @@ _EXPORTS = {
     "NeuronStats": "seallm_jax.lsn.stats",
     "StatisticsPass": "seallm_jax.lsn.stats",
     "compute_statistics": "seallm_jax.lsn.stats",
+    "NeuronTraining": "seallm_jax.lsn.train",
+    "heldout_perplexity": "seallm_jax.lsn.train",
+    "neuron_training_config": "seallm_jax.lsn.train",
+    "train_neurons": "seallm_jax.lsn.train",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
@@ -31,4 +35,5 @@ __all__ = [
     "LapeConfig", "PlndConfig", "select_lape", "select_plnd", "plot_neuron_heatmap",
     "lsn_masked", "masked_by_groups", "trainable_groups", "trainable_count", "NeuronSlices",
     "AblationResult", "ablation_matrix",
+    "train_neurons", "NeuronTraining", "neuron_training_config", "heldout_perplexity",
 ]
