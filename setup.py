@@ -36,7 +36,7 @@ setup(
         # (its own dependencies would compile llama-cpp-python, which is not needed here)
         "smollm2": [TORCH, "gguf", "accelerate"],
         "eval": ["pyarrow"],  # SeaRefuse's Parquet release
-        "test": [TORCH, "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu"],
+        "test": [TORCH, "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},
 )
