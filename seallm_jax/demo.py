@@ -64,12 +64,9 @@ def _say(message: str) -> None:
 def _perplexities(model_dir: str, languages: Sequence[str], tokenizer: Any, max_tokens: int) -> dict[str, float]:
     """Held-out (validation split) perplexity of each language."""
     from seallm_jax import hf
-    from seallm_jax.lsn.ablate import PerplexityEvaluator
-    from seallm_jax.lsn.inputs import batches_by_language, take_tokens
+    from seallm_jax.lsn.train import heldout_perplexity
 
-    evaluator = PerplexityEvaluator(hf.load_pretrained(model_dir))
-    streams = batches_by_language(languages, tokenizer=tokenizer, split="validation", seq_len=128, batch_size=16)
-    return {lang: float(np.exp(evaluator.loss(list(take_tokens(streams[lang], max_tokens)))[0])) for lang in languages}
+    return heldout_perplexity(hf.load_pretrained(model_dir), languages, tokenizer=tokenizer, max_tokens=max_tokens)
 
 
 def _check_transformers_parity(model_dir: str, vocab_size: int) -> float:
