@@ -12,13 +12,20 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
 
 from seallm_jax.errors import ConfigError, UserError
 from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
+
+if TYPE_CHECKING:  # imported for real inside the functions: `import seallm_jax.lsn` stays light
+    from seallm_jax.data.vocabulary import VocabularySubset
+    from seallm_jax.model.qwen2 import Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerBase
+
+    Tokenizer = str | os.PathLike | PreTrainedTokenizerBase | VocabularySubset
 
 DEFAULT_LEARNING_RATE = 2e-3  # the demo's LSN rate: few parameters train, so a higher rate than full fine-tuning
 DEFAULT_BATCH_SIZE = 16
@@ -33,7 +40,7 @@ class NeuronTraining:
     `train_neurons` ran in a temporary directory that is gone now.
     """
 
-    model: Any  # Qwen2ForCausalLM (typed loosely: this module is imported before Flax is needed)
+    model: Qwen2ForCausalLM
     losses: dict[int, float]  # step -> training loss
     languages: list[str]
     trained_neurons: int  # neurons of the union of `languages`, over all layers
@@ -98,7 +105,7 @@ def neuron_training_config(*, init_from: str, neurons: str, languages: Sequence[
     return config
 
 
-def _save_tokenizer(tokenizer: Any, directory: str) -> str:
+def _save_tokenizer(tokenizer: Tokenizer, directory: str) -> str:
     from seallm_jax.data.vocabulary import VocabularySubset
     from seallm_jax.tokenizer import save_tokenizer_files
 
@@ -123,8 +130,8 @@ def _check_vocabulary(tokenizer_dir: str, vocab_size: int) -> None:
                           "pass the tokenizer the model was trained with (tokenizer=...)")
 
 
-def train_neurons(model: Any, neurons: NeuronSet | str | os.PathLike, languages: str | Sequence[str], *,
-                  steps: int, tokenizer: Any = None, workdir: str | os.PathLike | None = None,
+def train_neurons(model: Qwen2ForCausalLM | str | os.PathLike, neurons: NeuronSet | str | os.PathLike,
+                  languages: str | Sequence[str], *, steps: int, tokenizer: Tokenizer | None = None, workdir: str | os.PathLike | None = None,
                   learning_rate: float = DEFAULT_LEARNING_RATE, batch_size: int = DEFAULT_BATCH_SIZE,
                   seq_len: int = DEFAULT_SEQ_LEN, warmup_steps: int = 5, matrices: Sequence[str] = FFN_MATRICES,
                   mesh: Mapping[str, int] | None = None, overrides: Mapping[str, Any] | None = None) -> NeuronTraining:
@@ -213,7 +220,7 @@ def train_neurons(model: Any, neurons: NeuronSet | str | os.PathLike, languages:
                           workdir=None if temporary else run_dir, config=config)
 
 
-def heldout_perplexity(model: Any, languages: Sequence[str], *, tokenizer: Any, split: str = "validation",
+def heldout_perplexity(model: Qwen2ForCausalLM, languages: Sequence[str], *, tokenizer: Tokenizer, split: str = "validation",
                        max_tokens: int | None = 8192, seq_len: int = DEFAULT_SEQ_LEN,
                        batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
     """Perplexity of `model` on each language's shipped-corpus `split` (held out from training by
