@@ -159,6 +159,11 @@ def check_run_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
     from seallm_jax.files import check_output_dir
 
     check_output_dir(workdir, "--workdir")
+    from seallm_jax.checkpoint import ON_DAMAGE
+
+    if config.checkpoint.on_damage not in ON_DAMAGE:
+        raise ConfigError(f"config.checkpoint.on_damage={config.checkpoint.on_damage!r}: expected one of "
+                          f"{', '.join(ON_DAMAGE)}")
     if config.model.get("init_from"):
         require_model_dir(config.model.init_from)
     data = config.data
