@@ -101,7 +101,7 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     """Run the whole job into `out`; returns (and writes to out/summary.json) what it measured."""
     from seallm_jax import hf
     from seallm_jax.data import load_corpus
-    from seallm_jax.data.vocabulary import VocabularySubset
+    from seallm_jax.tokenizer import VocabularySubset
     from seallm_jax.lsn.compare import random_neurons
     from seallm_jax.lsn.inputs import batches_by_language
     from seallm_jax.lsn.neurons import NeuronSet

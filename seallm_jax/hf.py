@@ -18,12 +18,12 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from seallm_jax.data.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
-from seallm_jax.data.vocabulary import VocabularySubset
 from seallm_jax.errors import CheckpointError, require_model_dir
 from seallm_jax.files import atomic_directory
 from seallm_jax.model.config import Qwen2Config, read_config_json
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
+from seallm_jax.tokenizer.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
+from seallm_jax.tokenizer.vocabulary import VocabularySubset
 
 Params = dict[str, Any]  # nested dict of arrays, as `nnx.state(model, nnx.Param).to_pure_dict()`
 
@@ -294,7 +294,7 @@ def save_pretrained(
         if isinstance(tokenizer, VocabularySubset):
             tokenizer.save_pretrained(staging)
         elif hasattr(tokenizer, "save_pretrained"):
-            from seallm_jax.tokenizer import save_tokenizer_files
+            from seallm_jax.tokenizer.qwen2 import save_tokenizer_files
 
             save_tokenizer_files(tokenizer, staging)
         else:

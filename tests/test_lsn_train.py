@@ -8,7 +8,7 @@ from flax import nnx
 
 from seallm_jax import Qwen2Config, Qwen2ForCausalLM
 from seallm_jax.data import load_corpus
-from seallm_jax.data.vocabulary import VocabularySubset
+from seallm_jax.tokenizer import VocabularySubset
 from seallm_jax.errors import ConfigError, UnknownLanguageError, UserError
 from seallm_jax.lsn import NeuronSet, NeuronTraining, heldout_perplexity, train_neurons
 from seallm_jax.tokenizer import load_tokenizer

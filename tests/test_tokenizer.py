@@ -5,7 +5,7 @@ import unicodedata
 import pytest
 import tiktoken
 
-from seallm_jax import tokenizer as tokenizer_module
+from seallm_jax.tokenizer import qwen2 as tokenizer_module
 from seallm_jax.tokenizer import (
     QWEN2_ADDED_TOKENS,
     QWEN2_PATTERN,

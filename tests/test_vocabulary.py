@@ -1,7 +1,7 @@
 """VocabularySubset: dense renumbering of the tokens a corpus uses, reversible, saved with the model."""
 import pytest
 
-from seallm_jax.data.vocabulary import UNKNOWN_ID, VocabularySubset
+from seallm_jax.tokenizer.vocabulary import UNKNOWN_ID, VocabularySubset
 from seallm_jax.tokenizer import load_tokenizer
 
 TEXTS = ["Hello, world!", "สวัสดีครับ ยินดีต้อนรับ", "Xin chào thế giới", "你好，世界"]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Mapping, Sequence, TextIO
 
-from seallm_jax import LANGUAGES
 from seallm_jax.errors import ConfigError, DataFormatError, MissingDataError, UnknownLanguageError
+from seallm_jax.languages import LANGUAGES
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 SPLITS = ("train", "validation", "test")
@@ -23,11 +23,6 @@ SPLITS = ("train", "validation", "test")
 # message is in the same split in every language and the test split is parallel text.
 VALIDATION_FRACTION = 0.05
 TEST_FRACTION = 0.05
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English", "zh": "Chinese", "id": "Indonesian", "vi": "Vietnamese", "th": "Thai",
-    "tl": "Tagalog", "ms": "Malay", "my": "Burmese", "km": "Khmer", "lo": "Lao", "ta": "Tamil",
-    "jv": "Javanese",
-}
 OnError = Literal["raise", "skip"]
 
 
@@ -270,27 +265,3 @@ def load_parallel(split: str | None = "test", source: str = "en", target: str = 
     if not pairs:
         raise DataFormatError(f"no parallel text between {source!r} and {target!r} in split {split!r}")
     return pairs
-
-
-def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
-              text_field: str = "text", language_field: str = "language",
-              language: str | None = None) -> dict[str, list[Document]]:
-    """Documents from a prepared TFDS dataset (e.g. "sea_corpus/all" or a user config built with
-    `seallm_jax.data.tfds_sea`); TensorFlow is imported only here."""
-    import tensorflow_datasets as tfds
-
-    if name.split("/")[0] == "sea_corpus":
-        import seallm_jax.data.tfds_sea  # noqa: F401  (registers the builder)
-    grouped: dict[str, list[Document]] = {}
-    dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    for index, example in enumerate(tfds.as_numpy(dataset)):
-        record_language = example[language_field].decode() if language_field in example else language
-        if record_language is None:
-            raise DataFormatError(f"{name}: examples have no {language_field!r} field; pass language=")
-        check_language(record_language, f"{name}[{split}]")
-        document_id = example["id"].decode() if "id" in example else f"{name}:{index}"
-        grouped.setdefault(record_language, []).append(
-            Document(document_id, record_language, example[text_field].decode()))
-    if not grouped:
-        raise DataFormatError(f"empty source: {name} split {split!r} has no examples")
-    return grouped

@@ -10,15 +10,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
-from seallm_jax.data.corpus import (LANGUAGE_NAMES, LoadReport, OnError, check_language,
-                                    load_parallel, read_jsonl, shipped_languages, split_of)
+from seallm_jax.data.corpus import (LoadReport, OnError, check_language, load_parallel, read_jsonl,
+                                    shipped_languages, split_of)
 from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, Example, WeightMethod
 from seallm_jax.data.stream import PackedStream, TokenizerAdapter, as_tokenizer, build_mixture
 from seallm_jax.errors import ConfigError, DataFormatError
+from seallm_jax.languages import LANGUAGE_NAMES
+from seallm_jax.tokenizer.special import IM_END, IM_START
 
 ROLES = ("system", "user", "assistant")
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 # Qwen2's chat template inserts this system message when a conversation has none.
 QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
 Truncation = Literal["turns", "tokens", "drop"]

@@ -13,6 +13,7 @@ from seallm_jax.data.corpus import Document, LoadReport, load_corpus, load_files
 from seallm_jax.data.mixture import (DEFAULT_TEMPERATURE, Example, ExampleSource, Mixture, WeightMethod,
                                      mixture_weights)
 from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError
+from seallm_jax.tokenizer.special import document_separator_id, special_token_id
 
 Encode = Callable[[str], list]
 STATE_VERSION = 1
@@ -40,14 +41,10 @@ class TokenizerAdapter:
     def _document_separator(self) -> int | None:
         if not self._is_hf:
             return None
-        from seallm_jax.tokenizer import document_separator_id
-
         return document_separator_id(self.tokenizer)
 
     def special_id(self, token: str, *, required: bool = True) -> int | None:
-        """The id of a special token such as `<|im_start|>` (see `tokenizer.special_token_id`)."""
-        from seallm_jax.tokenizer import special_token_id
-
+        """The id of a special token such as `<|im_start|>` (see `seallm_jax.tokenizer.special_token_id`)."""
         token_id = special_token_id(self.tokenizer, token) if self._is_hf else None
         if token_id is None and required:
             raise DataFormatError(f"the tokenizer has no {token!r} token; this data needs a tokenizer with it "

@@ -5,7 +5,7 @@ Codes are the project's ISO 639-1 codes (en, zh, id, vi, th, tl, ms, my, km, lo,
 from __future__ import annotations
 
 # Code -> English name, used in prompts and tables; the data package owns the table and the check.
-from seallm_jax.data.corpus import LANGUAGE_NAMES
+from seallm_jax.languages import LANGUAGE_NAMES
 
 # Code -> Flores-200 file stem (`flores200_dataset/dev/tha_Thai.dev`).
 FLORES_CODES: dict[str, str] = {

@@ -21,7 +21,7 @@ from seallm_jax.errors import ConfigError, UserError
 from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
 
 if TYPE_CHECKING:  # imported for real inside the functions: `import seallm_jax.lsn` stays light
-    from seallm_jax.data.vocabulary import VocabularySubset
+    from seallm_jax.tokenizer.vocabulary import VocabularySubset
     from seallm_jax.model.qwen2 import Qwen2ForCausalLM
     from transformers import PreTrainedTokenizerBase
 
@@ -106,8 +106,8 @@ def neuron_training_config(*, init_from: str, neurons: str, languages: Sequence[
 
 
 def _save_tokenizer(tokenizer: Tokenizer, directory: str) -> str:
-    from seallm_jax.data.vocabulary import VocabularySubset
     from seallm_jax.tokenizer import save_tokenizer_files
+    from seallm_jax.tokenizer.vocabulary import VocabularySubset
 
     if isinstance(tokenizer, VocabularySubset):
         tokenizer.save_pretrained(directory)

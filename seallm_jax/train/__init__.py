@@ -4,18 +4,15 @@
 optimizer is made (LSN training wraps it through `config.lsn`). Names load lazily, so registering
 the `train` command does not import JAX.
 """
-import importlib
+from seallm_jax._lazy import lazy_getattr
 
 _EXPORTS = {
-    "train": "loop", "TrainingDivergedError": "loop",
-    "Trainer": "step", "TrainState": "step",
-    "build_optimizer": "optim", "build_schedule": "optim",
-    "base_config": "config", "load_config": "config", "apply_overrides": "config",
+    "train": "seallm_jax.train.loop", "TrainingDivergedError": "seallm_jax.train.loop",
+    "Trainer": "seallm_jax.train.step", "TrainState": "seallm_jax.train.step",
+    "build_optimizer": "seallm_jax.train.optim", "build_schedule": "seallm_jax.train.optim",
+    "base_config": "seallm_jax.train.config", "load_config": "seallm_jax.train.config",
+    "apply_overrides": "seallm_jax.train.config",
 }
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"seallm_jax.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'seallm_jax.train' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import numpy as np
 from seallm_jax.errors import ConfigError
 
 if TYPE_CHECKING:
-    from seallm_jax.data.vocabulary import VocabularySubset
+    from seallm_jax.tokenizer.vocabulary import VocabularySubset
 
 
 class BatchSource(Protocol):
@@ -133,9 +133,9 @@ def sft_vocabulary(directory: str | os.PathLike, *, languages: Sequence[str] | N
     A tiny CPU model trains in seconds on a few thousand rows of embedding instead of 151,936.
     """
     from seallm_jax.data.sft import ROLES, QWEN2_DEFAULT_SYSTEM, translation_conversations
-    from seallm_jax.data.vocabulary import FILE_NAME, VocabularySubset
     from seallm_jax.files import atomic_directory
     from seallm_jax.tokenizer import load_tokenizer
+    from seallm_jax.tokenizer.vocabulary import FILE_NAME, VocabularySubset
 
     directory = os.fspath(directory)
     saved = os.path.join(directory, FILE_NAME)

