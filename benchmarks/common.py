@@ -5,12 +5,11 @@ import statistics
 import time
 from collections.abc import Callable
 
-from seallm_jax import Qwen2Config
+from seallm_jax.model.config import PRESETS, Qwen2Config
 
-# Qwen2-0.5B's shape (random weights): the default for every benchmark.
-QWEN2_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                  num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True)
+# Qwen2-0.5B's shape (random weights): the default for every benchmark, each field a flag.
+_PRESET = Qwen2Config.preset("qwen2-0.5b")
+QWEN2_0_5B = {name: getattr(_PRESET, name) for name in (*PRESETS["qwen2-0.5b"], "rope_theta", "rms_norm_eps")}
 
 
 def add_model_args(parser) -> None:

@@ -12,6 +12,7 @@ O(T) memory; `--config.model.attention_impl=splash` for the Pallas TPU kernel) a
 `cpu` is a 4-step smoke test of the same recipe at seq_len 128.
 """
 from seallm_jax.errors import ConfigError
+from seallm_jax.model.config import PRESETS
 from seallm_jax.train.config import base_config
 
 PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12, "cpu": 0.0}  # bf16 dense per device: H100 SXM; TPU v5p
@@ -22,9 +23,7 @@ def get_config(platform: str = "gpu"):
         raise ConfigError(f"configs/qwen2_0_5b.py:{platform}: unknown variant; expected one of {sorted(PEAK_FLOPS)}")
     config = base_config()
     config.model.update(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=True,
+        **PRESETS["qwen2-0.5b"],
         dtype="bfloat16", param_dtype="float32", remat="full",
         attention_impl="flash" if platform != "cpu" else "xla")
     config.mesh.update(data=1, fsdp=-1, tensor=1)

@@ -14,6 +14,7 @@ compute; full remat; 1M tokens per step (256 x 4096) in 8 micro-batches (one row
 micro-batch on 32 devices: global_batch_size must be a multiple of micro_batches x batch devices).
 """
 from seallm_jax.errors import ConfigError
+from seallm_jax.model.config import PRESETS
 from seallm_jax.train.config import base_config
 
 PEAK_FLOPS = {"gpu": 989e12, "tpu": 459e12}  # bf16 dense per device: H100 SXM; TPU v5p
@@ -24,9 +25,7 @@ def get_config(platform: str = "gpu"):
         raise ConfigError(f"configs/qwen2_7b.py:{platform}: unknown variant; expected one of {sorted(PEAK_FLOPS)}")
     config = base_config()
     config.model.update(
-        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=True,
+        **PRESETS["qwen2-7b"],
         dtype="bfloat16", param_dtype="float32", remat="full",
         attention_impl="flash")
     if platform == "gpu":

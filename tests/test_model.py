@@ -121,3 +121,14 @@ def test_ffn_probe_and_gate_scale():
     zeros = np.zeros((3, 40), np.float32)  # every neuron off: the MLPs add nothing
     _, active = model.hidden_states(ids, ffn_gate_scale=zeros, ffn_probe=lambda gate, h, down: abs(h).max())
     assert float(active.max()) == 0.0
+
+
+def test_presets_are_the_released_shapes_and_the_defaults_are_qwen2_0_5b():
+    from seallm_jax.errors import ConfigError
+
+    assert Qwen2Config.preset("qwen2-0.5b") == Qwen2Config()
+    big = Qwen2Config.preset("qwen2-7b", dtype="bfloat16")
+    assert (big.hidden_size, big.num_hidden_layers, big.vocab_size, big.tie_word_embeddings) == (3584, 28, 152064, False)
+    assert big.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="qwen2-0.5b"):
+        Qwen2Config.preset("qwen2-72b")

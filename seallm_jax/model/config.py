@@ -19,6 +19,18 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # "splash" the Pallas TPU splash-attention kernel (TPU; Pallas interpret mode elsewhere, for tests).
 ATTENTION_IMPLEMENTATIONS = ("xla", "flash", "cudnn", "splash")
 
+# Released architectures by name: the shape fields of their Hugging Face config.json (every other
+# field is the same as the dataclass default). `Qwen2Config.preset(name)`; the dataclass defaults are
+# Qwen2-0.5B's, so `Qwen2Config() == Qwen2Config.preset("qwen2-0.5b")`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "qwen2-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                       num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+}
+_DEFAULT_SHAPE = PRESETS["qwen2-0.5b"]
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -40,19 +52,20 @@ def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{file} holds a JSON {type(data).__name__}, expected an object of model fields")
     return data
 
+
 @dataclasses.dataclass(frozen=True)
 class Qwen2Config:
-    vocab_size: int = 151936
-    hidden_size: int = 896
-    intermediate_size: int = 4864
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 14
-    num_key_value_heads: int = 2
+    vocab_size: int = _DEFAULT_SHAPE["vocab_size"]
+    hidden_size: int = _DEFAULT_SHAPE["hidden_size"]
+    intermediate_size: int = _DEFAULT_SHAPE["intermediate_size"]
+    num_hidden_layers: int = _DEFAULT_SHAPE["num_hidden_layers"]
+    num_attention_heads: int = _DEFAULT_SHAPE["num_attention_heads"]
+    num_key_value_heads: int = _DEFAULT_SHAPE["num_key_value_heads"]
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     max_position_embeddings: int = 32768
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = _DEFAULT_SHAPE["tie_word_embeddings"]
     attention_bias: bool = True  # q/k/v biases: True for Qwen2, False for Llama-family checkpoints
     initializer_range: float = 0.02
     bos_token_id: int | None = 151643
@@ -108,6 +121,14 @@ class Qwen2Config:
 
     def replace(self, **changes: Any) -> "Qwen2Config":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "Qwen2Config":
+        """A released architecture by name (a key of `PRESETS`: "qwen2-0.5b", "qwen2-1.5b", "qwen2-7b"),
+        with `changes` applied (computation fields such as `dtype` and `remat`, or any other field)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
 
     def num_parameters(self) -> int:
         e, i, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
