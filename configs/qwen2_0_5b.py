@@ -10,6 +10,10 @@ split well anyway), bfloat16 compute over float32 master weights, 0.5M tokens pe
 in 8 micro-batches, full remat of each decoder layer, blockwise `flash` attention (packed segments,
 O(T) memory; `--config.model.attention_impl=splash` for the Pallas TPU kernel) and the chunked loss.
 `cpu` is a 4-step smoke test of the same recipe at seq_len 128.
+
+What to expect: loss and step time on GPU / TPU, not measured. Memory (docs/long_context.md,
+`benchmarks/memory.py`, compiled for one device): parameters + AdamW state 5.52 GiB, plus 6.52 GiB of
+temporaries per 16,384 tokens with the `tpu` settings (bf16 compute, full remat).
 """
 from seallm_jax.errors import ConfigError
 from seallm_jax.model.config import PRESETS

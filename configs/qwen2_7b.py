@@ -12,6 +12,8 @@ gradient all-reduces cross the slower network; TPU: FSDP over the whole slice (I
 float32 master weights + AdamW = 16 bytes/parameter (~122 GB) split over the FSDP axis; bfloat16
 compute; full remat; 1M tokens per step (256 x 4096) in 8 micro-batches (one row per device per
 micro-batch on 32 devices: global_batch_size must be a multiple of micro_batches x batch devices).
+
+What to expect: loss, step time and memory, not measured.
 """
 from seallm_jax.errors import ConfigError
 from seallm_jax.model.config import PRESETS

@@ -41,3 +41,15 @@ def test_saved_subset_loads_through_load_tokenizer(subset, tmp_path):
     assert isinstance(loaded, VocabularySubset)
     assert loaded.encode(TEXTS[1]) == subset.encode(TEXTS[1])
     assert not isinstance(load_tokenizer(tmp_path, subset=False), VocabularySubset)
+
+
+def test_model_fields_are_read_from_the_saved_file_alone(subset, tmp_path):
+    import json
+
+    subset.save_pretrained(tmp_path / "subset")
+    expected = {"vocab_size": subset.vocab_size, "eos_token_id": subset.eos_token_id}
+    assert VocabularySubset.model_fields(tmp_path / "subset") == expected
+    spec_path = tmp_path / "subset" / "vocabulary_subset.json"
+    spec = json.loads(spec_path.read_text())
+    spec_path.write_text(json.dumps({"base": spec["base"], "base_ids": spec["base_ids"]}))  # an older file
+    assert VocabularySubset.model_fields(tmp_path / "subset") == expected

@@ -1,14 +1,15 @@
-"""`seallm-jax data ...`: corpus statistics with the real Qwen2 tokenizer, and preparing the TFDS
-dataset offline.
+"""`seallm-jax data ...`: corpus statistics with the real Qwen2 tokenizer, preparing the TFDS dataset
+offline, and building the vocabulary subset of the SFT recipes' CPU variant.
 """
 from __future__ import annotations
 
 import argparse
 
-from seallm_jax.cli_args import parse_data_args
+from seallm_jax.cli_args import parse_data_args, parse_languages
 from seallm_jax.data.corpus import SPLITS, Document, load_corpus, load_files
 from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, mixture_weights
-from seallm_jax.errors import UserError, require_dir
+from seallm_jax.errors import ConfigError, UserError, require_dir
+from seallm_jax.files import check_output_dir
 
 
 def corpus_stats(corpus: dict[str, list[Document]], tokenizer: object | None = None) -> list[dict]:
@@ -75,8 +76,25 @@ def _build_tfds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft_vocabulary(args: argparse.Namespace) -> int:
+    try:
+        thresholds = [int(value) for value in args.min_source_chars.split(",")]
+    except ValueError:
+        raise ConfigError(f"--min-source-chars {args.min_source_chars!r}: expected integers, e.g. 0,60") from None
+    if args.max_per_language < 0 or any(value < 0 for value in thresholds):
+        raise ConfigError("--max-per-language and --min-source-chars must not be negative")
+    out = check_output_dir(args.out, "OUT")
+    languages = parse_languages(args.languages)
+    from seallm_jax.train.data_source import sft_vocabulary
+
+    subset = sft_vocabulary(out, languages=languages, max_per_language=args.max_per_language or None,
+                            min_source_chars=thresholds)
+    print(f"vocabulary subset of {subset.vocab_size} ids (end of text {subset.eos_token_id}) in {out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="corpus statistics, TFDS preparation")
+    data = subparsers.add_parser("data", help="corpus statistics, TFDS preparation, SFT vocabulary subsets")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     commands.required = True
 
@@ -95,3 +113,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tfds_parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")
     tfds_parser.add_argument("--config", default="all", help="'all' or a language code")
     tfds_parser.set_defaults(func=_build_tfds)
+
+    vocabulary = commands.add_parser(
+        "sft-vocabulary", help="save the Qwen2 vocabulary subset of the shipped translation conversations",
+        description="The Qwen2 tokens the SFT translation conversations selected by these settings use (train "
+                    "and validation splits, every --min-source-chars value), renumbered densely; kept if OUT "
+                    "already holds one. configs/sft_stage1.py:cpu reads it.")
+    vocabulary.add_argument("out", metavar="OUT", help="directory to write the vocabulary subset into")
+    vocabulary.add_argument("--languages", help="comma-separated language codes (default: every shipped one)")
+    vocabulary.add_argument("--max-per-language", type=int, default=0,
+                            help="at most this many conversations per language (0: all)")
+    vocabulary.add_argument("--min-source-chars", default="0",
+                            help="comma-separated source-length thresholds, one per SFT stage (default: 0)")
+    vocabulary.set_defaults(func=_sft_vocabulary)

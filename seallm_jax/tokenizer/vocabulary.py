@@ -100,8 +100,21 @@ class VocabularySubset:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         save_tokenizer_files(self.base_tokenizer, directory)
+        # vocab_size and the end-of-text id too, so a config can size its model without a tokenizer.
         with open(os.path.join(directory, FILE_NAME), "w", encoding="utf-8") as f:
-            json.dump({"base": self.base_name, "base_ids": self.base_ids[1:].tolist()}, f)
+            json.dump({"base": self.base_name, "base_ids": self.base_ids[1:].tolist(),
+                       "vocab_size": self.vocab_size, "eos_token_id": self.eos_token_id}, f)
+
+    @classmethod
+    def model_fields(cls, directory: str | os.PathLike) -> dict[str, int | None]:
+        """`vocab_size` and `eos_token_id` of the subset saved in `directory`, read from its JSON file
+        alone (no tokenizer is loaded; a file saved without them loads the subset instead)."""
+        with open(os.path.join(os.fspath(directory), FILE_NAME), encoding="utf-8") as f:
+            spec = json.load(f)
+        if "vocab_size" not in spec:
+            subset = cls.load(directory)
+            return {"vocab_size": subset.vocab_size, "eos_token_id": subset.eos_token_id}
+        return {"vocab_size": int(spec["vocab_size"]), "eos_token_id": spec["eos_token_id"]}
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "VocabularySubset":
