@@ -23,7 +23,6 @@ from seallm_jax.files import atomic_directory
 from seallm_jax.model.config import Qwen2Config, read_config_json
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
 from seallm_jax.tokenizer.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
-from seallm_jax.tokenizer.vocabulary import VocabularySubset
 
 Params = dict[str, Any]  # nested dict of arrays, as `nnx.state(model, nnx.Param).to_pure_dict()`
 
@@ -291,12 +290,10 @@ def save_pretrained(
             generation["pad_token_id"] = config.pad_token_id
         with open(os.path.join(staging, "generation_config.json"), "w", encoding="utf-8") as f:
             json.dump(generation, f, indent=2)
-        if isinstance(tokenizer, VocabularySubset):
-            tokenizer.save_pretrained(staging)
-        elif hasattr(tokenizer, "save_pretrained"):
-            from seallm_jax.tokenizer.qwen2 import save_tokenizer_files
+        if hasattr(tokenizer, "save_pretrained"):
+            from seallm_jax.tokenizer import save_tokenizer  # transformers only when there is one to save
 
-            save_tokenizer_files(tokenizer, staging)
+            save_tokenizer(tokenizer, staging)
         else:
             copy_tokenizer_files(tokenizer, staging)
     return path

@@ -27,6 +27,7 @@ _EXPORTS = {
     "VocabularySubset": "seallm_jax.tokenizer.vocabulary",
     "load_tokenizer": "seallm_jax.tokenizer.loading",
     "tokenizer_for": "seallm_jax.tokenizer.loading",
+    "save_tokenizer": "seallm_jax.tokenizer.loading",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 

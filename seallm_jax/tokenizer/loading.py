@@ -1,5 +1,5 @@
 """Which tokenizer a command or a run gets: a local directory (a vocabulary subset or a Hugging Face
-tokenizer), the model directory's own tokenizer, or the built-in Qwen2 one."""
+tokenizer), the model directory's own tokenizer, or the built-in Qwen2 one; and saving any of them."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from seallm_jax.tokenizer.qwen2 import has_tokenizer_files, load_local_tokenizer, load_qwen2_tokenizer
+from seallm_jax.tokenizer.qwen2 import (has_tokenizer_files, load_local_tokenizer, load_qwen2_tokenizer,
+                                        save_tokenizer_files)
 from seallm_jax.tokenizer.vocabulary import FILE_NAME, VocabularySubset
 
 
@@ -35,3 +36,16 @@ def tokenizer_for(model_dir: str | os.PathLike | None,
     if model_dir is not None and Path(model_dir).is_dir() and has_tokenizer_files(model_dir):
         return load_tokenizer(model_dir)
     return load_tokenizer()
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast | VocabularySubset, directory: str | os.PathLike) -> None:
+    """Write a tokenizer object into `directory` so that `load_tokenizer(directory)` gives it back: a
+    `VocabularySubset` as its base tokenizer's files plus the kept ids, a `transformers` tokenizer as its
+    Hugging Face files (`save_tokenizer_files`)."""
+    if isinstance(tokenizer, VocabularySubset):
+        tokenizer.save_pretrained(directory)
+    elif hasattr(tokenizer, "save_pretrained"):
+        save_tokenizer_files(tokenizer, directory)
+    else:
+        raise TypeError(f"cannot save a {type(tokenizer).__name__}: expected a transformers tokenizer or a "
+                        "VocabularySubset")
