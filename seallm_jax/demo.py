@@ -105,6 +105,7 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     from seallm_jax.lsn.compare import random_neurons
     from seallm_jax.lsn.inputs import batches_by_language
     from seallm_jax.lsn.neurons import NeuronSet
+    from seallm_jax.lsn.optim import WRAPPER
     from seallm_jax.lsn.select import LapeConfig, plot_neuron_heatmap, select_lape
     from seallm_jax.lsn.stats import compute_statistics
     from seallm_jax.tokenizer import load_tokenizer
@@ -163,7 +164,7 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     _say(f"6/7 LSN training: only {target}'s {counts[target]} neurons change, for {lsn_steps} steps")
     lsn = lsn_config(pretrain, init_from=base_dir, neurons=neurons_path, language=target, steps=lsn_steps,
                      learning_rate=lsn_learning_rate)
-    train(lsn, os.path.join(out, "lsn_train"))
+    train(lsn, os.path.join(out, "lsn_train"), optimizer_wrapper=WRAPPER)
     export_dir = hf.convert_orbax_to_hf(os.path.join(out, "lsn_train"), os.path.join(out, "export_hf"))
     hf.copy_tokenizer_files(tokenizer_dir, export_dir)
     after = _perplexities(export_dir, languages, subset, eval_tokens)
@@ -177,7 +178,7 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
                          hidden_size=neurons.hidden_size, num_parameters=neurons.num_parameters).save(random_path)
     control = lsn_config(pretrain, init_from=base_dir, neurons=random_path, language=target, steps=lsn_steps,
                          learning_rate=lsn_learning_rate)
-    train(control, os.path.join(out, "random_train"))
+    train(control, os.path.join(out, "random_train"), optimizer_wrapper=WRAPPER)
     random_dir = hf.convert_orbax_to_hf(os.path.join(out, "random_train"), os.path.join(out, "random_hf"))
     after_random = _perplexities(random_dir, languages, subset, eval_tokens)
     lap("random_control")

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -22,6 +22,8 @@ from seallm_jax.errors import CheckpointError, require_model_dir
 from seallm_jax.files import atomic_directory
 from seallm_jax.model.config import Qwen2Config, read_config_json
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
+from seallm_jax.sharding import place_host_arrays
+from seallm_jax.trees import get_path, has_path, set_path
 from seallm_jax.tokenizer.vocabulary import FILE_NAME as VOCABULARY_SUBSET_FILE
 
 Params = dict[str, Any]  # nested dict of arrays, as `nnx.state(model, nnx.Param).to_pure_dict()`
@@ -60,24 +62,10 @@ def abstract_model(config: Qwen2Config) -> Qwen2ForCausalLM:
     return nnx.eval_shape(lambda: Qwen2ForCausalLM(config, rngs=nnx.Rngs(0)))
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
-def _has(tree: Mapping[str, Any], path: tuple[str, ...]) -> bool:
-    try:
-        _get(tree, path)
-        return True
-    except KeyError:
-        return False
 
 
 # ---- reading --------------------------------------------------------------------------------------
@@ -143,14 +131,14 @@ def read_params(directory: str, config: Qwen2Config, abstract_params: Params) ->
     params: Params = {}
     for template, path, transposed in WEIGHT_NAMES:
         names = _tensor_names(template, config.num_hidden_layers)
-        if not _has(abstract_params, path):  # e.g. biases of a bias-free model, lm_head when tied
+        if not has_path(abstract_params, path):  # e.g. biases of a bias-free model, lm_head when tied
             if path == ("lm_head", "kernel") and "lm_head.weight" in unused:
                 unused.discard("lm_head.weight")  # tied: some checkpoints store the copy anyway
             continue
         missing = [name for name in names if name not in unused]
         if missing:
             raise CheckpointError(f"tensor {missing[0]} is missing from {directory} ({len(missing)} missing in all)")
-        expected = _get(abstract_params, path)
+        expected = get_path(abstract_params, path)
         tensors = []
         for name in names:
             tensor = reader.get(name)
@@ -163,7 +151,7 @@ def read_params(directory: str, config: Qwen2Config, abstract_params: Params) ->
                 )
             tensors.append(tensor.astype(expected.dtype))
             unused.discard(name)
-        _set(params, path, np.stack(tensors) if "{i}" in template else tensors[0])
+        set_path(params, path, np.stack(tensors) if "{i}" in template else tensors[0])
     if unused:
         raise CheckpointError(f"unexpected tensors in {directory}: {sorted(unused)[:5]}{' ...' if len(unused) > 5 else ''}")
     return params
@@ -176,9 +164,7 @@ def place_params(params: Params, sharding: Params | Callable[[Params], Params] |
         return jax.tree.map(jax.numpy.asarray, params)
     if callable(sharding):
         sharding = sharding(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
-    return jax.tree.map(
-        lambda array, s: jax.make_array_from_callback(array.shape, s, lambda index: array[index]), params, sharding
-    )
+    return place_host_arrays(params, sharding)
 
 
 def model_from_params(config: Qwen2Config, params: Params) -> Qwen2ForCausalLM:
@@ -222,9 +208,9 @@ def load_model(
 def hf_tensors(params: Params, config: Qwen2Config) -> Iterator[tuple[str, np.ndarray]]:
     """(Hugging Face name, numpy tensor) for every parameter, via the same table as loading."""
     for template, path, transposed in WEIGHT_NAMES:
-        if not _has(params, path):
+        if not has_path(params, path):
             continue
-        array = np.asarray(jax.device_get(_get(params, path)))
+        array = np.asarray(jax.device_get(get_path(params, path)))
         names = _tensor_names(template, config.num_hidden_layers)
         for layer, name in enumerate(names):
             tensor = array[layer] if "{i}" in template else array

@@ -7,8 +7,8 @@ the merged model). Given the gradient G of a target kernel, the chain rule gives
 exactly (`dA = s G B^T`, `dB = s A^T G`), so this is LoRA, not an approximation of it; only the target
 kernels change, by `s (A' B' - A B)`, and every other parameter is bit-identical to the start.
 
-The training engine joins it from `config.lora` (`rank > 0`) in `train.optim.build_optimizer`, the way it
-joins the LSN mask.
+It joins the training engine from outside, as the LSN mask does: `train(config, workdir,
+optimizer_wrapper=lora.WRAPPER)` with `config.lora.rank > 0` (the `seallm-jax train` command passes it).
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import optax
 
 from seallm_jax.errors import ConfigError
+from seallm_jax.train.optim import OptimizerWrapper
+from seallm_jax.trees import Path, get_path, path_names
 
 Params = Mapping[str, Any]
-Path = tuple[str, ...]
 
 # Projection name -> its kernel's path in the stacked parameter tree ([layers, in, out]).
 TARGET_PATHS: dict[str, Path] = {
@@ -73,20 +74,14 @@ class LoraState(NamedTuple):
     inner: Any     # the wrapped optimizer's state, over the adapters
 
 
-def _get(tree: Any, path: Path) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
-def _path_strings(key_path: tuple) -> Path:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
 
 
 def _check(params: Params, settings: LoraSettings) -> None:
     for target in settings.targets:
         try:
-            shape = _get(params, TARGET_PATHS[target]).shape
+            shape = get_path(params, TARGET_PATHS[target]).shape
         except (KeyError, TypeError):
             raise ConfigError(f"config.lora.targets: the model has no {'/'.join(TARGET_PATHS[target])}") from None
         if len(shape) != 3:
@@ -100,7 +95,7 @@ def init_adapters(params: Params, settings: LoraSettings) -> dict[str, dict[str,
     key = jax.random.PRNGKey(settings.seed)
     adapters = {}
     for index, target in enumerate(settings.targets):
-        kernel = _get(params, TARGET_PATHS[target])
+        kernel = get_path(params, TARGET_PATHS[target])
         layers, fan_in, fan_out = kernel.shape
         bound = 1.0 / math.sqrt(fan_in)
         a = jax.random.uniform(jax.random.fold_in(key, index), (layers, fan_in, settings.rank), jnp.float32,
@@ -119,7 +114,7 @@ def merge(base_params: Params, adapters: Mapping[str, Mapping[str, jax.Array]], 
     by_path = {TARGET_PATHS[t]: d for t, d in delta(adapters, settings.scale).items()}
 
     def one(key_path, leaf):
-        d = by_path.get(_path_strings(key_path))
+        d = by_path.get(path_names(key_path))
         return leaf if d is None else leaf + d.astype(leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(one, base_params)
@@ -138,7 +133,7 @@ def lora(inner: optax.GradientTransformation, settings: LoraSettings) -> optax.G
         adapters = state.adapters
         grads = {}
         for target, ab in adapters.items():
-            g = _get(updates, TARGET_PATHS[target]).astype(ab["a"].dtype)  # dL/dW, [L, in, out]
+            g = get_path(updates, TARGET_PATHS[target]).astype(ab["a"].dtype)  # dL/dW, [L, in, out]
             grads[target] = {"a": scale * jnp.einsum("lio,lro->lir", g, ab["b"]),
                              "b": scale * jnp.einsum("lir,lio->lro", ab["a"], g)}
         adapter_updates, inner_state = inner.update(grads, state.inner, adapters, **extra)
@@ -146,7 +141,7 @@ def lora(inner: optax.GradientTransformation, settings: LoraSettings) -> optax.G
         old, new = delta(adapters, scale), delta(new_adapters, scale)
 
         def one(key_path, leaf):
-            target = paths.get(_path_strings(key_path))
+            target = paths.get(path_names(key_path))
             if target is None:
                 return jnp.full(leaf.shape, FROZEN_UPDATE, leaf.dtype)
             return (new[target] - old[target]).astype(leaf.dtype)
@@ -157,12 +152,16 @@ def lora(inner: optax.GradientTransformation, settings: LoraSettings) -> optax.G
 
 
 def wrap(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
-    """The training engine's hook: LoRA per `config.lora` (rank, alpha, targets) around `optimizer`."""
-    lsn = config.get("lsn")
-    if lsn is not None and lsn.get("neurons"):
-        raise ConfigError("config.lora.rank and config.lsn.neurons are both set: train LoRA adapters or "
-                          "language-specific neurons, not both")
+    """LoRA per `config.lora` (rank, alpha, targets) around `optimizer` (`WRAPPER` joins it to training)."""
     return lora(optimizer, LoraSettings.from_config(config))
+
+
+def describe(config: Any, params: Params) -> str:
+    """The line the training loop prints at the start of LoRA training."""
+    settings = LoraSettings.from_config(config)
+    trainable, total = trainable_count(params, settings), sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    return (f"LoRA: training {trainable:,} adapter parameters (rank {settings.rank}, {'/'.join(settings.targets)}), "
+            f"{100 * trainable / total:.4f}% of the model's {total:,}; the other parameters stay bit-identical")
 
 
 def adapters_of(opt_state: Any) -> Any:
@@ -192,7 +191,7 @@ def trainable_count(params: Params, settings: LoraSettings) -> int:
     """Trainable elements: `rank * (in + out)` per target kernel and layer."""
     total = 0
     for target in settings.targets:
-        layers, fan_in, fan_out = _get(params, TARGET_PATHS[target]).shape
+        layers, fan_in, fan_out = get_path(params, TARGET_PATHS[target]).shape
         total += layers * settings.rank * (fan_in + fan_out)
     return total
 
@@ -201,3 +200,7 @@ def rank_for_budget(params: Params, budget: int, targets: Sequence[str] = DEFAUL
     """The rank whose trainable count is closest to `budget` elements (at least 1)."""
     per_rank = trainable_count(params, LoraSettings(rank=1, targets=tuple(targets)))
     return max(1, int(round(budget / per_rank)))
+
+
+# How LoRA joins the training engine: `train(config, workdir, optimizer_wrapper=WRAPPER)`.
+WRAPPER = OptimizerWrapper(wrap=wrap, describe=describe)

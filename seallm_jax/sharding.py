@@ -1,11 +1,17 @@
-"""Device mesh, logical-axis rules and placement of params and batches on the mesh.
+"""The one sharding vocabulary: the device mesh, the logical-axis rules, the one resolver, and the
+placement of parameters, batches and activations on the mesh.
 
-Model code names array dimensions logically ('embed', 'mlp', ...); this module maps them to mesh axes.
+Model code names array dimensions logically — parameters by `model.axes.PARAM_AXES` ('embed', 'mlp',
+...), activations by `activation_*` names — and every command and the trainer use this module's
+helpers to turn those names into shardings: `logical_to_spec` (the resolver), `param_shardings` /
+`place_params` (a model on the mesh), `batch_sharding` / `shard_batch` (batches),
+`activation_sharding` (constraints while a step is traced) and `make_mesh` (the mesh itself).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -15,14 +21,18 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from seallm_jax.defaults import MESH_AXES
 from seallm_jax.errors import ConfigError
+from seallm_jax.model.axes import resolving_activations
+from seallm_jax.trees import path_names
 
 
 # (logical name, mesh axes) pairs, tried in order for each dimension (largest dimension first). A name
 # may appear several times: the first rule whose mesh axes are still free in this array, have more
 # than one device and divide the dimension wins. This gives "FSDP on the largest embed/vocab dim":
 # the vocab dim of the embedding takes 'tensor' when the mesh has a tensor axis, else 'fsdp'.
+# Activations have their own names (as in MaxText): their batch takes the data axes ('fsdp' included),
+# so their feature dimensions never take 'fsdp', only 'tensor'.
 DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
+    # parameters
     ("vocab", "tensor"),
     ("vocab", "fsdp"),
     ("embed", "fsdp"),
@@ -31,8 +41,16 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("layers", None),
     ("norm", None),
-    ("length", None),
-    ("head_dim", None),
+    # batches and activations
+    ("batch", ("data", "fsdp")),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
 )
 
 LogicalAxes = tuple[str | None, ...]
@@ -152,10 +170,10 @@ def follow_param_shardings(abstract_tree: Any, abstract_params: Any, params_shar
     by_path: dict[tuple[str, ...], tuple[tuple[int, ...], NamedSharding]] = {}
     flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     for (path, param), sharding in zip(flat_params, jax.tree.leaves(params_shardings)):
-        by_path[_path_names(path)] = (tuple(param.shape), sharding)
+        by_path[path_names(path)] = (tuple(param.shape), sharding)
 
     def one(path: Any, leaf: Any) -> NamedSharding:
-        names = _path_names(path)
+        names = path_names(path)
         for start in range(len(names)):
             match = by_path.get(names[start:])
             if match is not None and match[0] == tuple(leaf.shape):
@@ -164,16 +182,6 @@ def follow_param_shardings(abstract_tree: Any, abstract_params: Any, params_shar
     return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
 
-def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
-    names = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                names.append(str(getattr(entry, attr)))
-                break
-        else:
-            names.append(str(entry))
-    return tuple(names)
 
 
 def init_sharded(init_fn: Callable[[], Any], shardings_fn: Callable[[Any], Any]) -> Any:
@@ -203,28 +211,42 @@ def place_host_arrays(host_tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, host_tree, shardings)
 
 
-def param_sharding_callback(mesh: Mesh, logical_axes_tree: Any,
-                            rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Callable[[tuple[str, ...], tuple[int, ...]], NamedSharding]:
-    """`callback(path, shape) -> NamedSharding` for loaders that place tensors one at a time.
+def param_shardings(params: Any, mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Any:
+    """NamedSharding of every parameter (a nested dict, `nnx.State` or its abstract shapes) by its
+    logical axes: FSDP on the largest `embed`/`vocab` dimension, per-head/per-neuron dims over 'tensor'."""
+    from seallm_jax.model.axes import param_logical_axes
 
-    `path` is the parameter's key path, e.g. ('model', 'layers', 'mlp', 'up_proj', 'kernel').
-    """
-    table = {_path_names(path): axes for path, axes in
-             jax.tree_util.tree_flatten_with_path(logical_axes_tree, is_leaf=_is_axes_leaf)[0]}
-
-    def callback(path: Sequence[str], shape: Sequence[int]) -> NamedSharding:
-        key = tuple(str(p) for p in path)
-        if key not in table:
-            raise KeyError(f"no logical axes for parameter {'/'.join(key)}")
-        return NamedSharding(mesh, logical_to_spec(table[key], shape, mesh, rules))
-    return callback
+    return tree_shardings(params, param_logical_axes(params), mesh, rules)
 
 
 def params_sharding_fn(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Callable[[Any], Any]:
-    """`fn(abstract_params) -> NamedSharding tree`, the form `hf.load_pretrained(sharding=...)` takes."""
-    from seallm_jax.model import param_logical_axes
+    """`fn(abstract_params) -> NamedSharding tree`, the form `hf.load_model(sharding=...)` takes: a
+    loaded model lands on the mesh exactly as training places it."""
+    return lambda abstract_params: param_shardings(abstract_params, mesh, rules)
 
-    return lambda abstract_params: tree_shardings(abstract_params, param_logical_axes(abstract_params), mesh, rules)
+
+def place_params(params: Any, mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Any:
+    """Parameters (host or device arrays) onto the mesh by `param_shardings`, each device taking only
+    its slice; arrays already spread over several processes are resharded in place."""
+    shardings = param_shardings(params, mesh, rules)
+
+    def one(array: Any, sharding: NamedSharding) -> jax.Array:
+        if isinstance(array, jax.Array) and array.sharding == sharding:
+            return array
+        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+            return jax.device_put(array, sharding)
+        return place_host_arrays(np.asarray(array), sharding)
+    return jax.tree.map(one, params, shardings)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Iterator[None]:
+    """While a step is traced inside this context, the model's `constrain` calls pin activations
+    (named `activation_*`) to `mesh` by `rules`, through the same resolver as the parameters."""
+    def resolve(axes: LogicalAxes, shape: tuple[int, ...]) -> NamedSharding:
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+    with resolving_activations(mesh, resolve):
+        yield
 
 
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES, ndim: int = 2,

@@ -153,16 +153,14 @@ def test_splash_shard_maps_over_batch_and_heads():
     from jax.sharding import NamedSharding, PartitionSpec
 
     from seallm_jax import sharding as shd
-    from seallm_jax.model.axes import activation_sharding
 
     mesh = shd.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
-    rules = {"batch": ("data",), "heads": ("tensor",), "kv_heads": ("tensor",)}
     q, k, v = random_qkv(2, 20, 4, 2, 16)
     segments = packed_segments(2, 20)
 
     @jax.jit
     def sharded(q, k, v, segments):
-        with activation_sharding(mesh, rules):
+        with shd.activation_sharding(mesh):  # the default rules: batch over 'data', heads over 'tensor'
             return causal_attention(q, k, v, segments, implementation="splash")
 
     put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731

@@ -146,7 +146,7 @@ def test_a_background_save_that_fails_stops_the_run_and_keeps_the_previous_check
     directory = workdir / "checkpoints"
     assert line.startswith(f"seallm-jax train: error: saving step 8 to {directory} failed (")
     assert "File too large" in line
-    assert line.endswith(f"training stopped. Its complete checkpoints (step 4) are intact: fix the directory "
+    assert line.endswith("training stopped. Its complete checkpoints (step 4) are intact: fix the directory "
                          "(free space, permissions), then rerun the same command to resume from step 4")
     assert [name for name in os.listdir(directory) if name.isdigit()] == ["4"]
     # Space again: the same command resumes from step 4 with the uninterrupted losses.

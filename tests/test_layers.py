@@ -48,8 +48,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # (importer, imported) edges that go upward today and are being removed (issue 13: LSN joins training
 # from outside, through the optimizer-wrapper hook, built by the command layer).
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset({
-    # check_run_inputs loads config.lsn.neurons to check its languages before a run starts
-    ("seallm_jax.train.config", "seallm_jax.lsn.neurons"),
 })
 
 LAZY_TABLES = ("_EXPORTS", "_LAZY")

@@ -37,7 +37,7 @@ def _config(init_from: str, steps: int = 3):
 
 
 def _restore_adapters(config, workdir):
-    trainer = Trainer(config, shd.make_mesh(config.mesh.to_dict()), build_optimizer(config), build_schedule(config))
+    trainer = Trainer(config, shd.make_mesh(config.mesh.to_dict()), build_optimizer(config, lora.WRAPPER), build_schedule(config))
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR), keep=1, async_save=False)
     restored = checkpointer.restore(
         checkpointer.latest_step(),
@@ -52,7 +52,7 @@ def test_merged_export_equals_the_adapter_model(tmp_path):
     base_dir = save_hf_model(base_model, tmp_path / "base")
     config = _config(base_dir)
     workdir = str(tmp_path / "run")
-    result = train(config, workdir)
+    result = train(config, workdir, optimizer_wrapper=lora.WRAPPER)
     assert result["status"] == "completed"
     export_dir = hf.convert_orbax_to_hf(workdir, str(tmp_path / "export"))
     adapters = _restore_adapters(config, workdir)
@@ -124,7 +124,7 @@ def test_lora_config_errors():
     config.lora.rank = 4
     config.lsn.neurons = "neurons.json"
     with pytest.raises(ConfigError, match="not both"):
-        lora.wrap(optax.sgd(1.0), config)
+        build_optimizer(config, lora.WRAPPER)
     with pytest.raises(ConfigError, match="targets"):
         lora.LoraSettings(rank=2, targets=("gate",))
     with pytest.raises(ConfigError, match="rank"):

@@ -35,6 +35,38 @@ def test_fsdp_takes_the_largest_embed_or_vocab_dim():
     assert shd.logical_to_spec(("layers", "norm"), (2, 64), m) == P(None, None)
 
 
+def test_activations_take_the_batch_over_data_and_fsdp_and_features_only_over_tensor():
+    from seallm_jax.model.qwen2 import HIDDEN_AXES, LOGITS_AXES, MLP_AXES, QUERY_AXES
+
+    m = mesh(data=2, fsdp=2, tensor=2)
+    assert shd.logical_to_spec(HIDDEN_AXES, (8, 16, 64), m) == P(("data", "fsdp"), None, None)
+    assert shd.logical_to_spec(MLP_AXES, (8, 16, 128), m) == P(("data", "fsdp"), None, "tensor")
+    assert shd.logical_to_spec(QUERY_AXES, (8, 16, 4, 16), m) == P(("data", "fsdp"), None, "tensor", None)
+    assert shd.logical_to_spec(LOGITS_AXES, (8, 16, 256), m) == P(("data", "fsdp"), None, "tensor")
+    # a parameter's embed dim takes 'fsdp'; an activation's never does
+    assert shd.logical_to_spec(("embed", "mlp"), (64, 128), m) == P("fsdp", "tensor")
+
+
+def test_constrain_pins_activations_inside_activation_sharding_only():
+    from seallm_jax.model.axes import constrain
+    from seallm_jax.model.qwen2 import MLP_AXES
+
+    m = mesh(data=2, fsdp=2, tensor=2)
+
+    def traced(inside: bool) -> str:
+        def f(x):  # a new function each time: jax caches traces per function, not per context
+            return constrain(x * 2, MLP_AXES)
+        x = np.ones((8, 16, 128), np.float32)
+        if not inside:
+            return str(jax.make_jaxpr(f)(x))
+        with shd.activation_sharding(m):
+            return str(jax.make_jaxpr(f)(x))
+
+    assert "sharding_constraint" not in traced(inside=False)
+    jaxpr = traced(inside=True)
+    assert "sharding_constraint" in jaxpr and "tensor" in jaxpr
+
+
 def test_tensor_axis_takes_mlp_heads_and_vocab():
     m = mesh(fsdp=4, tensor=2)
     assert shd.logical_to_spec(("layers", "embed", "mlp"), (2, 64, 128), m) == P(None, "fsdp", "tensor")
@@ -84,8 +116,8 @@ def test_host_arrays_and_init_land_directly_in_their_sharding():
     init = shd.init_sharded(lambda: jax.numpy.ones((2, 64, 128)), lambda abstract: shardings["model"]["layers"]["mlp"]["up_proj"]["kernel"])
     assert init.addressable_shards[0].data.shape == (2, 16, 64)
 
-    callback = shd.param_sharding_callback(m, axes)
-    assert callback(("model", "layers", "mlp", "up_proj", "kernel"), (2, 64, 128)).spec == P(None, "fsdp", "tensor")
+    placed = shd.place_params(host, m)  # the same placement in one call, as every command uses it
+    assert placed["model"]["layers"]["mlp"]["up_proj"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
 
 
 def test_hugging_face_import_lands_on_the_mesh(tmp_path):

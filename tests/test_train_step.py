@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from seallm_jax import sharding as shd
+from seallm_jax.errors import ConfigError
 from seallm_jax.train.config import load_config
 from seallm_jax.train.data_source import SyntheticSource
 from seallm_jax.train.optim import build_optimizer, build_schedule, weight_decay_mask
@@ -136,3 +137,12 @@ def test_optimizer_wrapper_hook_wraps_the_whole_chain():
     params = {"w": jnp.ones((3, 3))}
     updates, _ = optimizer.update({"w": jnp.ones((3, 3))}, optimizer.init(params), params)
     assert seen == [config] and float(jnp.abs(updates["w"]).max()) == 0.0
+
+
+@pytest.mark.parametrize("section, value", [("lsn.neurons", "neurons.json"), ("lora.rank", 4)])
+def test_a_config_asking_for_lsn_or_lora_never_silently_trains_the_whole_model(section, value):
+    config = tiny_config()
+    name, field = section.split(".")
+    config[name][field] = value
+    with pytest.raises(ConfigError, match=f"config.{name} asks for .*WRAPPER"):
+        build_optimizer(config)

@@ -13,9 +13,8 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from seallm_jax.eval.scoring import BATCH_MESH_AXES
+from seallm_jax import sharding
 from seallm_jax.model import generate as generate_module
-from seallm_jax.model.axes import activation_sharding
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": ...}
 
@@ -43,9 +42,7 @@ class BatchGenerator:
         self.mesh = mesh
         self.batch_size = config.batch_size
         if mesh is not None:
-            divisor = 1
-            for axis in BATCH_MESH_AXES:
-                divisor *= mesh.shape.get(axis, 1)
+            divisor = sharding.batch_shard_count(mesh)
             self.batch_size = -(-config.batch_size // divisor) * divisor
         self.stop_ids = generate_module.stop_token_ids(tokenizer)
         pad = tokenizer.pad_token_id
@@ -97,7 +94,6 @@ class BatchGenerator:
 
         if self.mesh is None:
             return run()
-        # The batch dimension of every activation is split over the data axes while tracing.
-        axes = tuple(axis for axis in BATCH_MESH_AXES if axis in self.mesh.shape)
-        with activation_sharding(self.mesh, {"batch": axes}):
+        # Activations are constrained as in training (the batch over its mesh axes) while tracing.
+        with sharding.activation_sharding(self.mesh):
             return run()

@@ -6,20 +6,14 @@ so the scorer compiles once per bucket used, not once per example; `compile_coun
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from seallm_jax.model.axes import activation_sharding
-
-# Mesh axes the batch dimension is split over (the project's data-parallel axes).
-BATCH_MESH_AXES = ("data", "fsdp")
+from seallm_jax.train.evaluate import Evaluator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,65 +73,25 @@ def truncate_request(request: ScoreRequest, max_length: int) -> ScoreRequest:
 
 
 class LoglikelihoodScorer:
-    """Scores many requests with one jitted function per padded shape.
+    """Scores many requests with `train.evaluate.Evaluator` (the one evaluator), one compile per bucket.
 
-    With a `mesh`, batches are placed with their batch dimension split over the mesh's data axes and
-    activations are constrained the same way; the model's parameters keep whatever sharding they
-    were loaded with.
+    With a `mesh`, parameters are placed and batches split over the batch axes as in training, and the
+    batch size is rounded up to a multiple of the devices the batch is split over.
     """
 
     def __init__(self, model: nnx.Module, config: ScoringConfig = ScoringConfig(), mesh: Mesh | None = None):
         self.config = config
         self.mesh = mesh
         self.buckets = bucket_lengths(config)
-        self.graphdef, self.state = nnx.split(model)
-        self.batch_size = config.batch_size
-        self._batch_sharding = None
-        if mesh is not None:
-            axes = tuple(axis for axis in BATCH_MESH_AXES if axis in mesh.shape)
-            divisor = math.prod(mesh.shape[axis] for axis in axes)
-            # The batch must split evenly over the devices; round the batch size up.
-            self.batch_size = -(-config.batch_size // divisor) * divisor
-            self._batch_axes = axes
-            self._batch_sharding = NamedSharding(mesh, PartitionSpec(axes, None))
-        # Incremented while tracing only: the number of times XLA compiled the scoring function.
-        self.compile_count = 0
-        self._score_batch = jax.jit(self._score_batch_impl)
+        # Logits exist for `logits_chunk` positions of every row at a time.
+        self.evaluator = Evaluator(model, mesh, chunk_tokens=config.logits_chunk * config.batch_size)
+        divisor = self.evaluator.batch_divisor
+        self.batch_size = -(-config.batch_size // divisor) * divisor
 
-    def _score_batch_impl(self, state, input_ids, score_mask):
-        self.compile_count += 1
-        model = nnx.merge(self.graphdef, state)
-        hidden, _ = model.hidden_states(input_ids)          # [batch, length, embed]
-        targets = jnp.roll(input_ids, -1, axis=1)            # targets[:, t] = input_ids[:, t + 1]
-        # score_mask[:, t] marks token t as scored; it is predicted from position t - 1.
-        predict_mask = jnp.roll(score_mask, -1, axis=1).at[:, -1].set(False)
-        length = input_ids.shape[1]
-        chunk = self.config.logits_chunk if length % self.config.logits_chunk == 0 else length
-
-        def chunk_scores(chunk_inputs):
-            hidden_chunk, target_chunk = chunk_inputs            # [batch, chunk, embed], [batch, chunk]
-            logits = model.logits(hidden_chunk)                  # [batch, chunk, vocab] float32
-            log_probs = jax.nn.log_softmax(logits, axis=-1)
-            token_log_probs = jnp.take_along_axis(log_probs, target_chunk[..., None], axis=-1)[..., 0]
-            return token_log_probs, jnp.argmax(logits, axis=-1) == target_chunk
-
-        def split(x):  # [batch, length, ...] -> [chunks, batch, chunk, ...]
-            return jnp.moveaxis(x.reshape(x.shape[0], length // chunk, chunk, *x.shape[2:]), 1, 0)
-
-        token_log_probs, greedy = jax.lax.map(chunk_scores, (split(hidden), split(targets)))
-        token_log_probs = jnp.moveaxis(token_log_probs, 0, 1).reshape(input_ids.shape)
-        greedy = jnp.moveaxis(greedy, 0, 1).reshape(input_ids.shape)
-        log_likelihood = jnp.where(predict_mask, token_log_probs, 0.0).sum(axis=1)
-        all_greedy = jnp.all(greedy | ~predict_mask, axis=1)
-        return log_likelihood, predict_mask.sum(axis=1), all_greedy
-
-    def _run(self, input_ids: np.ndarray, score_mask: np.ndarray):
-        if self.mesh is None:
-            return self._score_batch(self.state, input_ids, score_mask)
-        input_ids = jax.device_put(input_ids, self._batch_sharding)
-        score_mask = jax.device_put(score_mask, self._batch_sharding)
-        with activation_sharding(self.mesh, {"batch": self._batch_axes}):
-            return self._score_batch(self.state, input_ids, score_mask)
+    @property
+    def compile_count(self) -> int:
+        """Programs compiled so far (one per bucket used)."""
+        return self.evaluator.compile_count
 
     def score(self, requests: Sequence[ScoreRequest], description: str = "scoring") -> list[Score]:
         """Scores of `requests`, in order. Requests are sorted by length so batches share buckets."""
@@ -149,12 +103,16 @@ class LoglikelihoodScorer:
             length = bucket_for(max(len(requests[i].tokens) for i in batch), self.buckets)
             # Padding rows (when the last batch is short) are all zeros and fully unscored.
             input_ids = np.zeros((self.batch_size, length), np.int32)
-            score_mask = np.zeros((self.batch_size, length), bool)
+            # loss_mask[:, t] marks the target input_ids[:, t + 1] (a scored token, predicted at t).
+            loss_mask = np.zeros((self.batch_size, length), np.float32)
             for row, index in enumerate(batch):
                 tokens = requests[index].tokens
                 input_ids[row, :len(tokens)] = tokens
-                score_mask[row, requests[index].score_from:len(tokens)] = True
-            log_likelihood, num_tokens, greedy = jax.device_get(self._run(input_ids, score_mask))
+                loss_mask[row, requests[index].score_from - 1:len(tokens) - 1] = 1.0
+            targets = np.roll(input_ids, -1, axis=1)
+            sums = self.evaluator.row_sums({"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask,
+                                            "segment_ids": np.ones_like(input_ids)})
             for row, index in enumerate(batch):
-                results[index] = Score(float(log_likelihood[row]), int(num_tokens[row]), bool(greedy[row]))
+                results[index] = Score(float(sums["log_likelihood"][row]), int(sums["target_tokens"][row]),
+                                       bool(sums["all_greedy"][row]))
         return results  # type: ignore[return-value]

@@ -10,7 +10,6 @@ _EXPORTS = {
     "NeuronSet": "seallm_jax.lsn.neurons",
     "NeuronSlices": "seallm_jax.lsn.optim",
     "lsn_masked": "seallm_jax.lsn.optim",
-    "masked_by_groups": "seallm_jax.lsn.optim",
     "trainable_count": "seallm_jax.lsn.optim",
     "trainable_groups": "seallm_jax.lsn.optim",
     "LapeConfig": "seallm_jax.lsn.select",
@@ -33,7 +32,7 @@ __getattr__ = lazy_getattr(__name__, _EXPORTS)
 __all__ = [
     "NeuronSet", "NeuronStats", "StatisticsPass", "compute_statistics",
     "LapeConfig", "PlndConfig", "select_lape", "select_plnd", "plot_neuron_heatmap",
-    "lsn_masked", "masked_by_groups", "trainable_groups", "trainable_count", "NeuronSlices",
+    "lsn_masked", "trainable_groups", "trainable_count", "NeuronSlices",
     "AblationResult", "ablation_matrix",
     "train_neurons", "NeuronTraining", "neuron_training_config", "heldout_perplexity",
 ]

@@ -1,7 +1,8 @@
 """LSN ablation: per-language perplexity with each language's neurons deactivated (silu(gate) set to 0).
 
 Rows are the deactivated language (plus a "none" baseline), columns the evaluated language; a language's
-own neurons should hurt its own perplexity most (the diagonal).
+own neurons should hurt its own perplexity most (the diagonal). Each cell is `train.evaluate.Evaluator`'s
+loss under that row's `ffn_gate_scale`: one compile serves every row.
 """
 from __future__ import annotations
 
@@ -11,18 +12,16 @@ import math
 import os
 from typing import Iterable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from seallm_jax.data.corpus import check_languages
-from seallm_jax.errors import DataFormatError, UnknownLanguageError
+from seallm_jax.errors import UnknownLanguageError
 from seallm_jax.files import atomic_file
 from seallm_jax.lsn.neurons import NeuronSet
-from seallm_jax.lsn.stats import BATCH_MESH_AXES, Batch, _segment_positions_np
-from seallm_jax.train.step import cross_entropy_sums
+from seallm_jax.lsn.stats import Batch
+from seallm_jax.train.evaluate import Evaluator
 
 BASELINE = "none"  # the row with no neurons deactivated
 
@@ -103,56 +102,6 @@ class AblationResult:
         plt.close(fig)
 
 
-def _loss_sums(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], gate_scale: jax.Array):
-    model = nnx.merge(graphdef, params)
-    logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"],
-                   ffn_gate_scale=gate_scale)
-    loss_sum, _ = cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
-    return loss_sum, jnp.sum(batch["loss_mask"].astype(jnp.float32))
-
-
-class PerplexityEvaluator:
-    """Jitted summed cross-entropy of a batch under an `ffn_gate_scale` (one compile for every ablation row)."""
-
-    def __init__(self, model: nnx.Module, mesh: Mesh | None = None):
-        self.graphdef, params = nnx.split(model, nnx.Param)
-        params = params.to_pure_dict()
-        self.config = model.config
-        self.batch_sharding = None
-        if mesh is not None:
-            axes = tuple(axis for axis in BATCH_MESH_AXES if axis in mesh.axis_names)
-            self.batch_sharding = NamedSharding(mesh, PartitionSpec(axes))
-            params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-        self.params = params
-        self._compiled = jax.jit(_loss_sums, static_argnums=0)
-
-    def _put(self, batch: Batch) -> dict[str, jax.Array]:
-        segment_ids = np.asarray(batch["segment_ids"], np.int32)
-        arrays = {
-            "input_ids": np.asarray(batch["input_ids"], np.int32),
-            "targets": np.asarray(batch["targets"], np.int32),
-            "loss_mask": np.asarray(batch["loss_mask"], np.float32),
-            "segment_ids": segment_ids,
-            "positions": np.asarray(batch["positions"], np.int32) if "positions" in batch
-            else _segment_positions_np(segment_ids),
-        }
-        if self.batch_sharding is None:
-            return {k: jnp.asarray(v) for k, v in arrays.items()}
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in arrays.items()}
-
-    def loss(self, batches: Sequence[Batch], gate_scale: np.ndarray | None = None) -> tuple[float, int]:
-        """(mean token cross-entropy, target tokens) over `batches`."""
-        if gate_scale is None:
-            gate_scale = np.ones((self.config.num_hidden_layers, self.config.intermediate_size), np.float32)
-        scale = jnp.asarray(gate_scale, jnp.float32)
-        results = [self._compiled(self.graphdef, self.params, self._put(batch), scale) for batch in batches]
-        loss_sum = sum(float(r[0]) for r in results)
-        tokens = int(sum(float(r[1]) for r in results))
-        if tokens == 0:
-            raise DataFormatError("no target tokens to evaluate (all loss_mask entries are 0): the text is empty")
-        return loss_sum / tokens, tokens
-
-
 def ablation_matrix(model: nnx.Module, neuron_set: NeuronSet, batches_by_language: Mapping[str, Iterable[Batch]],
                     *, deactivate: Sequence[str] | None = None, mesh: Mesh | None = None,
                     progress: bool = False) -> AblationResult:
@@ -168,7 +117,7 @@ def ablation_matrix(model: nnx.Module, neuron_set: NeuronSet, batches_by_languag
         raise UnknownLanguageError(
             f"nothing to deactivate: the neuron set has neurons for {', '.join(sorted(neuron_set.languages))}, none of "
             f"which is evaluated ({', '.join(evaluated)}); evaluate one of them or name them with --deactivate")
-    evaluator = PerplexityEvaluator(model, mesh)
+    evaluator = Evaluator(model, mesh)
     batches = {lang: list(b) for lang, b in batches_by_language.items()}  # evaluated once per row
     rows = [BASELINE, *deactivate]
     perplexity = np.zeros((len(rows), len(evaluated)))

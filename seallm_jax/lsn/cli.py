@@ -109,9 +109,9 @@ def _rows_per_process(batch_size: int, mesh) -> int:
 
     if mesh is None:
         return batch_size
-    from seallm_jax.lsn.stats import BATCH_MESH_AXES
+    from seallm_jax.sharding import batch_shard_count
 
-    divisor = math.prod(mesh.shape[a] for a in BATCH_MESH_AXES if a in mesh.axis_names)
+    divisor = batch_shard_count(mesh)
     per_process = max(1, divisor // jax.process_count())
     return int(math.ceil(batch_size / per_process) * per_process)
 
@@ -136,10 +136,11 @@ def _check_inputs(args: argparse.Namespace, languages: list[str]) -> dict[str, l
 def _prepare(args: argparse.Namespace, languages: list[str], files: dict[str, list[str]]):
     from seallm_jax.hf import load_model
     from seallm_jax.lsn import inputs
+    from seallm_jax.sharding import params_sharding_fn
     from seallm_jax.tokenizer import tokenizer_for
 
     mesh = _mesh_from(args)
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, sharding=params_sharding_fn(mesh) if mesh is not None else None)
     tokenizer = tokenizer_for(args.model, args.tokenizer)
     streams = inputs.batches_by_language(
         languages, tokenizer=tokenizer, split=args.split, files=files, seq_len=args.seq_len,
@@ -147,18 +148,6 @@ def _prepare(args: argparse.Namespace, languages: list[str], files: dict[str, li
     )
     sources = {lang: files.get(lang) or f"shipped corpus ({args.split})" for lang in languages}
     return model, mesh, streams, sources
-
-
-def _param_shardings(model, mesh):
-    if mesh is None:
-        return None
-    from flax import nnx
-
-    from seallm_jax import sharding
-    from seallm_jax.model import param_logical_axes
-
-    params = nnx.state(model, nnx.Param).to_pure_dict()
-    return sharding.tree_shardings(params, param_logical_axes(params), mesh)
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -173,7 +162,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
     model, mesh, streams, sources = _prepare(args, languages, files)
     statistics_pass = StatisticsPass(
-        model, top_k=args.top_k, mesh=mesh, param_shardings=_param_shardings(model, mesh),
+        model, top_k=args.top_k, mesh=mesh,
         metadata={"model": os.path.abspath(args.model), "seq_len": args.seq_len, "dtype": args.dtype,
                   "data": sources},
     )

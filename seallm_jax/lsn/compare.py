@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from seallm_jax.errors import ConfigError, MissingDataError
+from seallm_jax.files import atomic_file
 
 SCHEMA_VERSION = 1
 DEFAULT_ARMS = ("lape", "plnd", "random", "full", "lora")
@@ -281,11 +282,11 @@ class Scorer:
         from flax import nnx
 
         from seallm_jax import hf
-        from seallm_jax.lsn.ablate import PerplexityEvaluator
+        from seallm_jax.train.evaluate import Evaluator
 
         model = hf.load_model(model_dir)
         if self._evaluator is None:
-            self._evaluator = PerplexityEvaluator(model)
+            self._evaluator = Evaluator(model)
         else:  # every arm has the base model's architecture: one compiled program scores them all
             self._evaluator.params = nnx.split(model, nnx.Param)[1].to_pure_dict()
         evaluator = self._evaluator
@@ -299,10 +300,8 @@ def _read_json(path: str) -> Any:
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as staging, open(staging, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=1, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def _lr_name(learning_rate: float) -> str:
@@ -312,14 +311,18 @@ def _lr_name(learning_rate: float) -> str:
 def _run(settings: CompareSettings, scorer: Scorer, target: str, arm: Arm, learning_rate: float,
          run_dir: str) -> dict[str, Any]:
     """Train one run (resuming if interrupted) and score it on the target's validation split (cached)."""
+    from seallm_jax import lora
+    from seallm_jax.lsn import optim as lsn_optim
     from seallm_jax.train.loop import train
+    from seallm_jax.train.optim import requested_wrapper
 
     done = os.path.join(run_dir, "run.json")
     if os.path.exists(done):
         return _read_json(done)
     config = train_config(settings, target, arm, learning_rate)
     started = time.perf_counter()
-    result = train(config, run_dir)
+    wrapper = {"lsn": lsn_optim.WRAPPER, "lora": lora.WRAPPER}.get(requested_wrapper(config))
+    result = train(config, run_dir, optimizer_wrapper=wrapper)
     if result["status"] != "completed":
         raise KeyboardInterrupt(f"training of {run_dir} stopped at step {result['step']}; rerun to resume")
     train_seconds = time.perf_counter() - started

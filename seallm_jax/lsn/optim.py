@@ -17,9 +17,10 @@ import optax
 
 from seallm_jax.errors import ConfigError, UnknownLanguageError
 from seallm_jax.lsn.neurons import FFN_MATRICES, NeuronSet
+from seallm_jax.train.optim import OptimizerWrapper
+from seallm_jax.trees import Path, get_path, has_path, path_names, set_path
 
 Params = Mapping[str, Any]  # nested dict of arrays (nnx.split(...)[1].to_pure_dict())
-Path = tuple[str, ...]
 
 # Added to a frozen parameter, -0.0 leaves every float bit-identical (x + -0.0 == x, including x = -0.0,
 # whereas -0.0 + +0.0 = +0.0); frozen elements therefore receive -0.0 as their update.
@@ -98,9 +99,9 @@ def trainable_groups(neuron_set: NeuronSet, languages: Sequence[str] | None = No
 def check_groups(groups: Sequence[UnitGroup], params: Params) -> None:
     """A `ConfigError` naming the parameter when a group does not fit the parameter tree."""
     for group in groups:
-        if not _has_path(params, group.path):
+        if not has_path(params, group.path):
             raise ConfigError(f"LSN training: the model has no parameter {group.name}")
-        shape = _get_path(params, group.path).shape
+        shape = get_path(params, group.path).shape
         if shape[0] != len(group.layer_ids) or shape[group.axis] != group.size:
             raise ConfigError(
                 f"LSN training: {group.name} has shape {tuple(shape)}, but the neuron set is for "
@@ -109,34 +110,17 @@ def check_groups(groups: Sequence[UnitGroup], params: Params) -> None:
             )
 
 
-# ---- nested-dict helpers ----------------------------------------------------------------------------------
-def _has_path(tree: Any, path: Path) -> bool:
-    for key in path:
-        if not isinstance(tree, Mapping) and not hasattr(tree, "keys") or key not in tree:
-            return False
-        tree = tree[key]
-    return True
 
 
-def _get_path(tree: Any, path: Path) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
-def _set_path(tree: dict, path: Path, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
-def _path_strings(key_path: tuple) -> Path:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
 
 
 def _trainable_leaf_tree(params: Params, groups: Sequence[UnitGroup]) -> Any:
     paths = {group.path for group in groups}
-    return jax.tree_util.tree_map_with_path(lambda kp, _: _path_strings(kp) in paths, params)
+    return jax.tree_util.tree_map_with_path(lambda kp, _: path_names(kp) in paths, params)
 
 
 # ---- gathered slices (lean mode) --------------------------------------------------------------------------
@@ -166,7 +150,7 @@ class NeuronSlices:
     def gather(self, tree: Params) -> dict:
         out: dict = {}
         for group in self.groups:
-            _set_path(out, group.path, self._gather_one(group, _get_path(tree, group.path)))
+            set_path(out, group.path, self._gather_one(group, get_path(tree, group.path)))
         return out
 
     def _scatter_one(self, group: UnitGroup, leaf: jax.Array, values: jax.Array) -> jax.Array:
@@ -180,9 +164,9 @@ class NeuronSlices:
         by_path = {group.path: group for group in self.groups}
 
         def one(key_path, leaf):
-            path = _path_strings(key_path)
+            path = path_names(key_path)
             group = by_path.get(path)
-            return leaf if group is None else self._scatter_one(group, leaf, _get_path(slices, path))
+            return leaf if group is None else self._scatter_one(group, leaf, get_path(slices, path))
 
         return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -191,26 +175,18 @@ class NeuronSlices:
         by_path = {group.path: group for group in self.groups}
 
         def one(key_path, leaf):
-            path = _path_strings(key_path)
+            path = path_names(key_path)
             frozen = jnp.full(leaf.shape, FROZEN_UPDATE, leaf.dtype)
             group = by_path.get(path)
-            return frozen if group is None else self._scatter_one(group, frozen, _get_path(slice_updates, path))
+            return frozen if group is None else self._scatter_one(group, frozen, get_path(slice_updates, path))
 
         return jax.tree_util.tree_map_with_path(one, template)
 
 
 # ---- the masked optimizer ----------------------------------------------------------------------------------
-def masked_by_groups(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
+def _masked(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
                      lean: bool = False) -> optax.GradientTransformation:
-    """Wrap `inner` so that only the groups' units change; everything else gets a -0.0 (no-op) update.
-
-    Dense mode: `inner` runs under `optax.masked` on the parameters that hold selected units (frozen
-    parameters carry no state); gradients outside the units are zeroed first (so clipping by global norm
-    sees only trainable elements) and `inner`'s updates outside the units (weight decay!) are discarded.
-    Lean mode: `inner` runs on the gathered `[L, max_units, ...]` slices only, so its state is proportional
-    to the number of selected units; updates are scattered back. Both give the same parameters for
-    element-wise optimizers (SGD, Adam(W), Lion, ...), to float32 rounding.
-    """
+    """`inner` changing only the groups' units (see `lsn_masked`)."""
     groups = list(groups)
     by_path = {group.path: group for group in groups}
 
@@ -235,7 +211,7 @@ def masked_by_groups(inner: optax.GradientTransformation, groups: Sequence[UnitG
         """Selected units keep their value; others get `frozen_value` (None: leave whole frozen leaves as they
         are and zero the rest of trainable leaves, which is what gradients need)."""
         def one(key_path, leaf):
-            group = by_path.get(_path_strings(key_path))
+            group = by_path.get(path_names(key_path))
             if group is None:
                 return leaf if frozen_value is None else jnp.full(leaf.shape, frozen_value, leaf.dtype)
             outside = 0.0 if frozen_value is None else frozen_value
@@ -260,11 +236,20 @@ def masked_by_groups(inner: optax.GradientTransformation, groups: Sequence[UnitG
 def lsn_masked(inner: optax.GradientTransformation, neuron_set: NeuronSet, *,
                languages: Sequence[str] | None = None, matrices: Sequence[str] = FFN_MATRICES,
                lean: bool = False) -> optax.GradientTransformation:
-    """`inner` restricted to the neurons of `languages` (see `trainable_groups` and `masked_by_groups`)."""
+    """`inner` restricted to the neurons of `languages` in `matrices` (see `trainable_groups`): only those
+    units change; everything else gets a -0.0 (no-op) update, so it stays bit-identical.
+
+    Dense mode: `inner` runs under `optax.masked` on the parameters that hold selected units (frozen
+    parameters carry no state); gradients outside the units are zeroed first (so clipping by global norm
+    sees only trainable elements) and `inner`'s updates outside the units (weight decay!) are discarded.
+    Lean mode: `inner` runs on the gathered `[L, max_units, ...]` slices only, so its state is proportional
+    to the number of selected units; updates are scattered back. Both give the same parameters for
+    element-wise optimizers (SGD, Adam(W), Lion, ...), to float32 rounding.
+    """
     groups = trainable_groups(neuron_set, languages, matrices)
     if not any(group.num_units for group in groups):
         raise UnknownLanguageError(f"the neuron set selects no neurons for languages {languages or sorted(neuron_set.languages)}")
-    return masked_by_groups(inner, groups, lean=lean)
+    return _masked(inner, groups, lean=lean)
 
 
 def trainable_count(params: Params, groups: Sequence[UnitGroup]) -> tuple[int, int]:
@@ -272,7 +257,7 @@ def trainable_count(params: Params, groups: Sequence[UnitGroup]) -> tuple[int, i
     total = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
     trainable = 0
     for group in groups:
-        shape = _get_path(params, group.path).shape
+        shape = get_path(params, group.path).shape
         per_unit = math.prod(shape) // (shape[0] * shape[group.axis])
         trainable += group.num_units * per_unit
     return trainable, total
@@ -292,8 +277,23 @@ def _settings(config: Any) -> dict[str, Any]:
                 matrices=tuple(_comma_list(lsn.get("matrices")) or FFN_MATRICES), lean=bool(lsn.get("lean", False)))
 
 
-def masked(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
-    """The training engine's hook: wrap `optimizer` per `config.lsn` (see `_settings`)."""
+def check_config(config: Any) -> None:
+    """`config.lsn` checked before a run starts: the neuron file exists, has the asked languages and fits
+    the model (`model.init_from`'s config.json, or `config.model`)."""
+    from seallm_jax.data.corpus import check_languages
+    from seallm_jax.errors import require_file
+    from seallm_jax.model.config import read_config_json
+
+    lsn = config.lsn
+    require_file(lsn.neurons, "config.lsn.neurons")
+    neuron_set = NeuronSet.load(lsn.neurons)
+    check_languages(_comma_list(lsn.get("languages")), sorted(neuron_set.languages), where=f"neuron file {lsn.neurons}")
+    model = read_config_json(config.model.init_from) if config.model.get("init_from") else config.model
+    neuron_set.check_compatible(int(model["num_hidden_layers"]), int(model["intermediate_size"]))
+
+
+def wrap(optimizer: optax.GradientTransformation, config: Any) -> optax.GradientTransformation:
+    """`optimizer` restricted per `config.lsn` (see `_settings`)."""
     return lsn_masked(optimizer, **_settings(config))
 
 
@@ -305,3 +305,8 @@ def trainable_summary(config: Any, params: Params) -> str:
     languages = ",".join(settings["languages"] or settings["neuron_set"].languages)
     return (f"LSN: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%): "
             f"the neurons of {languages} in {'/'.join(settings['matrices'])}; everything else stays bit-identical")
+
+
+# How LSN joins the training engine: `train(config, workdir, optimizer_wrapper=WRAPPER)` trains only the
+# neurons `config.lsn` names and prints `trainable_summary` at the start.
+WRAPPER = OptimizerWrapper(wrap=wrap, describe=trainable_summary, check=check_config)

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from seallm_jax import sharding
 from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError, require_file
 from seallm_jax.files import atomic_file
 
@@ -187,8 +188,6 @@ class NeuronStats:
 # The statistics pass: one jitted forward (no LM head) per batch, probing every layer's FFN in the scan.
 # ======================================================================================================
 
-# Mesh axes the batch is split over, as in training.
-BATCH_MESH_AXES = ("data", "fsdp")
 DEFAULT_TOP_K_FRACTION = 0.05  # PLND per-document top-k when not given: 5% of a layer's neurons
 
 Batch = Mapping[str, np.ndarray]
@@ -233,12 +232,14 @@ def make_ffn_probe(token_mask: jax.Array, segment_ids: jax.Array, top_k: int, nu
     return probe
 
 
-def _batch_statistics(graphdef: nnx.GraphDef, params, input_ids, positions, segment_ids, *, top_k: int,
+def _batch_statistics(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], *, top_k: int,
                       num_segments: int) -> dict[str, jax.Array]:
     model = nnx.merge(graphdef, params)
+    input_ids, segment_ids = batch["input_ids"], batch["segment_ids"]
     token_mask = segment_ids > 0
     probe = make_ffn_probe(token_mask, segment_ids, top_k, num_segments)
-    _, probes = model.hidden_states(input_ids, positions=positions, segment_ids=segment_ids, ffn_probe=probe)
+    _, probes = model.hidden_states(input_ids, positions=batch.get("positions"), segment_ids=segment_ids,
+                                    ffn_probe=probe)
     # Documents in this batch: distinct (row, segment) pairs, each segment id counted where it starts.
     starts = token_mask & jnp.concatenate(
         [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
@@ -254,12 +255,12 @@ def _segments_bucket(max_segment_id: int) -> int:
 class StatisticsPass:
     """Compiled statistics forward for one model; `__call__(batches)` accumulates one language's NeuronStats.
 
-    With a mesh, each batch is split over the mesh's ('data', 'fsdp') axes (as in training) and the
-    parameters are replicated unless `param_shardings` places them; on one device it runs unsharded.
+    With a mesh, each batch is split over the mesh's batch axes and the parameters are placed, both as in
+    training (`sharding.shard_batch`, `sharding.place_params`); on one device it runs unsharded.
     """
 
     def __init__(self, model: nnx.Module, *, top_k: int | None = None, mesh: Mesh | None = None,
-                 param_shardings=None, metadata: dict | None = None):
+                 metadata: dict | None = None):
         config = model.config
         self.num_layers = config.num_hidden_layers
         self.intermediate_size = config.intermediate_size
@@ -269,15 +270,8 @@ class StatisticsPass:
         self.mesh = mesh
         self.graphdef, params = nnx.split(model, nnx.Param)
         params = params.to_pure_dict()
-        if mesh is not None:
-            batch_axes = tuple(axis for axis in BATCH_MESH_AXES if axis in mesh.axis_names)
-            self.batch_sharding = NamedSharding(mesh, PartitionSpec(batch_axes))
-            self.batch_divisor = math.prod(mesh.shape[axis] for axis in batch_axes)
-            shardings = param_shardings if param_shardings is not None else NamedSharding(mesh, PartitionSpec())
-            params = jax.device_put(params, shardings)
-        else:
-            self.batch_sharding, self.batch_divisor = None, 1
-        self.params = params
+        self.params = sharding.place_params(params, mesh) if mesh is not None else params
+        self.batch_divisor = sharding.batch_shard_count(mesh) if mesh is not None else 1
         self.metadata = {
             "hidden_size": config.hidden_size,
             "num_parameters": config.num_parameters(),
@@ -288,11 +282,12 @@ class StatisticsPass:
         }
         self._compiled = jax.jit(_batch_statistics, static_argnums=0, static_argnames=("top_k", "num_segments"))
 
-    def _put(self, array: np.ndarray) -> jax.Array:
-        if self.batch_sharding is None:
-            return jnp.asarray(array)
+    def _put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        if self.mesh is None:
+            return {key: jnp.asarray(value) for key, value in arrays.items()}
         # Each process passes its own rows; jax assembles the global batch (works on one process too).
-        return jax.make_array_from_process_local_data(self.batch_sharding, array)
+        rows = next(iter(arrays.values())).shape[0] * jax.process_count()
+        return sharding.shard_batch(arrays, self.mesh, rows)
 
     def dispatch(self, batch: Batch, num_segments: int | None = None) -> dict[str, jax.Array]:
         """Start the statistics of one batch (asynchronously) and return the device results.
@@ -304,22 +299,19 @@ class StatisticsPass:
         segment_ids = _segment_ids_np(batch)
         if segment_ids.shape != input_ids.shape:
             raise ValueError(f"segment_ids {segment_ids.shape} must match input_ids {input_ids.shape}")
-        if "positions" in batch:
-            positions = np.asarray(batch["positions"], np.int32)
-        else:
-            positions = _segment_positions_np(segment_ids)
+        arrays = {"input_ids": input_ids, "segment_ids": segment_ids}
+        if "positions" in batch:  # otherwise they restart in every segment (the model's default)
+            arrays["positions"] = np.asarray(batch["positions"], np.int32)
         rows = input_ids.shape[0] * jax.process_count()
         if rows % self.batch_divisor:
             raise ValueError(
                 f"a global batch of {rows} rows does not split over the {self.batch_divisor} devices of the "
-                f"mesh's {BATCH_MESH_AXES} axes; use a multiple of {self.batch_divisor} rows"
+                f"mesh's batch axes; use a multiple of {self.batch_divisor} rows"
             )
         if num_segments is None:
             num_segments = _segments_bucket(int(segment_ids.max(initial=0)))
-        return self._compiled(
-            self.graphdef, self.params, self._put(input_ids), self._put(positions), self._put(segment_ids),
-            top_k=self.top_k, num_segments=num_segments,
-        )
+        return self._compiled(self.graphdef, self.params, self._put(arrays), top_k=self.top_k,
+                              num_segments=num_segments)
 
     def __call__(self, batches: Iterable[Batch], language: str, *, max_tokens: int | None = None,
                  progress: bool = False) -> NeuronStats:
@@ -382,14 +374,6 @@ def _segment_ids_np(batch: Batch) -> np.ndarray:
     if "attention_mask" in batch:
         return np.asarray(batch["attention_mask"], np.int32)
     return np.ones(np.shape(batch["input_ids"]), np.int32)
-
-
-def _segment_positions_np(segment_ids: np.ndarray) -> np.ndarray:
-    """Positions restarting at each segment (as the model's default), computed on the host."""
-    index = np.arange(segment_ids.shape[1])
-    is_start = np.concatenate([np.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
-    start = np.maximum.accumulate(np.where(is_start, index, 0), axis=1)
-    return (index - start).astype(np.int32)
 
 
 def _progress_bar(enabled: bool, language: str, max_tokens: int | None):

@@ -86,7 +86,8 @@ def neuron_training_config(*, init_from: str, neurons: str, languages: Sequence[
                            mesh: Mapping[str, int] | None = None,
                            overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
     """The training config of an LSN run on the shipped corpus: `base_config()` with the model,
-    neurons, languages and schedule filled in (`overrides`: {'section.field': value}, applied last)."""
+    neurons, languages and schedule filled in (`overrides`: {'section.field': value}, applied last).
+    Run it with `train(config, workdir, optimizer_wrapper=seallm_jax.lsn.optim.WRAPPER)`."""
     from seallm_jax.train.config import base_config
 
     config = base_config()
@@ -106,16 +107,12 @@ def neuron_training_config(*, init_from: str, neurons: str, languages: Sequence[
 
 
 def _save_tokenizer(tokenizer: Tokenizer, directory: str) -> str:
-    from seallm_jax.tokenizer import save_tokenizer_files
-    from seallm_jax.tokenizer.vocabulary import VocabularySubset
+    from seallm_jax.tokenizer import VocabularySubset, save_tokenizer
 
-    if isinstance(tokenizer, VocabularySubset):
-        tokenizer.save_pretrained(directory)
-    elif hasattr(tokenizer, "backend_tokenizer"):
-        save_tokenizer_files(tokenizer, directory)
-    else:
+    if not isinstance(tokenizer, VocabularySubset) and not hasattr(tokenizer, "save_pretrained"):
         raise UserError(f"train_neurons: tokenizer must be a directory, a transformers tokenizer or a "
                         f"VocabularySubset, got {type(tokenizer).__name__}")
+    save_tokenizer(tokenizer, directory)
     return directory
 
 
@@ -153,6 +150,7 @@ def train_neurons(model: Qwen2ForCausalLM | str | os.PathLike, neurons: NeuronSe
     from seallm_jax import hf
     from seallm_jax.data.corpus import check_languages, shipped_languages
     from seallm_jax.errors import require_model_dir
+    from seallm_jax.lsn.optim import WRAPPER
     from seallm_jax.model.qwen2 import Qwen2ForCausalLM
     from seallm_jax.tokenizer import has_tokenizer_files
     from seallm_jax.train.config import check_run_inputs
@@ -208,8 +206,8 @@ def train_neurons(model: Qwen2ForCausalLM | str | os.PathLike, neurons: NeuronSe
                                         seq_len=seq_len, warmup_steps=warmup_steps, matrices=matrices, mesh=mesh,
                                         overrides=overrides)
         run_dir = os.path.join(root, "train")
-        check_run_inputs(config, run_dir)
-        result = train(config, run_dir)
+        check_run_inputs(config, run_dir, WRAPPER)
+        result = train(config, run_dir, optimizer_wrapper=WRAPPER)
         trained_model = hf.load_model(run_dir)
     finally:
         if temporary:
@@ -225,12 +223,12 @@ def heldout_perplexity(model: Qwen2ForCausalLM, languages: Sequence[str], *, tok
                        batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
     """Perplexity of `model` on each language's shipped-corpus `split` (held out from training by
     default), over at most `max_tokens` target tokens per language (whole batches)."""
-    from seallm_jax.lsn.ablate import PerplexityEvaluator
+    from seallm_jax.train.evaluate import Evaluator
     from seallm_jax.lsn.inputs import batches_by_language, take_tokens
 
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError(f"heldout_perplexity: max_tokens must be positive (or None for all), got {max_tokens!r}")
-    evaluator = PerplexityEvaluator(model)
+    evaluator = Evaluator(model)
     streams = batches_by_language(list(languages), tokenizer=tokenizer, split=split, seq_len=seq_len,
                                   batch_size=batch_size)
     return {lang: float(np.exp(evaluator.loss(list(take_tokens(streams[lang], max_tokens)))[0])) for lang in languages}

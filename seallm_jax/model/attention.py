@@ -339,7 +339,9 @@ def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block_
         out = jax.vmap(per_row)(q, k, v, segment_ids.astype(jnp.int32))  # [b, kv, groups, T, H]
         return out.transpose(0, 3, 1, 2, 4).reshape(batch, padded_length, heads, head_dim)
 
-    sharded = active_mesh_specs(("batch", None, "heads", None), ("batch", None, "kv_heads", None), ("batch", None))
+    sharded = active_mesh_specs((("activation_batch", None, "activation_heads", None), q.shape),
+                                (("activation_batch", None, "activation_kv_heads", None), k.shape),
+                                (("activation_batch", None), segment_ids.shape))
     if sharded is not None:
         mesh, (q_spec, kv_spec, segment_spec) = sharded
         if q_spec[2] != kv_spec[2]:  # heads and KV heads must split alike, or the groups break apart

@@ -1,13 +1,14 @@
 """Logical axis names: the one table that names every parameter's axes, and activation constraints.
 
-Model code speaks only logical names ('embed', 'mlp', ...); `seallm_jax.sharding` maps them to mesh
-axes and, through `activation_sharding`, makes `constrain` pin activations while a step is traced.
+Model code speaks only logical names ('embed', 'mlp', ... for parameters, 'activation_batch', ... for
+activations); `seallm_jax.sharding` maps them to mesh axes (its one rules table and resolver) and,
+through `sharding.activation_sharding`, makes `constrain` pin activations while a step is traced.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -58,46 +59,38 @@ def param_logical_axes(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---- activation constraints ----------------------------------------------------------------------
+#
+# Activations are named with the `activation_*` names of `seallm_jax.sharding`'s rules table (they shard
+# differently from parameters: the batch takes the data axes, features never take 'fsdp'). This module
+# only holds the hook: `sharding.activation_sharding(mesh, rules)` installs the resolver while a step is
+# traced, so the model never depends on the mesh or the rules.
 
-_ACTIVE: contextvars.ContextVar[tuple[Mesh, Mapping[str, Any]] | None] = contextvars.ContextVar(
+# sharding(logical axes, shape) -> NamedSharding, and its mesh; None outside `activation_sharding`.
+Resolver = Callable[[LogicalAxes, tuple[int, ...]], NamedSharding]
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Resolver] | None] = contextvars.ContextVar(
     "seallm_jax_activation_sharding", default=None
 )
 
 
-def logical_to_spec(axes: LogicalAxes, rules: Mapping[str, Any]) -> PartitionSpec:
-    """Map logical names to mesh axes; a mesh axis is used at most once (later uses are dropped)."""
-    used: set[str] = set()
-    spec = []
-    for name in axes:
-        mesh_axes = rules.get(name) if name is not None else None
-        if mesh_axes is None:
-            spec.append(None)
-            continue
-        mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-        mesh_axes = tuple(a for a in mesh_axes if a not in used)
-        used.update(mesh_axes)
-        spec.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
-    return PartitionSpec(*spec)
-
-
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: Mapping[str, Any]) -> Iterator[None]:
-    """While tracing inside this context, `constrain` pins activations to the mesh by `rules`."""
-    token = _ACTIVE.set((mesh, rules))
+def resolving_activations(mesh: Mesh, resolve: Resolver) -> Iterator[None]:
+    """While tracing inside this context, `constrain` pins activations with `resolve` (see
+    `seallm_jax.sharding.activation_sharding`, the one caller)."""
+    token = _ACTIVE.set((mesh, resolve))
     try:
         yield
     finally:
         _ACTIVE.reset(token)
 
 
-def active_mesh_specs(*axes: LogicalAxes) -> tuple[Mesh, tuple[PartitionSpec, ...]] | None:
-    """Inside `activation_sharding`: its mesh and the specs of `axes` (for `shard_map` around a
-    kernel XLA cannot partition itself); None outside (one device)."""
+def active_mesh_specs(*arrays: tuple[LogicalAxes, Sequence[int]]) -> tuple[Mesh, tuple[PartitionSpec, ...]] | None:
+    """Inside `activation_sharding`: its mesh and the specs of `(axes, shape)` pairs (for `shard_map`
+    around a kernel XLA cannot partition itself); None outside (one device)."""
     active = _ACTIVE.get()
     if active is None:
         return None
-    mesh, rules = active
-    return mesh, tuple(logical_to_spec(a, rules) for a in axes)
+    mesh, resolve = active
+    return mesh, tuple(resolve(axes, tuple(shape)).spec for axes, shape in arrays)
 
 
 def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
@@ -105,5 +98,5 @@ def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
     active = _ACTIVE.get()
     if active is None:
         return x
-    mesh, rules = active
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules)))
+    _, resolve = active
+    return jax.lax.with_sharding_constraint(x, resolve(axes, tuple(x.shape)))

@@ -22,12 +22,20 @@ Array = jax.Array
 FfnProbe = Callable[[Array, Array, Array], Any]
 KVCache = dict[str, Array]  # k, v: [layers, batch, max_length, kv_heads, head_dim]; segment: [batch, max_length]; index: []
 
-REMAT_POLICIES = {
+# jax.checkpoint policy of each `Qwen2Config.remat` name (model.config.REMAT_POLICIES) but "none".
+CHECKPOINT_POLICY = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+
+# Logical axes of the activations `constrain` pins (names from `seallm_jax.sharding`'s rules table).
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
+QUERY_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+KEY_AXES = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+MLP_AXES = ("activation_batch", "activation_length", "activation_mlp")
+LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 class RMSNorm(nnx.Module):
     """x / rms(x) * scale, computed in float32 (as transformers does), cast back to the input dtype."""
@@ -84,8 +92,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(batch, length, c.num_attention_heads, c.head_size)
         k = self.k_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
         v = self.v_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
-        q = constrain(rotary_embedding(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
-        k = constrain(rotary_embedding(k, positions, c.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
+        q = constrain(rotary_embedding(q, positions, c.rope_theta), QUERY_AXES)
+        k = constrain(rotary_embedding(k, positions, c.rope_theta), KEY_AXES)
         if kv_cache is None:
             out = causal_attention(q, k, v, segment_ids, implementation=c.attention_impl,
                                    block_q=c.attention_block_q, block_k=c.attention_block_k)
@@ -111,7 +119,7 @@ class MLP(nnx.Module):
         gate_activation = jax.nn.silu(self.gate_proj(x))
         if gate_scale is not None:  # neuron deactivation (LSN ablation)
             gate_activation = gate_activation * gate_scale.astype(gate_activation.dtype)
-        hidden = constrain(gate_activation * self.up_proj(x), ("batch", "length", "mlp"))
+        hidden = constrain(gate_activation * self.up_proj(x), MLP_AXES)
         probed = probe(gate_activation, hidden, self.down_proj.kernel.value) if probe is not None else None
         return self.down_proj(hidden), probed
 
@@ -129,7 +137,7 @@ class DecoderLayer(nnx.Module):
                                             cache_index)
         x = x + attended
         mlp_out, probed = self.mlp(self.post_attention_layernorm(x), gate_scale, probe)
-        x = constrain(x + mlp_out, ("batch", "length", "embed"))
+        x = constrain(x + mlp_out, HIDDEN_AXES)
         return x, kv_cache, probed
 
 
@@ -167,7 +175,7 @@ class Qwen2Model(nnx.Module):
         cache: KVCache | None, gate_scale: Array | None, probe: FfnProbe | None,
     ) -> tuple[Array, KVCache | None, Any]:
         config = self.config
-        x = constrain(self.embed_tokens(input_ids), ("batch", "length", "embed"))
+        x = constrain(self.embed_tokens(input_ids), HIDDEN_AXES)
         length = input_ids.shape[1]
         if cache is None:
             # Attention masks by segment_ids itself (a token sees earlier tokens of its own segment;
@@ -189,7 +197,7 @@ class Qwen2Model(nnx.Module):
             return x, (kv, probed)
 
         if config.remat != "none":
-            layer_step = jax.checkpoint(layer_step, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
+            layer_step = jax.checkpoint(layer_step, policy=CHECKPOINT_POLICY[config.remat], prevent_cse=False)
         x, (kv, probes) = jax.lax.scan(layer_step, x, (layer_state, kv_xs, gate_scale), unroll=config.scan_unroll)
         if new_cache is not None:
             new_cache.update(k=kv[0], v=kv[1])
@@ -232,7 +240,7 @@ class Qwen2ForCausalLM(nnx.Module):
             logits = self.model.embed_tokens.attend(hidden)
         else:
             logits = self.lm_head(hidden)
-        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        return constrain(logits, LOGITS_AXES).astype(jnp.float32)
 
     def __call__(
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,

@@ -21,12 +21,28 @@ def run(args: argparse.Namespace) -> int:
     from seallm_jax.train.config import check_run_inputs, load_config
 
     config = load_config(args.config, getattr(args, "overrides", None) or [])
-    check_run_inputs(config, args.workdir)
+    wrapper = optimizer_wrapper_for(config)
+    check_run_inputs(config, args.workdir, wrapper)
     from seallm_jax.train.loop import TrainingDivergedError, train
 
     try:
-        train(config, args.workdir)
+        train(config, args.workdir, optimizer_wrapper=wrapper)
     except TrainingDivergedError as error:  # not the user's input, not a bug: one line, exit 1
         print(f"seallm-jax train: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def optimizer_wrapper_for(config):
+    """The optimizer wrapper `config` asks for: LSN's neuron mask (`config.lsn.neurons`), LoRA
+    (`config.lora.rank > 0`) or none. The command layer joins them to the engine, which knows neither."""
+    from seallm_jax.train.optim import requested_wrapper
+
+    asked = requested_wrapper(config)
+    if asked == "lsn":
+        from seallm_jax.lsn.optim import WRAPPER
+    elif asked == "lora":
+        from seallm_jax.lora import WRAPPER
+    else:
+        return None
+    return WRAPPER

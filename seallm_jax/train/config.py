@@ -150,10 +150,10 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
         raise ConfigError(f"--config.{key}={text}: {error}") from None
 
 
-def check_run_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_run_inputs(config: ml_collections.ConfigDict, workdir: str, optimizer_wrapper: Any = None) -> None:
     """The paths and names a run reads, checked before anything heavy starts (a `UserError` names
-    the field): the workdir, `model.init_from`, `data.tokenizer`, `data.files`, `data.languages`,
-    `lsn.neurons` and `lsn.languages`."""
+    the field): the workdir, `model.init_from`, `data.tokenizer`, `data.files`, `data.languages`, and
+    what `optimizer_wrapper.check` checks (LSN: `lsn.neurons` and `lsn.languages`)."""
     from seallm_jax.data.corpus import check_language
     from seallm_jax.errors import require_dir, require_file, require_model_dir
     from seallm_jax.files import check_output_dir
@@ -176,16 +176,6 @@ def check_run_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
             require_file(path, "config.data.files:")
         for language in data.get("languages") or []:
             check_language(language, "config.data.languages")
-    lsn = config.lsn
-    if lsn.get("neurons"):
-        from seallm_jax.data.corpus import check_languages
-        from seallm_jax.lsn.neurons import NeuronSet
-        from seallm_jax.model.config import read_config_json
-
-        require_file(lsn.neurons, "config.lsn.neurons")
-        neuron_set = NeuronSet.load(lsn.neurons)
-        asked = [code.strip() for code in (lsn.languages.split(",") if isinstance(lsn.languages, str)
-                                           else lsn.get("languages") or []) if code.strip()]
-        check_languages(asked, sorted(neuron_set.languages), where=f"neuron file {lsn.neurons}")
-        model = read_config_json(config.model.init_from) if config.model.get("init_from") else config.model
-        neuron_set.check_compatible(int(model["num_hidden_layers"]), int(model["intermediate_size"]))
+    check = getattr(optimizer_wrapper, "check", None)
+    if check is not None:
+        check(config)

@@ -187,10 +187,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     _log(f"model: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
          f"{jax.process_count()} process(es); steps {start}->{total_steps}")
 
-    if config.lsn.get("neurons"):
-        from seallm_jax.lsn.optim import trainable_summary
-
-        _log(trainable_summary(config, trainer.abstract_params))
+    describe = getattr(optimizer_wrapper, "describe", None)
+    if describe is not None:
+        _log(describe(config, trainer.abstract_params))
 
     stop = _StopRequest()
     stop.install()

@@ -59,8 +59,3 @@ def _plain(value: Any) -> Any:
     except (TypeError, ValueError):
         return str(value)
 
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All records of DIR/metrics.jsonl, in order."""
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -1,10 +1,13 @@
 """The optimizer: AdamW with warmup + cosine/linear decay and global-norm clipping, all optax.
 
-`build_optimizer(config)` is the one place an optimizer is made; LSN training wraps it (see below).
+`build_optimizer(config, wrapper)` is the one place an optimizer is made. Training methods that change
+what trains (LSN's neuron mask, LoRA) join from outside through an `OptimizerWrapper`, the way
+levanter's LoRA joins its trainer: the engine knows neither. The `seallm-jax train` command picks the
+wrapper `config.lsn` / `config.lora` ask for (`train.cli.optimizer_wrapper_for`).
 """
 from __future__ import annotations
 
-import importlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,13 +16,40 @@ import ml_collections
 import optax
 
 from seallm_jax.errors import ConfigError
+from seallm_jax.trees import path_names
 
 # Parameters whose last path element is one of these get no weight decay: norms' scales and biases
 # are few, not matrices, and decaying them pulls the model towards zero activations / no offset
 # instead of regularising (the GPT-3/Llama convention). Embeddings and kernels are decayed.
 NO_DECAY_LEAF_NAMES = frozenset({"scale", "bias"})
 
-OptimizerWrapper = Callable[[optax.GradientTransformation, ml_collections.ConfigDict], optax.GradientTransformation]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerWrapper:
+    """A training method joining the engine from outside: `wrap(optimizer, config)` returns the
+    optimizer to train with (it sees the finished chain, so its mask also covers weight decay and
+    clipping); `describe(config, abstract_params)`, if given, is the line the loop prints at the start;
+    `check(config)`, if given, checks the method's inputs before a run starts (`check_run_inputs`)."""
+
+    wrap: Callable[[optax.GradientTransformation, ml_collections.ConfigDict], optax.GradientTransformation]
+    describe: Callable[[ml_collections.ConfigDict, Any], str] | None = None
+    check: Callable[[ml_collections.ConfigDict], None] | None = None
+
+    def __call__(self, optimizer: optax.GradientTransformation,
+                 config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+        return self.wrap(optimizer, config)
+
+
+def requested_wrapper(config: ml_collections.ConfigDict) -> str | None:
+    """The config section that asks for an optimizer wrapper ('lsn' or 'lora'), or None."""
+    lsn, lora = config.get("lsn"), config.get("lora")
+    use_lsn = lsn is not None and bool(lsn.get("neurons"))
+    use_lora = lora is not None and int(lora.get("rank", 0) or 0) > 0
+    if use_lsn and use_lora:
+        raise ConfigError("config.lora.rank and config.lsn.neurons are both set: train LoRA adapters or "
+                          "language-specific neurons, not both")
+    return "lsn" if use_lsn else "lora" if use_lora else None
 
 
 def build_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -49,22 +79,24 @@ def build_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 def weight_decay_mask(params: Mapping[str, Any]) -> Any:
     """True where weight decay applies: every parameter except norm scales and biases."""
-    def decays(path: tuple[Any, ...], _leaf: Any) -> bool:
-        last = path[-1]
-        name = getattr(last, "key", getattr(last, "name", last))
-        return str(name) not in NO_DECAY_LEAF_NAMES
+    def decays(key_path: tuple[Any, ...], _leaf: Any) -> bool:
+        return path_names(key_path)[-1] not in NO_DECAY_LEAF_NAMES
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def build_optimizer(config: ml_collections.ConfigDict,
-                    wrapper: OptimizerWrapper | None = None) -> optax.GradientTransformation:
-    """clip_by_global_norm -> AdamW(schedule), then the LSN mask when `config.lsn.neurons` is set.
+def build_optimizer(config: ml_collections.ConfigDict, wrapper: OptimizerWrapper | Callable | None = None
+                    ) -> optax.GradientTransformation:
+    """clip_by_global_norm -> AdamW(schedule), then `wrapper(optimizer, config)` if given.
 
-    Hooks, applied to the finished chain (so masking also covers weight decay):
-      * `config.lsn.neurons` non-empty: `seallm_jax.lsn.optim.masked(optimizer, config)`.
-      * `config.lora.rank` > 0: `seallm_jax.lora.wrap(optimizer, config)` (adapters in the optimizer state).
-      * `wrapper(optimizer, config)`: any caller-supplied wrapper (applied last).
+    `wrapper` is an `OptimizerWrapper` (`seallm_jax.lsn.optim.WRAPPER` trains only the neurons of
+    `config.lsn`, `seallm_jax.lora.WRAPPER` the adapters of `config.lora`) or any such callable.
     """
+    asked = requested_wrapper(config)
+    if asked and wrapper is None:  # never train the whole model when the config asks for less
+        module = {"lsn": "seallm_jax.lsn.optim", "lora": "seallm_jax.lora"}[asked]
+        raise ConfigError(f"config.{asked} asks for {asked.upper()} training, which joins the engine through its "
+                          f"optimizer wrapper: pass {module}.WRAPPER (as `train(config, workdir, "
+                          f"optimizer_wrapper=...)`; the `seallm-jax train` command does this)")
     opt = config.optimizer
     if opt.name != "adamw":
         raise ConfigError(f"config.optimizer.name={opt.name!r}: only 'adamw' is implemented")
@@ -74,13 +106,6 @@ def build_optimizer(config: ml_collections.ConfigDict,
     chain.append(optax.adamw(build_schedule(config), b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
                              weight_decay=float(opt.weight_decay), mask=weight_decay_mask))
     optimizer = optax.chain(*chain)
-    lsn = config.get("lsn")
-    if lsn is not None and lsn.get("neurons"):
-        lsn_optim = importlib.import_module("seallm_jax.lsn.optim")
-        optimizer = lsn_optim.masked(optimizer, config)
-    lora = config.get("lora")
-    if lora is not None and int(lora.get("rank", 0) or 0) > 0:
-        optimizer = importlib.import_module("seallm_jax.lora").wrap(optimizer, config)
     if wrapper is not None:
         optimizer = wrapper(optimizer, config)
     return optimizer

@@ -19,8 +19,8 @@ from jax.sharding import Mesh
 
 from seallm_jax import sharding as shd
 from seallm_jax.errors import ConfigError
-from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, attention, param_logical_axes
-from seallm_jax.model.axes import activation_sharding
+from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, attention
+from seallm_jax.train.evaluate import log_likelihood_sums
 from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_sums, cross_entropy_sums
 
 __all__ = ["BATCH_KEYS", "StepSettings", "TrainState", "Trainer", "cross_entropy_sums", "model_config_from"]
@@ -73,26 +73,6 @@ def model_config_from(config: ml_collections.ConfigDict) -> Qwen2Config:
     return Qwen2Config(**fields)
 
 
-def activation_rules(rules: shd.Rules, mesh: Mesh) -> dict[str, Any]:
-    """Activation constraints: batch over its mesh axes, the per-head/per-neuron dims over 'tensor'.
-
-    Activations never take 'fsdp' on a feature dim ('fsdp' already splits the batch), so each name
-    maps to its first rule whose axes do not overlap the batch axes.
-    """
-    by_name = shd.rules_by_name(rules)
-    batch_axes = tuple(a for a in by_name.get("batch", [()])[0] if mesh.shape.get(a, 1) > 1)
-    out: dict[str, Any] = {"batch": batch_axes or None}
-    for name, options in by_name.items():
-        if name == "batch":
-            continue
-        for axes in options:
-            axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
-            if axes and not set(axes) & set(batch_axes):
-                out[name] = axes
-                break
-    return out
-
-
 class Trainer:
     """Builds the sharded train state and the jitted train/eval steps for one config and mesh."""
 
@@ -118,8 +98,7 @@ class Trainer:
         model = nnx.eval_shape(lambda: Qwen2ForCausalLM(self.model_config, rngs=nnx.Rngs(0)))
         self.graphdef, abstract_state = nnx.split(model, nnx.Param)
         self.abstract_params = abstract_state.to_pure_dict()
-        self.logical_axes = param_logical_axes(self.abstract_params)
-        self.param_shardings = shd.tree_shardings(self.abstract_params, self.logical_axes, mesh, self.rules)
+        self.param_shardings = shd.param_shardings(self.abstract_params, mesh, self.rules)
         abstract_opt = jax.eval_shape(optimizer.init, self.abstract_params)
         self.opt_shardings = shd.follow_param_shardings(abstract_opt, self.abstract_params,
                                                         self.param_shardings, mesh)
@@ -130,7 +109,6 @@ class Trainer:
             rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
         self.batch_shardings = {key: shd.batch_sharding(mesh, self.rules, batch_size=self.global_batch_size)
                                 for key in BATCH_KEYS}
-        self.activation_rules = activation_rules(self.rules, mesh)
         self._train_step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_shardings),
                                    out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
         self._eval_step = jax.jit(self._eval, in_shardings=(self.param_shardings, self.batch_shardings),
@@ -195,7 +173,7 @@ class Trainer:
         return metrics, grads
 
     def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        with activation_sharding(self.mesh, self.activation_rules):
+        with shd.activation_sharding(self.mesh, self.rules):
             metrics, grads = self._loss_and_grads(state.params, batch)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -205,9 +183,10 @@ class Trainer:
         return new_state, metrics
 
     def _eval(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
-        with activation_sharding(self.mesh, self.activation_rules):
-            ce_sum, _ = self._sums(params, batch)
-        return {"loss_sum": ce_sum, "target_tokens": jnp.sum(batch["loss_mask"].astype(jnp.float32))}
+        chunk_tokens = self.settings.loss_chunk_tokens or batch["input_ids"].size
+        with shd.activation_sharding(self.mesh, self.rules):
+            sums = log_likelihood_sums(nnx.merge(self.graphdef, params), batch, chunk_tokens=chunk_tokens)
+        return {"loss_sum": -jnp.sum(sums["log_likelihood"]), "target_tokens": jnp.sum(sums["target_tokens"])}
 
     # ---- public steps ---------------------------------------------------------------------------------
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
