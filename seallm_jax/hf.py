@@ -62,12 +62,6 @@ def abstract_model(config: Qwen2Config) -> Qwen2ForCausalLM:
     return nnx.eval_shape(lambda: Qwen2ForCausalLM(config, rngs=nnx.Rngs(0)))
 
 
-
-
-
-
-
-
 # ---- reading --------------------------------------------------------------------------------------
 
 

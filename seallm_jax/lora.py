@@ -74,10 +74,6 @@ class LoraState(NamedTuple):
     inner: Any     # the wrapped optimizer's state, over the adapters
 
 
-
-
-
-
 def _check(params: Params, settings: LoraSettings) -> None:
     for target in settings.targets:
         try:

@@ -182,8 +182,6 @@ def follow_param_shardings(abstract_tree: Any, abstract_params: Any, params_shar
     return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
 
-
-
 def init_sharded(init_fn: Callable[[], Any], shardings_fn: Callable[[Any], Any]) -> Any:
     """Run `init_fn` under jit straight into its sharding: no full copy ever sits on one device.
 

@@ -110,14 +110,6 @@ def check_groups(groups: Sequence[UnitGroup], params: Params) -> None:
             )
 
 
-
-
-
-
-
-
-
-
 def _trainable_leaf_tree(params: Params, groups: Sequence[UnitGroup]) -> Any:
     paths = {group.path for group in groups}
     return jax.tree_util.tree_map_with_path(lambda kp, _: path_names(kp) in paths, params)
@@ -185,7 +177,7 @@ class NeuronSlices:
 
 # ---- the masked optimizer ----------------------------------------------------------------------------------
 def _masked(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
-                     lean: bool = False) -> optax.GradientTransformation:
+            lean: bool = False) -> optax.GradientTransformation:
     """`inner` changing only the groups' units (see `lsn_masked`)."""
     groups = list(groups)
     by_path = {group.path: group for group in groups}

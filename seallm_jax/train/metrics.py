@@ -58,4 +58,3 @@ def _plain(value: Any) -> Any:
         return float(value) if not isinstance(value, (str, bool, int)) else value
     except (TypeError, ValueError):
         return str(value)
-
