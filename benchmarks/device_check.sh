@@ -61,6 +61,10 @@ try:
                                          "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
 except Exception as error:  # no nvidia-smi (TPU, CPU)
     info["nvidia_smi"] = f"unavailable: {type(error).__name__}"
+try:
+    info["git_head"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20).stdout.strip()
+except Exception as error:
+    info["git_head"] = f"unavailable: {type(error).__name__}"
 print(json.dumps(info, default=str))
 EOF
 
