@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent(r'''
         jax.export.export(trainer._train_step, platforms=["tpu"])(state, bad)
         out["indivisible_batch"] = "exported"
     except Exception as error:
-        out["indivisible_batch"] = f"{type(error).__name__}: {str(error)[:300]}"
+        out["indivisible_batch"] = f"{type(error).__name__}: {str(error)[:800]}"
     # ... and a global batch the Trainer cannot split into micro-batches x devices.
     try:
         build(["--config.train.global_batch_size=128"])
