@@ -6,8 +6,8 @@ Numerically matches `transformers`' Qwen2ForCausalLM (and LlamaForCausalLM with
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,17 @@ def _dense(in_features: int, out_features: int, config: Qwen2Config, rngs: nnx.R
     )
 
 
+class CacheSlot(NamedTuple):
+    """What one decoder layer needs of the KV cache: the stacked arrays of *every* layer (carried
+    through the layer scan, so that each layer's write updates them in place instead of building a
+    new stack), this layer's row in them and the position where this call's first token goes."""
+
+    k: Array  # [layers, batch, max_length, kv_heads, head_dim]
+    v: Array  # [layers, batch, max_length, kv_heads, head_dim]
+    layer: Array | int  # [] int32, or a Python int in the unrolled layer loop
+    index: Array  # [] int32
+
+
 class Attention(nnx.Module):
     """Grouped-query attention with rotary positions, q/k/v bias (Qwen2) and an optional KV cache."""
 
@@ -81,12 +92,12 @@ class Attention(nnx.Module):
         self.o_proj = _dense(config.num_attention_heads * h, e, config, rngs)
 
     def __call__(
-        self, x: Array, positions: Array, segment_ids: Array, cache_mask: Array | None,
-        kv_cache: tuple[Array, Array] | None, cache_index: Array | None,
+        self, x: Array, positions: Array, segment_ids: Array, cache_mask: Array | None, cache: CacheSlot | None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Without a cache: causal attention within `segment_ids` by `config.attention_impl`. With one:
-        this step's keys/values are written at `cache_index` and the queries attend over the whole
-        cache under `cache_mask` [batch, 1, length, max_length]."""
+        this step's keys/values are written into the stacked cache at (`cache.layer`, `cache.index`) and
+        the queries attend over this layer's whole cache under `cache_mask` [batch, 1, length, max_length];
+        the updated stacked (k, v) are returned."""
         c = self.config
         batch, length, _ = x.shape
         q = self.q_proj(x).reshape(batch, length, c.num_attention_heads, c.head_size)
@@ -94,16 +105,20 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
         q = constrain(rotary_embedding(q, positions, c.rope_theta), QUERY_AXES)
         k = constrain(rotary_embedding(k, positions, c.rope_theta), KEY_AXES)
-        if kv_cache is None:
+        if cache is None:
             out = causal_attention(q, k, v, segment_ids, implementation=c.attention_impl,
                                    block_q=c.attention_block_q, block_k=c.attention_block_k)
+            updated = None
         else:
-            k = jax.lax.dynamic_update_slice(kv_cache[0], k.astype(kv_cache[0].dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(kv_cache[1], v.astype(kv_cache[1].dtype), (0, cache_index, 0, 0))
-            kv_cache = (k, v)
-            out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), cache_mask, implementation=c.attention_impl)
+            # A dynamic_update_slice of the carried stack: XLA writes only the new rows, in place.
+            at = (cache.layer, 0, cache.index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at)
+            v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at)
+            updated = (k_all, v_all)
+            out = cached_attention(q, k_all[cache.layer].astype(q.dtype), v_all[cache.layer].astype(q.dtype),
+                                   cache_mask, implementation=c.attention_impl)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_size)
-        return self.o_proj(out), kv_cache
+        return self.o_proj(out), updated
 
 
 class MLP(nnx.Module):
@@ -132,9 +147,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, segment_ids, cache_mask, kv_cache, cache_index, gate_scale, probe):
-        attended, kv_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids, cache_mask, kv_cache,
-                                            cache_index)
+    def __call__(self, x, positions, segment_ids, cache_mask, cache, gate_scale, probe):
+        attended, kv_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids, cache_mask, cache)
         x = x + attended
         mlp_out, probed = self.mlp(self.post_attention_layernorm(x), gate_scale, probe)
         x = constrain(x + mlp_out, HIDDEN_AXES)
@@ -173,35 +187,59 @@ class Qwen2Model(nnx.Module):
     def __call__(
         self, input_ids: Array, positions: Array, segment_ids: Array,
         cache: KVCache | None, gate_scale: Array | None, probe: FfnProbe | None,
+        unrolled_layers: Sequence[nnx.State] | None = None,
     ) -> tuple[Array, KVCache | None, Any]:
+        """`unrolled_layers` (from `unstack_layers`) runs the layers as a Python loop over separate
+        per-layer weights instead of the scan: for decoding, where the scan's dynamic slice of every
+        stacked weight would copy the whole model once per token (XLA hoists no slice out of a loop)."""
         config = self.config
         x = constrain(self.embed_tokens(input_ids), HIDDEN_AXES)
         length = input_ids.shape[1]
         if cache is None:
             # Attention masks by segment_ids itself (a token sees earlier tokens of its own segment;
             # padding is segment 0 and sees only padding): no [T, T] mask is built here.
-            cache_mask, cache_index, kv_xs, new_cache = None, None, None, None
+            cache_mask, cache_index, kv, new_cache = None, None, None, None
         else:
             cache_index = cache["index"]
             cache_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, cache_index))
             cache_mask = segment_causal_mask(segment_ids, cache_segments, query_offset=cache_index)
-            kv_xs = (cache["k"], cache["v"])
+            # The stacked cache rides in the scan *carry*, not in xs/ys: as xs/ys every call would
+            # build a fresh [layers, ...] stack and copy it (twice the cache per decoding step).
+            kv = (cache["k"], cache["v"])
             new_cache = {"segment": cache_segments, "index": cache_index + length}
 
         graphdef, layer_state = nnx.split(self.layers)
+        layer_indices = jnp.arange(config.num_hidden_layers, dtype=jnp.int32)
 
-        def layer_step(x, xs):
-            state, kv, scale = xs
+        def layer_step(carry, xs):
+            x, kv = carry
+            state, layer_index, scale = xs
             layer = nnx.merge(graphdef, state)
-            x, kv, probed = layer(x, positions, segment_ids, cache_mask, kv, cache_index, scale, probe)
-            return x, (kv, probed)
+            slot = None if kv is None else CacheSlot(kv[0], kv[1], layer_index, cache_index)
+            x, kv, probed = layer(x, positions, segment_ids, cache_mask, slot, scale, probe)
+            return (x, kv), probed
 
         if config.remat != "none":
             layer_step = jax.checkpoint(layer_step, policy=CHECKPOINT_POLICY[config.remat], prevent_cse=False)
-        x, (kv, probes) = jax.lax.scan(layer_step, x, (layer_state, kv_xs, gate_scale), unroll=config.scan_unroll)
+        if unrolled_layers is None:
+            (x, kv), probes = jax.lax.scan(layer_step, (x, kv), (layer_state, layer_indices, gate_scale),
+                                           unroll=config.scan_unroll)
+        else:
+            per_layer = []
+            for index, state in enumerate(unrolled_layers):  # a static layer index: static slices of the cache
+                scale = None if gate_scale is None else gate_scale[index]
+                (x, kv), probed = layer_step((x, kv), (state, index, scale))
+                per_layer.append(probed)
+            probes = None if probe is None else jax.tree.map(lambda *p: jnp.stack(p), *per_layer)
         if new_cache is not None:
             new_cache.update(k=kv[0], v=kv[1])
         return self.norm(x), new_cache, probes
+
+    def unstack_layers(self) -> list[nnx.State]:
+        """Each decoder layer's parameters as arrays of its own (a copy of the stacked weights), for
+        `unrolled_layers`."""
+        _, layer_state = nnx.split(self.layers)
+        return [jax.tree.map(lambda a, i=i: a[i], layer_state) for i in range(self.config.num_hidden_layers)]
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -245,16 +283,18 @@ class Qwen2ForCausalLM(nnx.Module):
     def __call__(
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
         attention_mask: Array | None = None, ffn_gate_scale: Array | None = None, cache: KVCache | None = None,
-        last_position_only: bool = False,
+        last_position_only: bool = False, unrolled_layers: Sequence[nnx.State] | None = None,
     ) -> Array | tuple[Array, KVCache]:
         """Logits [batch, length, vocab]; with a `cache`, `(logits, updated cache)`.
 
         `segment_ids` (0 = padding) packs documents: positions restart per segment and tokens attend
         only within theirs. `attention_mask` (1 = token, 0 = padding) is the Hugging Face form.
         `last_position_only` gives logits [batch, 1, vocab] for the last position (a prompt's prefill).
+        `unrolled_layers` (`model.model.unstack_layers()`) unrolls the layer loop (see `Qwen2Model`).
         """
         input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, cache)
-        hidden, new_cache, _ = self.model(input_ids, positions, segment_ids, cache, ffn_gate_scale, None)
+        hidden, new_cache, _ = self.model(input_ids, positions, segment_ids, cache, ffn_gate_scale, None,
+                                          unrolled_layers)
         logits = self.logits(hidden[:, -1:] if last_position_only else hidden)
         return logits if cache is None else (logits, new_cache)
 

@@ -1,0 +1,224 @@
+"""KV-cache decoding throughput, side by side in one run: seallm-jax's decoding (the stacked cache in
+the layer scan's carry, updated in place), the old path it replaced (the cache as the scan's xs/ys,
+kept here only for this comparison), and `transformers.generate` (torch, CPU).
+
+    python -m benchmarks.decode                                   # Qwen2-0.5B shape, batch 4, 1k prompt, 256 new
+    python -m benchmarks.decode --num-hidden-layers 4 --prompt-length 128 --new-tokens 32   # a quick look
+    python -m benchmarks.decode --paths new,old                   # skip transformers
+
+Greedy, float32, random weights, no stop token (every row decodes `--new-tokens`). Each path runs
+once per repeat; a host timestamp is taken whenever a step's logits are ready (`jax.debug.callback`
+in the JAX programs, a logits processor in `transformers`), so the decoding rate -- tokens/s from the
+first generated token to the last -- is measured inside the same run as the prefill, not by subtracting
+two noisy runs. JAX programs are compiled before timing. Ratios compare the decoding rates.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.common import add_model_args, model_config, torch_config
+from seallm_jax import Qwen2ForCausalLM
+from seallm_jax.model import generate as generate_module
+from seallm_jax.model.attention import segment_causal_mask
+from seallm_jax.model.qwen2 import CacheSlot
+
+NO_STOP = np.full((generate_module.MAX_STOP_TOKENS,), -1, np.int32)
+STAMPS: list[float] = []  # host times at which each step's logits were ready, in the current run
+
+
+def _stamp(_) -> None:
+    STAMPS.append(time.perf_counter())
+
+
+def stamp_when_ready(logits):
+    """Record the host time once `logits` exist (the callback depends on them, so it cannot run early)."""
+    jax.debug.callback(_stamp, logits[0, -1, 0])
+
+
+class StampedQwen2ForCausalLM(Qwen2ForCausalLM):
+    """The library's model with a timestamp after every call: `generate`'s own program, instrumented."""
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        stamp_when_ready(out[0] if isinstance(out, tuple) else out)
+        return out
+
+
+# ---- the old path: the cache as scan xs/ys (before issue 12), for comparison only -------------------
+
+def old_cached_call(model: Qwen2ForCausalLM, input_ids, positions, attention_mask, cache, last_position_only=False):
+    """`model(..., cache=cache)` as it was: each layer's cache slice goes in as a scan input and comes
+    out as a scan output, so every call builds a new [layers, ...] stack and copies it back."""
+    decoder, config = model.model, model.config
+    segment_ids = attention_mask
+    x = decoder.embed_tokens(input_ids)
+    cache_index = cache["index"]
+    cache_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, cache_index))
+    cache_mask = segment_causal_mask(segment_ids, cache_segments, query_offset=cache_index)
+    graphdef, layer_state = nnx.split(decoder.layers)
+
+    def layer_step(x, xs):
+        state, (k, v) = xs
+        layer = nnx.merge(graphdef, state)
+        slot = CacheSlot(k[None], v[None], jnp.int32(0), cache_index)  # a one-layer "stack"
+        x, (k, v), _ = layer(x, positions, segment_ids, cache_mask, slot, None, None)
+        return x, (k[0], v[0])
+
+    x, (k, v) = jax.lax.scan(layer_step, x, (layer_state, (cache["k"], cache["v"])), unroll=config.scan_unroll)
+    hidden = decoder.norm(x)
+    logits = model.logits(hidden[:, -1:] if last_position_only else hidden)
+    return logits, {"k": k, "v": v, "segment": cache_segments, "index": cache_index + input_ids.shape[1]}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def old_generate(graphdef, state, input_ids, attention_mask, *, max_new_tokens: int):
+    """Greedy prefill + `while_loop` decoding as `model/generate.py` ran it, on the old cache path."""
+    model = nnx.merge(graphdef, state)
+    batch, prompt_length = input_ids.shape
+    cache = model.init_cache(batch, prompt_length + max_new_tokens)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
+    logits, cache = old_cached_call(model, input_ids, positions, attention_mask, cache, last_position_only=True)
+    stamp_when_ready(logits)
+    output = jnp.zeros((batch, max_new_tokens), jnp.int32)
+    token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    output = output.at[:, 0].set(token)
+
+    def decode_step(carry):
+        step, cache, token, position, output = carry
+        step_model = nnx.merge(graphdef, state)
+        logits, cache = old_cached_call(step_model, token[:, None], position[:, None],
+                                        jnp.ones((batch, 1), jnp.int32), cache)
+        stamp_when_ready(logits)
+        token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        output = jax.lax.dynamic_update_slice(output, token[:, None], (0, step))
+        return step + 1, cache, token, position + 1, output
+
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, output)
+    return jax.lax.while_loop(lambda carry: carry[0] < max_new_tokens, decode_step, carry)[-1]
+
+
+# ---- timing -----------------------------------------------------------------------------------------
+
+def timed(run) -> dict[str, float]:
+    """Wall seconds of one blocking `run()`: total, prefill (to the first logits) and decoding (first
+    logits to last), with the number of timestamps seen."""
+    STAMPS.clear()
+    start = time.perf_counter()
+    tokens = run()
+    total = time.perf_counter() - start
+    stamps = sorted(STAMPS)
+    return dict(total=total, prefill=stamps[0] - start, decode=stamps[-1] - stamps[0], steps=len(stamps)), tokens
+
+
+def jax_runner(path: str, model: Qwen2ForCausalLM, input_ids: np.ndarray, new_tokens: int):
+    """A compiled, blocking call that decodes `new_tokens` greedily by `path` ('new' or 'old')."""
+    graphdef, state = nnx.split(model)
+    ids, mask = jnp.asarray(input_ids), jnp.ones(input_ids.shape, jnp.int32)
+    if path == "new":  # exactly the program generate() runs for a greedy call (plus the timestamps)
+        args = (graphdef, state, ids, mask, jnp.asarray(NO_STOP), jnp.int32(0), jnp.float32(1.0), jnp.int32(0),
+                jnp.float32(1.0), jax.random.key(0))
+        compiled = generate_module._generate_jit.lower(*args, max_new_tokens=new_tokens, greedy=True).compile()
+        dynamic = args[1:]
+    else:
+        compiled = old_generate.lower(graphdef, state, ids, mask, max_new_tokens=new_tokens).compile()
+        dynamic = (state, ids, mask)
+
+    def run():
+        tokens = np.asarray(jax.block_until_ready(compiled(*dynamic)))
+        jax.effects_barrier()  # every timestamp callback has run
+        return tokens
+
+    return run
+
+
+def torch_runner(config, input_ids: np.ndarray, new_tokens: int):
+    import torch
+    import transformers
+
+    class Stamp(transformers.LogitsProcessor):  # called once per generated token, when its logits exist
+        def __call__(self, input_ids, scores):
+            _stamp(None)
+            return scores
+
+    torch.manual_seed(0)
+    reference = transformers.AutoModelForCausalLM.from_config(torch_config(config), attn_implementation="sdpa").eval()
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    mask = torch.ones_like(ids)
+
+    def run():
+        with torch.inference_mode():
+            out = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                     min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                     logits_processor=transformers.LogitsProcessorList([Stamp()]))
+        return out[:, ids.shape[1]:].numpy()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--prompt-length", type=int, default=1024)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per path (the fastest decoding is kept)")
+    parser.add_argument("--paths", default="new,old,transformers", help="comma list of new, old, transformers")
+    args = parser.parse_args()
+    paths = [name for name in args.paths.split(",") if name]
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be >= 2 (the decoding rate is measured after the first token)")
+    config = model_config(args)
+    batch, new_tokens = args.batch, args.new_tokens
+    input_ids = np.random.RandomState(0).randint(0, config.vocab_size, (batch, args.prompt_length)).astype(np.int32)
+    import torch
+
+    print(f"config: {config.num_parameters() / 1e6:.0f}M params ({config.num_hidden_layers} layers), batch {batch}, "
+          f"prompt {args.prompt_length}, {new_tokens} new tokens, greedy float32; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+    model = StampedQwen2ForCausalLM(config, rngs=nnx.Rngs(0)) if {"new", "old"} & set(paths) else None
+    results, tokens = {}, {}
+    for path in paths:
+        start = time.perf_counter()
+        run = torch_runner(config, input_ids, new_tokens) if path == "transformers" else jax_runner(
+            path, model, input_ids, new_tokens)
+        setup = time.perf_counter() - start
+        for _ in range(args.repeats):
+            timing, tokens[path] = timed(run)
+            assert timing["steps"] == new_tokens, (path, timing)  # one timestamp per generated token
+            timing.update(end_to_end=batch * new_tokens / timing["total"],
+                          decoding=batch * (new_tokens - 1) / timing["decode"])
+            if path not in results or timing["decoding"] > results[path]["decoding"]:
+                results[path] = timing
+            print(f"  {path:12s}: prefill {timing['prefill']:6.2f} s, decoding {timing['decode']:6.2f} s, "
+                  f"total {timing['total']:6.2f} s (setup/compile {setup:.1f} s); load average "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
+        del run
+
+    print(f"\n| path | prefill (s) | decoding {new_tokens - 1} steps (s) | total (s) | end-to-end tokens/s "
+          "| decoding tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for path, r in results.items():
+        print(f"| {path} | {r['prefill']:.2f} | {r['decode']:.2f} | {r['total']:.2f} | {r['end_to_end']:.1f} "
+              f"| {r['decoding']:.1f} |")
+    if "new" in results:
+        for other in ("old", "transformers"):
+            if other in results:
+                print(f"new / {other}: {results['new']['decoding'] / results[other]['decoding']:.2f}x decoding, "
+                      f"{results['new']['end_to_end'] / results[other]['end_to_end']:.2f}x end-to-end")
+    if "new" in tokens and "old" in tokens:  # same weights, greedy: the same tokens (transformers has its own weights)
+        print(f"tokens equal, new vs old: {float(np.mean(tokens['new'] == tokens['old'])):.1%}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
