@@ -134,7 +134,7 @@ BUDGET_ROWS: dict[str, tuple[str, int, list[str], str]] = {
     "7b-lsn-dense": ("configs/qwen2_7b.py:gpu", 1, LSN_7B + ["--config.lsn.lean=false"],
                      "Qwen2-7B LSN dense (masked AdamW on full-shape state), 1 device"),
     "7b-lsn-lean": ("configs/qwen2_7b.py:gpu", 1, LSN_7B + ["--config.lsn.lean=true"],
-                    "Qwen2-7B LSN lean (config.lsn.lean=true as train/step.py is today), 1 device"),
+                    "Qwen2-7B LSN lean (config.lsn.lean=true: the step differentiates the neuron slices), 1 device"),
     "0.5b-full": ("configs/qwen2_0_5b.py:gpu", 1, ONE_DEVICE,
                   "Qwen2-0.5B full training, 1 device"),
 }
@@ -181,11 +181,15 @@ def _abstract(tree, shardings):
 
 
 def _activation_context(trainer: Trainer):
-    """The activation-sharding context the train step runs its loss under (its home moved between modules)."""
-    if hasattr(shd, "activation_sharding"):
-        return shd.activation_sharding(trainer.mesh, trainer.rules)
-    from seallm_jax.model.axes import activation_sharding
-    return activation_sharding(trainer.mesh, trainer.activation_rules)
+    """The activation-sharding context the train step runs its loss under."""
+    return shd.activation_sharding(trainer.mesh, trainer.rules)
+
+
+def gradient_tree(trainer: Trainer):
+    """Abstract tree of what the step differentiates: every parameter, or lean LSN's neuron slices."""
+    if trainer.trainable is None:
+        return trainer.abstract_params
+    return jax.eval_shape(trainer.trainable.gather, trainer.abstract_params)
 
 
 def grad_memory(trainer: Trainer) -> dict[str, int]:
@@ -198,8 +202,9 @@ def grad_memory(trainer: Trainer) -> dict[str, int]:
             return trainer._loss_and_grads(params, batch)
 
     rep = shd.replicated(trainer.mesh)
+    grad_shardings = trainer.param_shardings if trainer.trainable is None else None  # slices: XLA decides
     fn = jax.jit(grads_of, in_shardings=(trainer.param_shardings, trainer.batch_shardings),
-                 out_shardings=(rep, trainer.param_shardings))
+                 out_shardings=(rep, grad_shardings))
     seq_len = int(trainer.config.train.seq_len)
     batch = {key: jax.ShapeDtypeStruct((trainer.global_batch_size, seq_len),
                                        jnp.float32 if key == "loss_mask" else jnp.int32,
@@ -208,13 +213,15 @@ def grad_memory(trainer: Trainer) -> dict[str, int]:
     return {"grad_fn_outputs": analysis.output_size_in_bytes, "grad_fn_temporaries": analysis.temp_size_in_bytes}
 
 
-def build_budget_optimizer(config: ml_collections.ConfigDict):
-    """The optimizer `seallm-jax train` builds for `config` (with LSN's / LoRA's wrapper when asked for)."""
-    try:
-        from seallm_jax.train.cli import optimizer_wrapper_for
-    except ImportError:  # the engine wraps by itself
-        return build_optimizer(config)
-    return build_optimizer(config, optimizer_wrapper_for(config))
+def budget_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
+    """The trainer `seallm-jax train` builds for `config` (LSN's / LoRA's wrapper when asked for, and
+    lean LSN's trainable view)."""
+    from seallm_jax.train.cli import optimizer_wrapper_for
+
+    wrapper = optimizer_wrapper_for(config)
+    trainable = getattr(wrapper, "trainable", None)
+    return Trainer(config, mesh, build_optimizer(config, wrapper), build_schedule(config),
+                   trainable=trainable(config) if trainable is not None else None)
 
 
 def update_memory(trainer: Trainer) -> dict[str, int]:
@@ -224,15 +231,24 @@ def update_memory(trainer: Trainer) -> dict[str, int]:
     import optax
 
     def apply(grads, opt_state, params):
-        updates, opt_state = trainer.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+        view = trainer.trainable
+        if view is None:
+            updates, opt_state = trainer.optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+        trained = view.gather(params)
+        updates, opt_state = trainer.optimizer.update(grads, opt_state, trained, trainable_only=True)
+        return view.scatter(params, optax.apply_updates(trained, updates)), opt_state
 
     shardings = (trainer.param_shardings, trainer.opt_shardings, trainer.param_shardings)
     fn = jax.jit(apply, in_shardings=shardings, out_shardings=(trainer.param_shardings, trainer.opt_shardings),
                  donate_argnums=(1, 2))
     params = _abstract(trainer.abstract_params, trainer.param_shardings)
     opt_state = _abstract(trainer.abstract_state.opt_state, trainer.opt_shardings)
-    analysis = fn.lower(params, opt_state, params).compile().memory_analysis()
+    grads = params if trainer.trainable is None else gradient_tree(trainer)
+    if trainer.trainable is not None:
+        fn = jax.jit(apply, in_shardings=(None,) + shardings[1:],
+                     out_shardings=(trainer.param_shardings, trainer.opt_shardings), donate_argnums=(1, 2))
+    analysis = fn.lower(grads, opt_state, params).compile().memory_analysis()
     return {"update_fn_temporaries": analysis.temp_size_in_bytes}
 
 
@@ -244,7 +260,7 @@ def budget(config: ml_collections.ConfigDict, mesh: Mesh, check_grads: bool = Fa
     import resource
 
     start = time.perf_counter()
-    trainer = Trainer(config, mesh, build_budget_optimizer(config), build_schedule(config))
+    trainer = budget_trainer(config, mesh)
     lowered = trainer.lower_train_step()
     lowered_s = time.perf_counter() - start
     compiled = lowered.compile()
@@ -252,10 +268,14 @@ def budget(config: ml_collections.ConfigDict, mesh: Mesh, check_grads: bool = Fa
     analysis = compiled.memory_analysis()
     params = tree_device_bytes(trainer.abstract_params, trainer.param_shardings)
     optimizer = tree_device_bytes(trainer.abstract_state.opt_state, trainer.state_shardings.opt_state)
-    # The step differentiates every parameter (dense and LSN alike, today): one gradient per parameter
-    # element, in the parameter's dtype and sharding. With micro_batches > 1 a float32 accumulator of the
-    # same shape is live next to each micro-batch's gradient (counted in the temporaries, not here).
-    gradients = tree_device_bytes(trainer.abstract_params, trainer.param_shardings)
+    # One gradient per element the step differentiates: every parameter (full training, dense LSN), in the
+    # parameter's dtype and sharding, or lean LSN's neuron slices (counted as held whole on each device).
+    # With micro_batches > 1 a float32 accumulator of the same shape is live next to each micro-batch's
+    # gradient (counted in the temporaries, not here).
+    if trainer.trainable is None:
+        gradients = tree_device_bytes(trainer.abstract_params, trainer.param_shardings)
+    else:
+        gradients = int(sum(leaf.size * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(gradient_tree(trainer))))
     row = {
         "parameters": params, "optimizer_state": optimizer, "gradients": gradients,
         "temporaries": analysis.temp_size_in_bytes, "arguments": analysis.argument_size_in_bytes,

@@ -246,13 +246,22 @@ def _lean(config):
     return lean
 
 
+def _optimizer_wrapper(config):
+    """The wrapper an arm's config asks for: LSN's neuron mask, LoRA, or none (full fine-tuning)."""
+    from seallm_jax import lora
+    from seallm_jax.lsn import optim as lsn_optim
+    from seallm_jax.train.optim import requested_wrapper
+
+    return {"lsn": lsn_optim.WRAPPER, "lora": lora.WRAPPER}.get(requested_wrapper(config))
+
+
 def optimizer_state_bytes(config, abstract_params) -> int:
     """Bytes of the optimizer state this run keeps (for LoRA it includes the adapters themselves)."""
     import jax
 
     from seallm_jax.train.optim import build_optimizer
 
-    state = jax.eval_shape(build_optimizer(config).init, abstract_params)
+    state = jax.eval_shape(build_optimizer(config, _optimizer_wrapper(config)).init, abstract_params)
     return int(sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)))
 
 
@@ -311,18 +320,14 @@ def _lr_name(learning_rate: float) -> str:
 def _run(settings: CompareSettings, scorer: Scorer, target: str, arm: Arm, learning_rate: float,
          run_dir: str) -> dict[str, Any]:
     """Train one run (resuming if interrupted) and score it on the target's validation split (cached)."""
-    from seallm_jax import lora
-    from seallm_jax.lsn import optim as lsn_optim
     from seallm_jax.train.loop import train
-    from seallm_jax.train.optim import requested_wrapper
 
     done = os.path.join(run_dir, "run.json")
     if os.path.exists(done):
         return _read_json(done)
     config = train_config(settings, target, arm, learning_rate)
     started = time.perf_counter()
-    wrapper = {"lsn": lsn_optim.WRAPPER, "lora": lora.WRAPPER}.get(requested_wrapper(config))
-    result = train(config, run_dir, optimizer_wrapper=wrapper)
+    result = train(config, run_dir, optimizer_wrapper=_optimizer_wrapper(config))
     if result["status"] != "completed":
         raise KeyboardInterrupt(f"training of {run_dir} stopped at step {result['step']}; rerun to resume")
     train_seconds = time.perf_counter() - started

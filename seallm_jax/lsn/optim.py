@@ -134,10 +134,16 @@ class NeuronSlices:
         self.groups = list(groups)
         self._index = {group.path: group.padded_index() for group in self.groups}
 
+    def _where(self, group: UnitGroup, leaf: jax.Array) -> tuple:
+        """Index of the units in `leaf`: (layers [L, 1], full slices up to `axis`, units [L, U]). NumPy's rule
+        for advanced indices split by a slice puts their [L, U] first: the slices come out [L, U, ...] with
+        no transpose of the (large) parameter."""
+        rows = jnp.arange(leaf.shape[0])[:, None]
+        return (rows, *(slice(None),) * (group.axis - 1), self._index[group.path])
+
     def _gather_one(self, group: UnitGroup, leaf: jax.Array) -> jax.Array:
-        moved = jnp.moveaxis(leaf, group.axis, 1)  # [L, U, ...]
-        rows = jnp.arange(moved.shape[0])[:, None]
-        return moved.at[rows, self._index[group.path]].get(mode="fill", fill_value=0)
+        leaf = jnp.asarray(leaf)
+        return leaf.at[self._where(group, leaf)].get(mode="fill", fill_value=0)
 
     def gather(self, tree: Params) -> dict:
         out: dict = {}
@@ -146,10 +152,8 @@ class NeuronSlices:
         return out
 
     def _scatter_one(self, group: UnitGroup, leaf: jax.Array, values: jax.Array) -> jax.Array:
-        moved = jnp.moveaxis(leaf, group.axis, 1)
-        rows = jnp.arange(moved.shape[0])[:, None]
-        moved = moved.at[rows, self._index[group.path]].set(values.astype(moved.dtype), mode="drop")
-        return jnp.moveaxis(moved, 1, group.axis)
+        leaf = jnp.asarray(leaf)
+        return leaf.at[self._where(group, leaf)].set(values.astype(leaf.dtype), mode="drop")
 
     def scatter(self, tree: Params, slices: Params) -> Any:
         """A copy of `tree` with the groups' slices replaced by `slices` (other leaves are the same arrays)."""
@@ -189,7 +193,9 @@ def _masked(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
             check_groups(groups, params)
             return inner.init(slices.gather(params))
 
-        def update_lean(updates, state, params=None, **extra):
+        def update_lean(updates, state, params=None, *, trainable_only: bool = False, **extra):
+            if trainable_only:  # a step that differentiates the slices (`NeuronView`): already gathered
+                return inner.update(updates, state, params, **extra)
             gathered_params = None if params is None else slices.gather(params)
             slice_updates, state = inner.update(slices.gather(updates), state, gathered_params, **extra)
             return slices.scatter_updates(updates, slice_updates), state
@@ -289,6 +295,50 @@ def wrap(optimizer: optax.GradientTransformation, config: Any) -> optax.Gradient
     return lsn_masked(optimizer, **_settings(config))
 
 
+class NeuronView:
+    """The engine's `TrainableView` for lean LSN training: the train step differentiates only the selected
+    neurons' slices, so gradients and optimizer state are proportional to them and the backward pass
+    computes no weight gradient of a frozen parameter.
+
+    The slices (`NeuronSlices.gather`: `[L, max_units, E]` per trained FFN matrix) enter the model through
+    its `ffn_neuron_slices` hook, which adds `x @ (s - stop_gradient(s))` (zero) at the neurons' positions:
+    the forward pass is unchanged, and the gradient reaches the slices alone. After the update they are
+    scattered back into the full weights (padding units are dropped), so checkpoints and exports are the
+    same as dense training's and every other element stays bit-identical.
+    """
+
+    def __init__(self, groups: Sequence[UnitGroup]):
+        self.groups = list(groups)
+        self.slices = NeuronSlices(self.groups)
+        matrices = [group.path[-2] for group in self.groups]
+        if any(group.path[:-2] != ("model", "layers", "mlp") for group in self.groups) or len(set(matrices)) != len(matrices):
+            raise ConfigError(f"lean LSN training differentiates FFN neurons only, got {[g.name for g in self.groups]}")
+        indices = {group.padded_index().tobytes() for group in self.groups}
+        if len(indices) != 1:
+            raise ConfigError("lean LSN training needs the same neurons in every trained FFN matrix")
+        self.index = self.groups[0].padded_index()  # [L, max_units]; padding = intermediate_size
+        self.matrices = tuple(matrices)
+
+    def gather(self, params: Params) -> dict:
+        return self.slices.gather(params)
+
+    def scatter(self, params: Params, trainable: Params) -> Any:
+        return self.slices.scatter(params, trainable)
+
+    def model_kwargs(self, trainable: Params) -> dict[str, Any]:
+        layers = get_path(trainable, ("model", "layers", "mlp"))
+        slices = {matrix: layers[matrix]["kernel"] for matrix in self.matrices}
+        return {"ffn_neuron_slices": {"index": jnp.asarray(self.index), **slices}}
+
+
+def trainable_view(config: Any) -> NeuronView | None:
+    """With `config.lsn.lean`, the view that makes the train step differentiate only the neurons."""
+    if not bool(config.lsn.get("lean", False)):
+        return None
+    settings = _settings(config)
+    return NeuronView(trainable_groups(settings["neuron_set"], settings["languages"], settings["matrices"]))
+
+
 def trainable_summary(config: Any, params: Params) -> str:
     """The line the training loop prints at the start of LSN training: what trains, and how much of the model."""
     settings = _settings(config)
@@ -301,4 +351,4 @@ def trainable_summary(config: Any, params: Params) -> str:
 
 # How LSN joins the training engine: `train(config, workdir, optimizer_wrapper=WRAPPER)` trains only the
 # neurons `config.lsn` names and prints `trainable_summary` at the start.
-WRAPPER = OptimizerWrapper(wrap=wrap, describe=trainable_summary, check=check_config)
+WRAPPER = OptimizerWrapper(wrap=wrap, describe=trainable_summary, check=check_config, trainable=trainable_view)

@@ -20,6 +20,10 @@ from seallm_jax.model.config import Qwen2Config
 Array = jax.Array
 # ffn_probe(gate_activation [B,T,I], hidden_mlp [B,T,I], down_kernel [I,E]) -> any pytree, per layer
 FfnProbe = Callable[[Array, Array, Array], Any]
+# Lean LSN training (`lsn.optim.NeuronView`): {"index": int32 [layers, units] (padding = intermediate_size),
+# and any of "gate_proj" / "up_proj" / "down_proj": [layers, units, embed]}, the selected neurons' current
+# weights. The forward pass is unchanged; the gradient flows to these slices instead of the kernels.
+NeuronWeights = dict[str, Array]
 KVCache = dict[str, Array]  # k, v: [layers, batch, max_length, kv_heads, head_dim]; segment: [batch, max_length]; index: []
 
 # jax.checkpoint policy of each `Qwen2Config.remat` name (model.config.REMAT_POLICIES) but "none".
@@ -130,13 +134,33 @@ class MLP(nnx.Module):
         self.up_proj = _dense(e, i, config, rngs)
         self.down_proj = _dense(i, e, config, rngs)
 
-    def __call__(self, x: Array, gate_scale: Array | None, probe: FfnProbe | None) -> tuple[Array, Any]:
-        gate_activation = jax.nn.silu(self.gate_proj(x))
+    def __call__(self, x: Array, gate_scale: Array | None, probe: FfnProbe | None,
+                 neuron_slices: NeuronWeights | None = None) -> tuple[Array, Any]:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if neuron_slices is not None:  # lean LSN training: the gradient reaches these neurons' slices only
+            index = neuron_slices["index"]
+            if "gate_proj" in neuron_slices:
+                gate = gate.at[..., index].add(_zero_with_gradient(x, neuron_slices["gate_proj"]), mode="drop")
+            if "up_proj" in neuron_slices:
+                up = up.at[..., index].add(_zero_with_gradient(x, neuron_slices["up_proj"]), mode="drop")
+        gate_activation = jax.nn.silu(gate)
         if gate_scale is not None:  # neuron deactivation (LSN ablation)
             gate_activation = gate_activation * gate_scale.astype(gate_activation.dtype)
-        hidden = constrain(gate_activation * self.up_proj(x), MLP_AXES)
+        hidden = constrain(gate_activation * up, MLP_AXES)
         probed = probe(gate_activation, hidden, self.down_proj.kernel.value) if probe is not None else None
-        return self.down_proj(hidden), probed
+        out = self.down_proj(hidden)
+        if neuron_slices is not None and "down_proj" in neuron_slices:
+            selected = jnp.take(hidden, neuron_slices["index"], axis=-1, mode="fill", fill_value=0)
+            rows = neuron_slices["down_proj"].astype(selected.dtype)  # [units, embed]
+            out = out + selected @ (rows - jax.lax.stop_gradient(rows))
+        return out, probed
+
+
+def _zero_with_gradient(x: Array, columns: Array) -> Array:
+    """`x @ (c - stop_gradient(c)).T`: zero in the forward pass, `x`'s gradient to the columns `c`
+    [units, embed] in the backward pass (so the frozen kernel needs no weight gradient)."""
+    columns = columns.astype(x.dtype)
+    return x @ (columns - jax.lax.stop_gradient(columns)).T
 
 
 class DecoderLayer(nnx.Module):
@@ -147,10 +171,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, segment_ids, cache_mask, cache, gate_scale, probe):
+    def __call__(self, x, positions, segment_ids, cache_mask, cache, gate_scale, probe, neuron_slices=None):
         attended, kv_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids, cache_mask, cache)
         x = x + attended
-        mlp_out, probed = self.mlp(self.post_attention_layernorm(x), gate_scale, probe)
+        mlp_out, probed = self.mlp(self.post_attention_layernorm(x), gate_scale, probe, neuron_slices)
         x = constrain(x + mlp_out, HIDDEN_AXES)
         return x, kv_cache, probed
 
@@ -187,7 +211,7 @@ class Qwen2Model(nnx.Module):
     def __call__(
         self, input_ids: Array, positions: Array, segment_ids: Array,
         cache: KVCache | None, gate_scale: Array | None, probe: FfnProbe | None,
-        unrolled_layers: Sequence[nnx.State] | None = None,
+        unrolled_layers: Sequence[nnx.State] | None = None, neuron_slices: NeuronWeights | None = None,
     ) -> tuple[Array, KVCache | None, Any]:
         """`unrolled_layers` (from `unstack_layers`) runs the layers as a Python loop over separate
         per-layer weights instead of the scan: for decoding, where the scan's dynamic slice of every
@@ -213,22 +237,23 @@ class Qwen2Model(nnx.Module):
 
         def layer_step(carry, xs):
             x, kv = carry
-            state, layer_index, scale = xs
+            state, layer_index, scale, slices = xs
             layer = nnx.merge(graphdef, state)
             slot = None if kv is None else CacheSlot(kv[0], kv[1], layer_index, cache_index)
-            x, kv, probed = layer(x, positions, segment_ids, cache_mask, slot, scale, probe)
+            x, kv, probed = layer(x, positions, segment_ids, cache_mask, slot, scale, probe, slices)
             return (x, kv), probed
 
         if config.remat != "none":
             layer_step = jax.checkpoint(layer_step, policy=CHECKPOINT_POLICY[config.remat], prevent_cse=False)
         if unrolled_layers is None:
-            (x, kv), probes = jax.lax.scan(layer_step, (x, kv), (layer_state, layer_indices, gate_scale),
-                                           unroll=config.scan_unroll)
+            xs = (layer_state, layer_indices, gate_scale, neuron_slices)
+            (x, kv), probes = jax.lax.scan(layer_step, (x, kv), xs, unroll=config.scan_unroll)
         else:
             per_layer = []
             for index, state in enumerate(unrolled_layers):  # a static layer index: static slices of the cache
                 scale = None if gate_scale is None else gate_scale[index]
-                (x, kv), probed = layer_step((x, kv), (state, index, scale))
+                slices = None if neuron_slices is None else jax.tree.map(lambda a, i=index: a[i], neuron_slices)
+                (x, kv), probed = layer_step((x, kv), (state, index, scale, slices))
                 per_layer.append(probed)
             probes = None if probe is None else jax.tree.map(lambda *p: jnp.stack(p), *per_layer)
         if new_cache is not None:
@@ -265,11 +290,12 @@ class Qwen2ForCausalLM(nnx.Module):
     def hidden_states(
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
         attention_mask: Array | None = None, ffn_gate_scale: Array | None = None,
-        ffn_probe: FfnProbe | None = None,
+        ffn_probe: FfnProbe | None = None, ffn_neuron_slices: NeuronWeights | None = None,
     ) -> tuple[Array, Any]:
         """Final-norm hidden states [batch, length, embed] and the per-layer stacked `ffn_probe` outputs."""
         input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, None)
-        hidden, _, probes = self.model(input_ids, positions, segment_ids, None, ffn_gate_scale, ffn_probe)
+        hidden, _, probes = self.model(input_ids, positions, segment_ids, None, ffn_gate_scale, ffn_probe,
+                                       neuron_slices=ffn_neuron_slices)
         return hidden, probes
 
     def logits(self, hidden: Array) -> Array:
@@ -284,6 +310,7 @@ class Qwen2ForCausalLM(nnx.Module):
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
         attention_mask: Array | None = None, ffn_gate_scale: Array | None = None, cache: KVCache | None = None,
         last_position_only: bool = False, unrolled_layers: Sequence[nnx.State] | None = None,
+        ffn_neuron_slices: NeuronWeights | None = None,
     ) -> Array | tuple[Array, KVCache]:
         """Logits [batch, length, vocab]; with a `cache`, `(logits, updated cache)`.
 
@@ -291,10 +318,12 @@ class Qwen2ForCausalLM(nnx.Module):
         only within theirs. `attention_mask` (1 = token, 0 = padding) is the Hugging Face form.
         `last_position_only` gives logits [batch, 1, vocab] for the last position (a prompt's prefill).
         `unrolled_layers` (`model.model.unstack_layers()`) unrolls the layer loop (see `Qwen2Model`).
+        `ffn_neuron_slices` (lean LSN training, see `NeuronWeights`) leaves the logits unchanged and routes
+        the gradient to the given neurons' slices.
         """
         input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, cache)
         hidden, new_cache, _ = self.model(input_ids, positions, segment_ids, cache, ffn_gate_scale, None,
-                                          unrolled_layers)
+                                          unrolled_layers, neuron_slices=ffn_neuron_slices)
         logits = self.logits(hidden[:, -1:] if last_position_only else hidden)
         return logits if cache is None else (logits, new_cache)
 

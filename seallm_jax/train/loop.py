@@ -142,8 +142,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     # anything is written.
     mesh = shd.make_mesh(config.mesh.to_dict())
     model_config = model_config_from(config)
+    trainable = getattr(optimizer_wrapper, "trainable", None)
     trainer = Trainer(config, mesh, build_optimizer(config, optimizer_wrapper), build_schedule(config),
-                      model_config=model_config)
+                      model_config=model_config, trainable=trainable(config) if trainable is not None else None)
     os.makedirs(workdir, exist_ok=True)
     if primary:
         _write_run_files(workdir, config, model_config)

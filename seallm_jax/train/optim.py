@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import ml_collections
@@ -24,21 +24,38 @@ from seallm_jax.trees import path_names
 NO_DECAY_LEAF_NAMES = frozenset({"scale", "bias"})
 
 
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerWrapper:
     """A training method joining the engine from outside: `wrap(optimizer, config)` returns the
     optimizer to train with (it sees the finished chain, so its mask also covers weight decay and
     clipping); `describe(config, abstract_params)`, if given, is the line the loop prints at the start;
-    `check(config)`, if given, checks the method's inputs before a run starts (`check_run_inputs`)."""
+    `check(config)`, if given, checks the method's inputs before a run starts (`check_run_inputs`);
+    `trainable(config)`, if given, may return a `TrainableView`: the train step then differentiates only
+    that part of the parameters."""
 
     wrap: Callable[[optax.GradientTransformation, ml_collections.ConfigDict], optax.GradientTransformation]
     describe: Callable[[ml_collections.ConfigDict, Any], str] | None = None
     check: Callable[[ml_collections.ConfigDict], None] | None = None
+    trainable: Callable[[ml_collections.ConfigDict], "TrainableView | None"] | None = None
 
     def __call__(self, optimizer: optax.GradientTransformation,
                  config: ml_collections.ConfigDict) -> optax.GradientTransformation:
         return self.wrap(optimizer, config)
+
+
+class TrainableView(Protocol):
+    """The part of the parameters a method trains, for a step that differentiates only that part (e.g. the
+    selected neurons of lean LSN training): no gradient, optimizer state or weight-gradient matmul of the
+    frozen rest. `gather(params)` is the trainable tree; `model_kwargs(trainable)` are the extra model
+    arguments through which it enters the forward pass (the forward pass must be unchanged by them);
+    `scatter(params, trainable)` writes it back. The optimizer's `update` is then called with the trainable
+    tree's gradients and values and `trainable_only=True`."""
+
+    def gather(self, params: Any) -> Any: ...
+
+    def scatter(self, params: Any, trainable: Any) -> Any: ...
+
+    def model_kwargs(self, trainable: Any) -> dict[str, Any]: ...
 
 
 def requested_wrapper(config: ml_collections.ConfigDict) -> str | None:

@@ -22,6 +22,7 @@ from seallm_jax.errors import ConfigError
 from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, attention
 from seallm_jax.train.evaluate import log_likelihood_sums
 from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_sums, cross_entropy_sums
+from seallm_jax.train.optim import TrainableView
 
 __all__ = ["BATCH_KEYS", "StepSettings", "TrainState", "Trainer", "cross_entropy_sums", "model_config_from"]
 
@@ -74,10 +75,16 @@ def model_config_from(config: ml_collections.ConfigDict) -> Qwen2Config:
 
 
 class Trainer:
-    """Builds the sharded train state and the jitted train/eval steps for one config and mesh."""
+    """Builds the sharded train state and the jitted train/eval steps for one config and mesh.
+
+    With a `trainable` view (`train.optim.TrainableView`, e.g. lean LSN's `NeuronView`), the step
+    differentiates only the view's part of the parameters and the optimizer updates only that part.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, optimizer: optax.GradientTransformation,
-                 schedule: optax.Schedule, model_config: Qwen2Config | None = None):
+                 schedule: optax.Schedule, model_config: Qwen2Config | None = None,
+                 trainable: TrainableView | None = None):
+        self.trainable = trainable
         self.config = config
         self.mesh = mesh
         self.optimizer = optimizer
@@ -129,27 +136,36 @@ class Trainer:
         return jax.jit(fresh, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings)(params)
 
     # ---- loss -----------------------------------------------------------------------------------------
-    def _sums(self, params: Any, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    def _sums(self, params: Any, batch: Batch, model_kwargs: Mapping[str, Any] | None = None
+              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         model = nnx.merge(self.graphdef, params)
+        kwargs = dict(model_kwargs or {})
         if not self.settings.loss_chunk_tokens:
-            logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+            logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"], **kwargs)
             return cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
         hidden, _ = model.hidden_states(batch["input_ids"], positions=batch["positions"],
-                                        segment_ids=batch["segment_ids"])
+                                        segment_ids=batch["segment_ids"], **kwargs)
         return chunked_cross_entropy_sums(hidden, model.logits, batch["targets"], batch["loss_mask"],
                                           chunk_tokens=self.settings.loss_chunk_tokens)
 
     def _loss_and_grads(self, params: Any, batch: Batch) -> tuple[dict[str, jax.Array], Any]:
+        """Metrics and the gradient of the global-batch mean loss with respect to what trains: all of
+        `params`, or the trainable view's tree (`params` then stay constants of the forward pass)."""
         z_weight = self.settings.z_loss_weight
         num_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+        view, full_params = self.trainable, params
 
         def objective(p: Any, micro: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-            ce_sum, z_sum = self._sums(p, micro)
+            if view is None:
+                ce_sum, z_sum = self._sums(p, micro)
+            else:
+                ce_sum, z_sum = self._sums(full_params, micro, view.model_kwargs(p))
             # Divide by the global target-token count (not the micro-batch's): the accumulated
             # gradient is then exactly the gradient of the global-batch mean loss.
             return (ce_sum + z_weight * z_sum) / num_tokens, (ce_sum, z_sum)
 
         grad_fn = jax.grad(objective, has_aux=True)
+        params = params if view is None else view.gather(params)  # what is differentiated (objective's p)
         n = self.settings.micro_batches
         if n == 1:
             grads, (ce_sum, z_sum) = grad_fn(params, batch)
@@ -175,8 +191,13 @@ class Trainer:
     def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         with shd.activation_sharding(self.mesh, self.rules):
             metrics, grads = self._loss_and_grads(state.params, batch)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        if self.trainable is None:
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        else:
+            trained = self.trainable.gather(state.params)
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, trained, trainable_only=True)
+            params = self.trainable.scatter(state.params, optax.apply_updates(trained, updates))
         metrics["grad_norm"] = optax.global_norm(grads)
         metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
