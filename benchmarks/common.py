@@ -40,3 +40,36 @@ def time_it(step: Callable[[], object], *, warmup: int, iterations: int) -> floa
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_flops(size: int, dtype: str = "float32", repeats: int = 5) -> float:
+    """Best FLOP/s of a jitted chain of 4 [size, size] matmuls in `dtype` on the default JAX device
+    (several dots per dispatch hide the dispatch overhead)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
+
+    @jax.jit
+    def chain(a, b):
+        for _ in range(4):
+            a = (a @ b) * jnp.asarray(1.0 / size, dtype)
+        return a
+    chain(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        chain(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 4 * 2 * size**3 / best
+
+
+def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
+    """A training batch of random tokens, one document per row (segment ids 1, positions 0..seq-1)."""
+    import numpy as np
+
+    tokens = np.random.default_rng(seed).integers(0, vocab, (batch, seq + 1)).astype(np.int32)
+    return {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:],
+            "loss_mask": np.ones((batch, seq), np.float32), "segment_ids": np.ones((batch, seq), np.int32),
+            "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()}

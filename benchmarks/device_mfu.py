@@ -23,6 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import matmul_flops  # noqa: E402
+from seallm_jax.model.config import PRESETS  # noqa: E402
+
 # Published bf16 dense peak per JAX device (substring of device_kind, lower case -> FLOP/s).
 PEAK_BF16 = (
     ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12), ("a100", 312e12), ("l40s", 362e12),
@@ -30,12 +33,10 @@ PEAK_BF16 = (
     ("tpu v6", 918e12), ("tpu v5p", 459e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v4", 275e12),
 )
 
-# name -> Qwen2Config fields (the released models' shapes).
+# name -> Qwen2Config fields (the released models' shapes, from the presets).
 SHAPES = {
-    "0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                 num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
-    "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                 num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+    "0.5b": PRESETS["qwen2-0.5b"],
+    "1.5b": PRESETS["qwen2-1.5b"],
     "smoke": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
 }
@@ -49,26 +50,6 @@ def peak_flops(device_kind: str) -> float:
     return 0.0
 
 
-def matmul_flops(size: int, dtype: str = "bfloat16", repeats: int = 5) -> float:
-    """Best FLOP/s of a jitted chain of 4 [size, size] matmuls in `dtype` on the default device."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
-
-    @jax.jit
-    def chain(a, b):
-        for _ in range(4):
-            a = (a @ b) * jnp.asarray(1.0 / size, dtype)
-        return a
-    chain(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        chain(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 4 * 2 * size**3 / best
 
 
 def bench_shape(name: str, batch: int, seq: int, steps: int, remat: str, attention_impl: str) -> dict:
@@ -134,7 +115,7 @@ def main(argv=None) -> dict:
 
     device = jax.devices()[0]
     peak = args.peak_flops or peak_flops(device.device_kind)
-    measured = matmul_flops(args.matmul_size)
+    measured = matmul_flops(args.matmul_size, "bfloat16")
     result = {"device_kind": device.device_kind, "platform": device.platform, "jax": jax.__version__,
               "peak_bf16_flops": peak or None, "peak_source": "--peak-flops" if args.peak_flops else "table by device_kind",
               "measured_bf16_matmul_flops": measured, "matmul_size": args.matmul_size, "runs": []}

@@ -25,6 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import random_batch  # noqa: E402
+
 ARMS = ("full", "lsn-dense", "lsn-lean")
 
 
@@ -104,12 +106,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
 
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, args.vocab, (args.batch, args.seq + 1)).astype(np.int32)
-    batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:],
-             "loss_mask": np.ones((args.batch, args.seq), np.float32),
-             "segment_ids": np.ones((args.batch, args.seq), np.int32),
-             "positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq)).copy()}
+    batch = random_batch(args.batch, args.seq, args.vocab)
     with tempfile.TemporaryDirectory() as directory:
         neurons = neuron_file(args, directory)
         arms = [Arm(name, args, batch, neurons) for name in ARMS]

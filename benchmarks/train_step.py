@@ -20,9 +20,10 @@ import statistics
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import matmul_flops, random_batch  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,26 +47,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def matmul_peak(size: int, repeats: int = 10) -> float:
-    """FLOP/s of a jitted float32 [size, size] @ [size, size] on the default JAX device."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
-
-    @jax.jit
-    def chain(a, b):
-        for _ in range(4):  # several dots per dispatch hide the dispatch overhead
-            a = (a @ b) * (1.0 / size)
-        return a
-    chain(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        chain(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 4 * 2 * size**3 / best
 
 
 class JaxStep:
@@ -139,19 +120,14 @@ def main(argv=None) -> dict:
     import jax
     import torch
 
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, args.vocab, (args.batch, args.seq + 1)).astype(np.int32)
-    batch = {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:],
-             "loss_mask": np.ones((args.batch, args.seq), np.float32),
-             "segment_ids": np.ones((args.batch, args.seq), np.int32),
-             "positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq)).copy()}
+    batch = random_batch(args.batch, args.seq, args.vocab)
 
     jax_step, torch_step = JaxStep(args, batch), TorchStep(args, batch)
     jax_times, torch_times = [], []
     for _ in range(args.rounds):  # alternate so both see the same machine load
         jax_times.append(jax_step.run(args.steps))
         torch_times.append(torch_step.run(args.steps))
-    peak = matmul_peak(args.matmul_size)
+    peak = matmul_flops(args.matmul_size, repeats=10)
 
     tokens_per_step = args.batch * args.seq
     jax_tps = tokens_per_step * args.steps / statistics.median(jax_times)
