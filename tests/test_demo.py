@@ -17,6 +17,7 @@ def test_demo_runs_end_to_end_and_changes_only_the_target_neurons(tmp_path):
     assert summary["transformers_max_abs_logit_diff"] < 1e-4
     assert set(summary["perplexity_after"]) == {"en", "th", "vi"}
     assert set(summary["perplexity_after_random_neurons"]) == {"en", "th", "vi"}  # the random-neuron control
+    assert set(summary["selectivity"]) == {"lsn", "random"} and summary["verdict"].startswith("th")
 
     neurons = json.load(open(os.path.join(out, "neurons.json")))["languages"]["th"]
     base = load_file(os.path.join(out, "base_hf", "model.safetensors"))
@@ -34,3 +35,19 @@ def test_demo_runs_end_to_end_and_changes_only_the_target_neurons(tmp_path):
         np.testing.assert_array_equal(before[~allowed], after[~allowed], err_msg=name)
         changed_somewhere |= bool((before[allowed] != after[allowed]).any())
     assert changed_somewhere
+
+
+def test_demo_verdict_weighs_the_target_gain_against_what_moves_elsewhere():
+    from seallm_jax.demo import selectivity, summary_verdict
+
+    lsn = selectivity({"th": -2.0, "en": 0.4, "km": -0.2}, "th")
+    assert np.allclose(lsn, (2.0, 0.3, 0.4))
+    random = selectivity({"th": -2.2, "en": 1.7, "km": 9.6}, "th")
+    # a slightly smaller target gain, far less change elsewhere: the selection matters
+    assert "beat random ones" in summary_verdict(lsn, random, "th")
+    assert "less change elsewhere" in summary_verdict(lsn, random, "th")
+    # more gain but more change elsewhere: not called a win
+    assert "but move the other languages more" in summary_verdict(random, lsn, "th")
+    # worse on both counts: said so
+    assert "do not beat" in summary_verdict((1.0, 3.0, 5.0), lsn, "th")
+    assert "did not lower" in summary_verdict((-1.0, 0.1, 0.2), random, "th")
