@@ -98,6 +98,17 @@ def check_demo_languages(languages: Sequence[str], target: str) -> None:
                           "language (LAPE compares each language with the others)")
 
 
+def check_demo_numbers(args: argparse.Namespace) -> None:
+    """The numeric options, before any work starts."""
+    if not 0.0 < args.top_rate <= 1.0:
+        raise ConfigError(f"--top-rate {args.top_rate}: expected a share of all neurons in (0, 1]")
+    if not args.lsn_learning_rate > 0.0:
+        raise ConfigError(f"--lsn-learning-rate {args.lsn_learning_rate}: expected a positive number")
+    for flag, value in (("--lsn-steps", args.lsn_steps), ("--pretrain-steps", args.pretrain_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected at least 1 step")
+
+
 def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str = DEFAULT_TARGET,
              pretrain_steps: int | None = None, lsn_steps: int = 60, top_rate: float = DEFAULT_TOP_RATE,
              eval_tokens: int = 8192, stats_tokens: int = 32768,
@@ -158,7 +169,7 @@ def run_demo(out: str, *, languages: Sequence[str] = DEMO_LANGUAGES, target: str
     counts = {lang: neurons.counts().get(lang, 0) for lang in languages}
     _say(f"    neurons per language: {counts}")
     if counts[target] == 0:
-        raise RuntimeError(f"LAPE selected no neuron for {target}; raise top_rate")
+        raise ConfigError(f"LAPE selected no neuron for {target} at --top-rate {top_rate}; raise --top-rate")
     lap("selection")
 
     _say("5/7 held-out perplexity before LSN training")
@@ -285,6 +296,7 @@ def _run(args: argparse.Namespace) -> int:
 
     languages = [check_language(code.strip()) for code in args.languages.split(",") if code.strip()]
     check_demo_languages(languages, check_language(args.target))
+    check_demo_numbers(args)
     check_output_dir(args.out, "--out")
     run_demo(args.out, languages=languages, target=args.target, pretrain_steps=args.pretrain_steps,
              lsn_steps=args.lsn_steps, top_rate=args.top_rate, lsn_learning_rate=args.lsn_learning_rate)

@@ -194,6 +194,8 @@ CASES = [
     ("demo-unknown-language", "demo --languages th,xx --out {out}/d", "demo", "'xx'"),
     ("demo-out-is-a-file", "demo --out {a_file}", "demo", "a_file' exists and is a file"),
     ("demo-target-not-listed", "demo --languages en,vi --target th --out {out}/d", "demo", "--target th"),
+    ("demo-top-rate-zero", "demo --top-rate 0 --out {out}/d", "demo", "--top-rate 0.0"),
+    ("demo-no-lsn-steps", "demo --lsn-steps 0 --out {out}/d", "demo", "--lsn-steps 0"),
 ]
 
 
