@@ -234,12 +234,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
               f"{summary['perplexity_change_percent'][lang]:>+9.2f}%"
               f"{summary['perplexity_after_random_neurons'][lang]:>14.2f}"
               f"{summary['perplexity_change_percent_random_neurons'][lang]:>+9.2f}%{mark}")
-    lsn = selectivity(summary["perplexity_change_percent"], target)
-    rnd = selectivity(summary["perplexity_change_percent_random_neurons"], target)
     print(f"\n{'':<22}{target + ' change':>12}{'others mean |change|':>22}{'others worst':>14}")
-    for name, (gain, spread, worst) in (("LSN (LAPE neurons)", lsn), ("random neurons", rnd)):
+    for name, arm in (("LSN (LAPE neurons)", "lsn"), ("random neurons", "random")):
+        gain, spread, worst = summary["selectivity"][arm].values()
         print(f"{name:<22}{-gain:>+11.2f}%{spread:>21.2f}%{worst:>+13.2f}%")
-    print(f"\n{summary_verdict(lsn, rnd, target)}")
+    print(f"\n{summary['verdict']}")
     print(f"trained {summary['trained_parameter_fraction'] * 100:.3f}% of the parameters ({target}'s neurons)")
     print(f"transformers loads the export with max |logit difference| {summary['transformers_max_abs_logit_diff']:.2e}")
     print(f"total {sum(summary['seconds'].values()):.0f}s {summary['seconds']}")
