@@ -68,7 +68,8 @@ from jax.sharding import Mesh  # noqa: E402
 
 from seallm_jax import sharding as shd  # noqa: E402
 from seallm_jax.train.config import load_config  # noqa: E402
-from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_sums, cross_entropy_sums  # noqa: E402
+from seallm_jax.model.qwen2 import LMHead, head_logits  # noqa: E402
+from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_loss, cross_entropy_sums  # noqa: E402
 from seallm_jax.train.optim import build_optimizer, build_schedule  # noqa: E402
 from seallm_jax.train.step import Trainer  # noqa: E402
 
@@ -97,10 +98,10 @@ def loss_memory(config: ml_collections.ConfigDict, chunk_tokens: int) -> int:
     mask = jax.ShapeDtypeStruct((rows, train.seq_len), jnp.float32)
 
     def loss(hidden, head, targets, mask):
-        logits_fn = lambda h: (h @ head.astype(dtype)).astype(jnp.float32)  # noqa: E731
+        head = LMHead(head.astype(dtype), vocab_first=False)
         if chunk_tokens:
-            return chunked_cross_entropy_sums(hidden, logits_fn, targets, mask, chunk_tokens=chunk_tokens)[0]
-        return cross_entropy_sums(logits_fn(hidden), targets, mask)[0]
+            return chunked_cross_entropy_loss(hidden, head, targets, mask, chunk_tokens=chunk_tokens)[0]
+        return cross_entropy_sums(head_logits(hidden, head), targets, mask)[0]
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(hidden, head, targets, mask).compile()
     return compiled.memory_analysis().temp_size_in_bytes

@@ -1,5 +1,6 @@
 """Chunked cross-entropy: the same loss, z-loss and gradients as the full-logits loss (tied and
-untied heads, ragged chunks, masks), no full [tokens, vocab] residual, and the same train step."""
+untied heads, ragged chunks, masks, bfloat16), no full [tokens, vocab] residual, three head matmuls
+per token (not four), and the same train step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from flax import nnx
 
 from seallm_jax import Qwen2Config, Qwen2ForCausalLM
-from seallm_jax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums
+from seallm_jax.model.qwen2 import LMHead
+from seallm_jax.train.loss import chunked_cross_entropy_loss, cross_entropy_sums
 
 VOCAB = 97
 
@@ -33,10 +35,10 @@ def loss_terms(model, input_ids, targets, mask, chunk_tokens):
         m = nnx.merge(graphdef, params)
         if chunk_tokens is None:
             ce, z = cross_entropy_sums(m(input_ids), targets, mask)
-        else:
-            hidden, _ = m.hidden_states(input_ids)
-            ce, z = chunked_cross_entropy_sums(hidden, m.logits, targets, mask, chunk_tokens=chunk_tokens)
-        return ce + 0.1 * z, (ce, z)
+            return ce + 0.1 * z, (ce, z)
+        hidden, _ = m.hidden_states(input_ids)
+        return chunked_cross_entropy_loss(hidden, m.head(), targets, mask, z_loss_weight=0.1,
+                                          chunk_tokens=chunk_tokens)
 
     grads, (ce, z) = jax.jit(jax.grad(objective, has_aux=True))(params)
     return ce, z, grads
@@ -63,7 +65,7 @@ def test_chunked_loss_saves_no_full_logits():
     mask = jnp.ones((rows, length))
 
     def loss(hidden, head):
-        return chunked_cross_entropy_sums(hidden, lambda h: h @ head, targets, mask, chunk_tokens=16)[0]
+        return chunked_cross_entropy_loss(hidden, LMHead(head, vocab_first=False), targets, mask, chunk_tokens=16)[0]
 
     residuals = jax.eval_shape(lambda h, w: jax.vjp(loss, h, w)[1], hidden, head)
     largest = max(leaf.size for leaf in jax.tree.leaves(residuals))
@@ -119,3 +121,41 @@ def test_chunked_loss_lowers_the_compiled_steps_temporaries():
 
     full_logits = 4 * 64 * 8192 * 4  # bytes of the float32 logits alone
     assert temporaries(0) - temporaries(32) > full_logits  # at least the logits and their gradient saved
+
+
+def head_matmuls(jaxpr, vocab: int) -> int:
+    """dot_generals with an operand or result of `vocab` columns, in `jaxpr` and every jaxpr inside it."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shapes = [v.aval.shape for v in (*eqn.invars, *eqn.outvars)]
+            count += any(vocab in shape for shape in shapes)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += head_matmuls(inner, vocab)
+    return count
+
+
+def test_chunked_loss_gradient_costs_three_head_matmuls():
+    """Logits, hidden gradient and head gradient: the backward does not recompute the logits (one
+    scan body per pass, so each matmul is counted once)."""
+    rows, length, embed, vocab = 2, 32, 8, 1000
+    hidden = jnp.ones((rows, length, embed))
+    head = jnp.ones((embed, vocab))
+    targets = jnp.zeros((rows, length), jnp.int32)
+    mask = jnp.ones((rows, length))
+
+    def loss(hidden, head):
+        return chunked_cross_entropy_loss(hidden, LMHead(head, vocab_first=False), targets, mask, chunk_tokens=16)[0]
+
+    assert head_matmuls(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(hidden, head).jaxpr, vocab) == 3
+
+
+def test_chunked_loss_metrics_carry_no_gradient():
+    hidden = jnp.ones((1, 8, 4))
+    head = jnp.ones((4, 16))
+    targets, mask = jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8))
+    grad = jax.grad(lambda h: chunked_cross_entropy_loss(h, LMHead(head, vocab_first=False), targets, mask)[1][0])(hidden)
+    assert not np.any(np.asarray(grad))

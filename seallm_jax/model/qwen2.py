@@ -73,6 +73,20 @@ def _dense(in_features: int, out_features: int, config: Qwen2Config, rngs: nnx.R
     )
 
 
+class LMHead(NamedTuple):
+    """The LM head's weight in the compute dtype and which way round it is stored: `[vocab, embed]`
+    (`vocab_first`, the tied token embedding) or `[embed, vocab]` (the untied `lm_head` kernel)."""
+    weight: Array
+    vocab_first: bool
+
+
+def head_logits(hidden: Array, head: LMHead) -> Array:
+    """float32 logits [batch, length, vocab] of the final-norm `hidden` [batch, length, embed]."""
+    spec = "ble,ve->blv" if head.vocab_first else "ble,ev->blv"
+    logits = jnp.einsum(spec, hidden.astype(head.weight.dtype), head.weight)
+    return constrain(logits, LOGITS_AXES).astype(jnp.float32)
+
+
 class CacheSlot(NamedTuple):
     """What one decoder layer needs of the KV cache: the stacked arrays of *every* layer (carried
     through the layer scan, so that each layer's write updates them in place instead of building a
@@ -298,13 +312,16 @@ class Qwen2ForCausalLM(nnx.Module):
                                        neuron_slices=ffn_neuron_slices)
         return hidden, probes
 
-    def logits(self, hidden: Array) -> Array:
-        """The LM head (tied: the transposed token embedding), float32 logits."""
+    def head(self) -> LMHead:
+        """The LM head (tied: the token embedding) in the compute dtype."""
+        dtype = jnp.dtype(self.config.dtype)
         if self.config.tie_word_embeddings:
-            logits = self.model.embed_tokens.attend(hidden)
-        else:
-            logits = self.lm_head(hidden)
-        return constrain(logits, LOGITS_AXES).astype(jnp.float32)
+            return LMHead(self.model.embed_tokens.embedding.value.astype(dtype), vocab_first=True)
+        return LMHead(self.lm_head.kernel.value.astype(dtype), vocab_first=False)
+
+    def logits(self, hidden: Array) -> Array:
+        """float32 logits [batch, length, vocab] of the final-norm `hidden` (`head_logits`)."""
+        return head_logits(hidden, self.head())
 
     def __call__(
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,

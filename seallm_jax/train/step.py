@@ -21,7 +21,7 @@ from seallm_jax import sharding as shd
 from seallm_jax.errors import ConfigError
 from seallm_jax.model import Qwen2Config, Qwen2ForCausalLM, attention
 from seallm_jax.train.evaluate import log_likelihood_sums
-from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_sums, cross_entropy_sums
+from seallm_jax.train.loss import DEFAULT_CHUNK_TOKENS, chunked_cross_entropy_loss, cross_entropy_sums
 from seallm_jax.train.optim import TrainableView
 
 __all__ = ["BATCH_KEYS", "StepSettings", "TrainState", "Trainer", "cross_entropy_sums", "model_config_from"]
@@ -43,7 +43,7 @@ class StepSettings:
     """What the step needs from config, as plain values (hashable: part of the jit closure).
 
     `loss_chunk_tokens` (`config.train.loss_chunk_tokens`): tokens whose float32 logits the loss
-    holds at once (`chunked_cross_entropy_sums`); 0 computes the full [batch, length, vocab] logits.
+    holds at once (`chunked_cross_entropy_loss`); 0 computes the full [batch, length, vocab] logits.
     """
     micro_batches: int = 1
     z_loss_weight: float = 0.0
@@ -136,33 +136,36 @@ class Trainer:
         return jax.jit(fresh, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings)(params)
 
     # ---- loss -----------------------------------------------------------------------------------------
-    def _sums(self, params: Any, batch: Batch, model_kwargs: Mapping[str, Any] | None = None
-              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    def _loss_sums(self, params: Any, batch: Batch, model_kwargs: Mapping[str, Any] | None = None
+                   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """`(ce_sum + z_loss_weight * z_sum, (ce_sum, z_sum))` over `batch`'s target tokens; the
+        first is what is differentiated."""
         model = nnx.merge(self.graphdef, params)
         kwargs = dict(model_kwargs or {})
+        z_weight = self.settings.z_loss_weight
         if not self.settings.loss_chunk_tokens:
             logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"], **kwargs)
-            return cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+            ce_sum, z_sum = cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+            return ce_sum + z_weight * z_sum, (ce_sum, z_sum)
         hidden, _ = model.hidden_states(batch["input_ids"], positions=batch["positions"],
                                         segment_ids=batch["segment_ids"], **kwargs)
-        return chunked_cross_entropy_sums(hidden, model.logits, batch["targets"], batch["loss_mask"],
-                                          chunk_tokens=self.settings.loss_chunk_tokens)
+        return chunked_cross_entropy_loss(hidden, model.head(), batch["targets"], batch["loss_mask"],
+                                          z_loss_weight=z_weight, chunk_tokens=self.settings.loss_chunk_tokens)
 
     def _loss_and_grads(self, params: Any, batch: Batch) -> tuple[dict[str, jax.Array], Any]:
         """Metrics and the gradient of the global-batch mean loss with respect to what trains: all of
         `params`, or the trainable view's tree (`params` then stay constants of the forward pass)."""
-        z_weight = self.settings.z_loss_weight
         num_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
         view, full_params = self.trainable, params
 
         def objective(p: Any, micro: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
             if view is None:
-                ce_sum, z_sum = self._sums(p, micro)
+                objective_sum, sums = self._loss_sums(p, micro)
             else:
-                ce_sum, z_sum = self._sums(full_params, micro, view.model_kwargs(p))
+                objective_sum, sums = self._loss_sums(full_params, micro, view.model_kwargs(p))
             # Divide by the global target-token count (not the micro-batch's): the accumulated
             # gradient is then exactly the gradient of the global-batch mean loss.
-            return (ce_sum + z_weight * z_sum) / num_tokens, (ce_sum, z_sum)
+            return objective_sum / num_tokens, sums
 
         grad_fn = jax.grad(objective, has_aux=True)
         params = params if view is None else view.gather(params)  # what is differentiated (objective's p)
