@@ -57,15 +57,18 @@ def test_chunked_equals_full_values_and_gradients(tied, chunk_tokens):
         np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
-def test_chunked_loss_saves_no_full_logits():
-    rows, length, embed, vocab = 4, 64, 8, 1000
-    hidden = jnp.ones((rows, length, embed))
-    head = jnp.ones((embed, vocab))
-    targets = jnp.zeros((rows, length), jnp.int32)
-    mask = jnp.ones((rows, length))
+def ones_loss(rows, length, embed, vocab):
+    """All-ones hidden states and untied head [embed, vocab], and the chunked loss of them (16-token chunks)."""
+    targets, mask = jnp.zeros((rows, length), jnp.int32), jnp.ones((rows, length))
 
     def loss(hidden, head):
         return chunked_cross_entropy_loss(hidden, LMHead(head, vocab_first=False), targets, mask, chunk_tokens=16)[0]
+    return jnp.ones((rows, length, embed)), jnp.ones((embed, vocab)), loss
+
+
+def test_chunked_loss_saves_no_full_logits():
+    rows, length, embed, vocab = 4, 64, 8, 1000
+    hidden, head, loss = ones_loss(rows, length, embed, vocab)
 
     residuals = jax.eval_shape(lambda h, w: jax.vjp(loss, h, w)[1], hidden, head)
     largest = max(leaf.size for leaf in jax.tree.leaves(residuals))
@@ -142,13 +145,7 @@ def test_chunked_loss_gradient_costs_three_head_matmuls():
     """Logits, hidden gradient and head gradient: the backward does not recompute the logits (one
     scan body per pass, so each matmul is counted once)."""
     rows, length, embed, vocab = 2, 32, 8, 1000
-    hidden = jnp.ones((rows, length, embed))
-    head = jnp.ones((embed, vocab))
-    targets = jnp.zeros((rows, length), jnp.int32)
-    mask = jnp.ones((rows, length))
-
-    def loss(hidden, head):
-        return chunked_cross_entropy_loss(hidden, LMHead(head, vocab_first=False), targets, mask, chunk_tokens=16)[0]
+    hidden, head, loss = ones_loss(rows, length, embed, vocab)
 
     assert head_matmuls(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(hidden, head).jaxpr, vocab) == 3
 
