@@ -136,6 +136,10 @@ BUDGET_ROWS: dict[str, tuple[str, int, list[str], str]] = {
                      "Qwen2-7B LSN dense (masked AdamW on full-shape state), 1 device"),
     "7b-lsn-lean": ("configs/qwen2_7b.py:gpu", 1, LSN_7B + ["--config.lsn.lean=true"],
                     "Qwen2-7B LSN lean (config.lsn.lean=true: the step differentiates the neuron slices), 1 device"),
+    "7b-lsn-lean-bf16": ("configs/qwen2_7b.py:gpu", 1,
+                         LSN_7B + ["--config.lsn.lean=true", "--config.model.param_dtype=bfloat16"],
+                         "Qwen2-7B LSN lean with the weights stored in bf16 (float32 masters of the neuron "
+                         "slices in the optimizer state), 1 device"),
     "0.5b-full": ("configs/qwen2_0_5b.py:gpu", 1, ONE_DEVICE,
                   "Qwen2-0.5B full training, 1 device"),
 }

@@ -99,6 +99,73 @@ def test_lean_equals_dense_and_changes_only_the_neurons(neuron_file, matrices):
     assert nbytes(lean.opt_state) < nbytes(dense.opt_state) / 5
 
 
+def test_lean_with_bfloat16_weights_keeps_float32_masters(neuron_file):
+    """`config.model.param_dtype='bfloat16'` (frozen weights at half the memory): the optimizer steps
+    float32 masters of the slices, the stored slices are the masters' rounding, every other element is
+    bit-identical, and updates smaller than a bfloat16 step accumulate instead of rounding away: the
+    masters move as the float32 run's parameters do from the same start."""
+    import jax.numpy as jnp
+
+    path, masks = neuron_file
+
+    def config(param_dtype):
+        config = lsn_config(path, lean=True)
+        config.model.param_dtype = param_dtype
+        config.optimizer.learning_rate = 1e-5  # AdamW steps of ~1e-5: under half a bfloat16 step of most weights
+        return config
+
+    narrow, wide = make_trainer(config("bfloat16")), make_trainer(config("float32"))
+    start = narrow.init_state(0)
+    start_params = jax.device_get(start.params)
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(start_params))
+    assert isinstance(start.opt_state, lsn_optim.LeanMasterState)
+    as_float32 = jax.tree.map(lambda leaf: leaf.astype(np.float32), start_params)
+    wide_state = wide.init_state(0, params=jax.device_put(as_float32, wide.param_shardings))
+    assert not isinstance(wide_state.opt_state, lsn_optim.LeanMasterState)  # float32: no second copy
+
+    batch = next(SyntheticSource(vocab_size=narrow.config.model.vocab_size, seq_len=narrow.config.train.seq_len,
+                                 global_batch_size=narrow.config.train.global_batch_size, row_start=0,
+                                 row_stop=narrow.config.train.global_batch_size, seed=0))
+    state = start
+    for _ in range(STEPS):
+        state, _ = narrow.train_step(state, narrow.put_batch(batch))
+        wide_state, _ = wide.train_step(wide_state, wide.put_batch(batch))
+
+    view = narrow.trainable
+    master = jax.device_get(state.opt_state.master)
+    stored = view.gather(jax.device_get(state.params))
+    for m, s in zip(jax.tree.leaves(master), jax.tree.leaves(stored)):
+        assert m.dtype == np.float32
+        np.testing.assert_array_equal(m.astype(jnp.bfloat16), s)  # the stored slice is the master's rounding
+
+    master_moved = jax.tree.map(lambda m, s: m - s, master, view.gather(as_float32))
+    wide_moved = jax.tree.map(lambda w, s: w - s, view.gather(jax.device_get(wide_state.params)),
+                              view.gather(as_float32))
+    for m, w in zip(jax.tree.leaves(master_moved), jax.tree.leaves(wide_moved)):
+        # moves of ~3e-5 (3 steps of 1e-5). The forward passes see weights rounded differently, and AdamW's
+        # normalisation magnifies that where a gradient is near zero: a few elements differ more.
+        close = np.abs(m - w) <= 3e-6 + 1e-3 * np.abs(w)
+        assert close.mean() > 0.98, f"{close.mean():.1%} of the masters moved as the float32 weights did"
+    # Most trained weights moved less than their bfloat16 rounding step: without masters they would not move.
+    stored_moved = [np.asarray(s, np.float32) != np.asarray(b, np.float32)
+                    for s, b in zip(jax.tree.leaves(stored), jax.tree.leaves(view.gather(start_params)))]
+    real = [np.abs(np.asarray(w)) > 0 for w in jax.tree.leaves(wide_moved)]  # not the padding units
+    assert sum(int(np.sum(m & r)) for m, r in zip(stored_moved, real)) < 0.5 * sum(int(np.sum(r)) for r in real)
+
+    final = jax.device_get(state.params)
+    for (key_path, value), before in zip(jax.tree_util.tree_flatten_with_path(final)[0], jax.tree.leaves(start_params)):
+        assert value.dtype == jnp.bfloat16
+        names = [getattr(k, "key", "") for k in key_path]
+        if names[-2] in ("gate_proj", "up_proj", "down_proj"):
+            neuron_axis = 1 if names[-2] == "down_proj" else 2
+            shape = [1, 1, 1]
+            shape[0], shape[neuron_axis] = masks.shape
+            inside = np.broadcast_to(masks.reshape(shape), value.shape)
+            np.testing.assert_array_equal(value[~inside], before[~inside])
+        else:
+            np.testing.assert_array_equal(value, before)
+
+
 def test_lean_step_computes_no_weight_gradient_of_a_frozen_parameter(neuron_file):
     """A weight gradient is a dot product whose result has no batch or length axis (it contracts them):
     the dense step's program has one for every kernel, the lean one only the slices' `[units, embed]`."""
@@ -122,8 +189,10 @@ def test_lean_step_computes_no_weight_gradient_of_a_frozen_parameter(neuron_file
     assert lean and all(units in shape and embed in shape for shape in lean), lean
 
 
-def test_lean_training_through_the_command_resumes_and_exports(neuron_file, tmp_path):
-    """`seallm-jax train` with lean LSN: the trainable line, and a resumed run equals an uninterrupted one."""
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_lean_training_through_the_command_resumes(neuron_file, tmp_path, param_dtype):
+    """`seallm-jax train` with lean LSN: the trainable line, and a resumed run equals an uninterrupted one
+    (with bfloat16 weights, the float32 masters are checkpointed and restored with the optimizer state)."""
     import subprocess
     import sys
 
@@ -131,7 +200,8 @@ def test_lean_training_through_the_command_resumes_and_exports(neuron_file, tmp_
 
     path, _ = neuron_file
     args = ["--config.lsn.neurons=" + path, "--config.lsn.languages=th", "--config.lsn.lean=true",
-            "--config.train.steps=4", "--config.checkpoint.every=2", "--config.train.log_every=1"]
+            "--config.train.steps=4", "--config.checkpoint.every=2", "--config.train.log_every=1",
+            f"--config.model.param_dtype={param_dtype}"]
 
     def train(workdir, *extra):
         return subprocess.run([sys.executable, "-m", "seallm_jax.cli", "train", "--config", "configs/tiny.py",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -167,19 +167,35 @@ class NeuronSlices:
         return jax.tree_util.tree_map_with_path(one, tree)
 
     def scatter_updates(self, template: Params, slice_updates: Params) -> Any:
-        """A full update tree: `slice_updates` on the selected units, -0.0 (bit-exact no-op) everywhere else."""
+        """A full update tree: `slice_updates` on the selected units, -0.0 (bit-exact no-op) everywhere else.
+        A leaf holding units has the wider of its own and its slice updates' dtypes (float32 updates of
+        bfloat16 parameters stay float32: see `LeanMasterState`)."""
         by_path = {group.path: group for group in self.groups}
 
         def one(key_path, leaf):
             path = path_names(key_path)
-            frozen = jnp.full(leaf.shape, FROZEN_UPDATE, leaf.dtype)
             group = by_path.get(path)
-            return frozen if group is None else self._scatter_one(group, frozen, get_path(slice_updates, path))
+            if group is None:
+                return jnp.full(leaf.shape, FROZEN_UPDATE, leaf.dtype)
+            values = get_path(slice_updates, path)
+            frozen = jnp.full(leaf.shape, FROZEN_UPDATE, jnp.promote_types(leaf.dtype, values.dtype))
+            return self._scatter_one(group, frozen, values)
 
         return jax.tree_util.tree_map_with_path(one, template)
 
 
 # ---- the masked optimizer ----------------------------------------------------------------------------------
+class LeanMasterState(NamedTuple):
+    """Lean optimizer state when the parameters are stored narrower than float32 (e.g.
+    `config.model.param_dtype='bfloat16'`, half the memory of the frozen weights): `inner`'s state and
+    float32 master copies of the trained slices. `inner` updates the masters; the stored weights get each
+    master rounded to their dtype, so small updates accumulate in float32 instead of rounding away, and
+    every frozen element is untouched. With float32 parameters the state is `inner`'s alone."""
+
+    inner: Any
+    master: Any
+
+
 def _masked(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
             lean: bool = False) -> optax.GradientTransformation:
     """`inner` changing only the groups' units (see `lsn_masked`)."""
@@ -191,13 +207,33 @@ def _masked(inner: optax.GradientTransformation, groups: Sequence[UnitGroup], *,
 
         def init_lean(params):
             check_groups(groups, params)
-            return inner.init(slices.gather(params))
+            gathered = slices.gather(params)
+            if all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(gathered)):
+                return inner.init(gathered)
+            master = jax.tree.map(lambda leaf: leaf.astype(jnp.float32), gathered)
+            return LeanMasterState(inner=inner.init(master), master=master)
+
+        def update_slices(slice_grads, state, slice_params, extra):
+            """(updates of the stored slices, new state). With float32 masters, `inner` steps the masters and
+            the updates (float32) take each stored slice to its master rounded to the stored dtype."""
+            if not isinstance(state, LeanMasterState):
+                return inner.update(slice_grads, state, slice_params, **extra)
+            if slice_params is None:
+                raise ValueError("the lean LSN optimizer with float32 masters needs `params` in update()")
+            grads = jax.tree.map(lambda g: g.astype(jnp.float32), slice_grads)
+            master_updates, inner_state = inner.update(grads, state.inner, state.master, **extra)
+            master = optax.apply_updates(state.master, master_updates)
+            # p + (round(m) - p) == round(m) exactly in float32 (both are values of p's dtype), so
+            # optax.apply_updates then stores the master's rounding, and nothing else.
+            updates = jax.tree.map(lambda m, p: m.astype(p.dtype).astype(jnp.float32) - p.astype(jnp.float32),
+                                   master, slice_params)
+            return updates, LeanMasterState(inner=inner_state, master=master)
 
         def update_lean(updates, state, params=None, *, trainable_only: bool = False, **extra):
             if trainable_only:  # a step that differentiates the slices (`NeuronView`): already gathered
-                return inner.update(updates, state, params, **extra)
+                return update_slices(updates, state, params, extra)
             gathered_params = None if params is None else slices.gather(params)
-            slice_updates, state = inner.update(slices.gather(updates), state, gathered_params, **extra)
+            slice_updates, state = update_slices(slices.gather(updates), state, gathered_params, extra)
             return slices.scatter_updates(updates, slice_updates), state
 
         return optax.GradientTransformationExtraArgs(init_lean, update_lean)
