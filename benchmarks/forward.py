@@ -5,7 +5,7 @@
     python benchmarks/forward.py --num-hidden-layers 4 --batch 1 --length 4096 --compare xla   # long context
 
 Prints tokens/s of each and the ratio (seallm-jax / transformers). `--attention-impl` picks the
-kernel (default `flash`); `--compare xla` also times the old dense path in the same run.
+kernel (default `auto`: `flash` beyond 128 tokens); `--compare xla` also times the old dense path in the same run.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--attention-impl", default="flash", help="seallm-jax attention kernel (model.attention_impl)")
+    parser.add_argument("--attention-impl", default="auto", help="seallm-jax attention kernel (model.attention_impl; default: the library default, auto)")
     parser.add_argument("--compare", default="", help="comma list of other attention kernels to time too, e.g. xla")
     parser.add_argument("--scan-unroll", type=int, default=1)
     args = parser.parse_args()

@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--matmul-size", type=int, default=1024)
-    p.add_argument("--attention-impl", default="flash", help="model.attention_impl of the seallm-jax step")
+    p.add_argument("--attention-impl", default="auto", help="model.attention_impl of the seallm-jax step (default: the library default, auto)")
     p.add_argument("--loss-chunk-tokens", type=int, default=None,
                    help="train.loss_chunk_tokens (0: full logits; default: the step's default)")
     p.add_argument("--scan-unroll", type=int, default=1)
@@ -120,6 +120,8 @@ def main(argv=None) -> dict:
     import jax
     import torch
 
+    from seallm_jax.model.attention import resolve_implementation
+
     batch = random_batch(args.batch, args.seq, args.vocab)
 
     jax_step, torch_step = JaxStep(args, batch), TorchStep(args, batch)
@@ -143,7 +145,8 @@ def main(argv=None) -> dict:
         "matmul_peak_flops_per_s": peak, "fraction_of_matmul_peak": achieved / peak,
     }
     print(f"model: {result['config']['parameters'] / 1e6:.2f}M params, batch {args.batch} x {args.seq}, float32, "
-          f"{result['device']}; seallm-jax attention {args.attention_impl}, "
+          f"{result['device']}; seallm-jax attention {args.attention_impl} "
+          f"({resolve_implementation(args.attention_impl, args.seq, jax_step.model_config.attention_block_k)}), "
           f"loss_chunk_tokens {jax_step.trainer.settings.loss_chunk_tokens}")
     print(f"{'':24s}{'tokens/s':>12s}")
     print(f"{'seallm-jax (jit)':24s}{jax_tps:12.0f}")

@@ -29,7 +29,7 @@ def get_config(platform: str = "gpu"):
     config.model.update(
         **PRESETS["qwen2-0.5b"],
         dtype="bfloat16", param_dtype="float32", remat="full",
-        attention_impl="flash" if platform != "cpu" else "xla")
+        attention_impl="flash" if platform != "cpu" else "auto")
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     config.train.update(steps=20000, global_batch_size=128, seq_len=4096, micro_batches=8, log_every=10,
                         eval_every=500, eval_batches=8, peak_flops=PEAK_FLOPS[platform], z_loss_weight=1e-4)

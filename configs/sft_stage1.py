@@ -48,7 +48,7 @@ def get_config(platform: str = "gpu"):
     # With init_from the architecture comes from its config.json; these are Qwen2-0.5B's shapes.
     config.model.update(dtype="bfloat16" if platform != "cpu" else "float32", param_dtype="float32",
                         remat="full" if platform != "cpu" else "none",
-                        attention_impl="flash" if platform != "cpu" else "xla")
+                        attention_impl="flash" if platform != "cpu" else "auto")
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     config.train.update(steps=3000, global_batch_size=64, seq_len=2048, micro_batches=4, log_every=10,
                         eval_every=250, eval_batches=8, z_loss_weight=1e-4)

@@ -89,6 +89,24 @@ def test_bad_attention_settings_are_config_errors(field, value):
         Qwen2Config(**{field: value})
 
 
+@pytest.mark.parametrize("length, expected", [(16, "xla"), (128, "xla"), (129, "flash"), (4096, "flash")])
+def test_auto_is_flash_beyond_one_key_block(length, expected):
+    """The default kernel: `flash` once the keys span more than one block (128), dense `xla` below; it is
+    what `causal_attention` runs (flash's custom VJP shows in the program) and it equals the reference."""
+    from seallm_jax.model.attention import resolve_implementation
+
+    assert Qwen2Config().attention_impl == "auto"
+    assert resolve_implementation("auto", length, 128) == expected
+    assert resolve_implementation("xla", 4096, 128) == "xla"  # an explicit choice is kept
+    q, k, v = random_qkv(1, length, 4, 2, 8)
+    segments = jnp.ones((1, length), jnp.int32)
+    program = str(jax.make_jaxpr(lambda q, k, v: causal_attention(q, k, v, segments, implementation="auto"))(q, k, v))
+    assert ("custom_vjp" in program) == (expected == "flash")
+    if length <= 256:
+        np.testing.assert_allclose(causal_attention(q, k, v, segments, implementation="auto"),
+                                   causal_attention(q, k, v, segments, implementation="xla"), atol=TOLERANCE)
+
+
 def test_cudnn_refuses_float32():
     with pytest.raises(ConfigError, match="cudnn"):
         Qwen2Config(attention_impl="cudnn", dtype="float32")

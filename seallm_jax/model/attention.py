@@ -1,6 +1,7 @@
 """Causal self-attention kernels behind one dispatch: `causal_attention(q, k, v, segment_ids, ...)`.
 
-`xla` is the dense reference (`jax.nn.dot_product_attention` with a [T, T] mask); `flash` is the
+`auto` (the default) picks `flash` for sequences longer than one key block, `xla` otherwise (one tile:
+nothing to skip, and the dense kernel compiles faster); `xla` is the dense reference (`jax.nn.dot_product_attention` with a [T, T] mask); `flash` is the
 blockwise kernel written here (online softmax over key blocks, O(T) memory, forward and backward);
 `cudnn` is cuDNN's fused kernel through `jax.nn.dot_product_attention` (GPU, bf16/fp16 only);
 `splash` is the Pallas TPU splash-attention kernel (off TPU it runs in Pallas interpret mode, for tests).
@@ -51,8 +52,17 @@ def segment_causal_mask(query_segments: Array, key_segments: Array, query_offset
     return (causal[None] & same_segment)[:, None]
 
 
+def resolve_implementation(implementation: str, length: int, block_k: int = 128) -> str:
+    """The kernel `implementation` runs for a sequence of `length` tokens: `auto` is `flash` when the keys
+    span more than one block of `block_k` (measured faster than `xla` on CPU from 256 tokens on, for
+    training and inference, and O(T) in memory; docs/long_context.md), else `xla`."""
+    if implementation == "auto":
+        return "flash" if length > block_k else "xla"
+    return implementation
+
+
 def causal_attention(
-    q: Array, k: Array, v: Array, segment_ids: Array, *, implementation: str = "xla",
+    q: Array, k: Array, v: Array, segment_ids: Array, *, implementation: str = "auto",
     block_q: int = 128, block_k: int = 128,
 ) -> Array:
     """Causal GQA self-attention within segments.
@@ -63,6 +73,7 @@ def causal_attention(
     `block_q` / `block_k` are the tile sizes of `flash` and `splash` (ignored by the dense kernels).
     """
     scale = q.shape[-1] ** -0.5
+    implementation = resolve_implementation(implementation, k.shape[1], block_k)
     if implementation == "flash":
         return flash_attention(q, k, v, segment_ids, block_q=block_q, block_k=block_k)
     if implementation == "splash":
@@ -80,10 +91,21 @@ def causal_attention(
 
 def cached_attention(q: Array, k: Array, v: Array, mask: Array, *, implementation: str = "xla") -> Array:
     """Decoding with a KV cache: the few new queries attend over the whole cache under `mask`
-    [batch, 1, queries, max_length]. Dense (the scores are only queries x cache long); cuDNN when
-    that is the configured kernel, XLA otherwise."""
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5,
-                                        implementation="cudnn" if implementation == "cudnn" else "xla")
+    [batch, 1, queries, max_length]. q: [batch, queries, heads, head_dim]; k, v: one layer of the cache,
+    heads-major [batch, kv_heads, max_length, head_dim] (so reading it needs no transpose). Dense (the
+    scores are only queries x cache long), float32 scores and softmax; cuDNN when that is the configured
+    kernel."""
+    if implementation == "cudnn":
+        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5, implementation="cudnn")
+    batch, queries, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.reshape(batch, queries, kv_heads, heads // kv_heads, head_dim)  # GQA: no repeated K/V
+    scores = jnp.einsum("btkgh,bksh->bkgts", grouped, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, :, None], scores * head_dim ** -0.5, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v)
+    return out.reshape(batch, queries, heads, head_dim)
 
 
 # ---- flash: blockwise attention with online softmax -------------------------------------------------

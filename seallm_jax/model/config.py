@@ -14,10 +14,11 @@ from seallm_jax.errors import ConfigError, MissingDataError, check_dtype
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-# Causal self-attention kernels (seallm_jax.model.attention): "xla" dense reference (T x T scores),
+# Causal self-attention kernels (seallm_jax.model.attention): "auto" (the default) is "flash" when the
+# sequence is longer than one key block and "xla" otherwise; "xla" dense reference (T x T scores),
 # "flash" blockwise with O(T) memory (any backend), "cudnn" cuDNN's fused kernel (GPU, bf16/fp16),
 # "splash" the Pallas TPU splash-attention kernel (TPU; Pallas interpret mode elsewhere, for tests).
-ATTENTION_IMPLEMENTATIONS = ("xla", "flash", "cudnn", "splash")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "flash", "cudnn", "splash")
 
 # Released architectures by name: the shape fields of their Hugging Face config.json (every other
 # field is the same as the dataclass default). `Qwen2Config.preset(name)`; the dataclass defaults are
@@ -75,7 +76,7 @@ class Qwen2Config:
     dtype: str = "float32"  # activations / matmul inputs ("bfloat16" for fast training)
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # rematerialisation of each decoder layer in the scan: see REMAT_POLICIES
-    attention_impl: str = "xla"  # see ATTENTION_IMPLEMENTATIONS; docs/long_context.md
+    attention_impl: str = "auto"  # see ATTENTION_IMPLEMENTATIONS; docs/long_context.md
     attention_block_q: int = 128  # "flash": queries per tile (128 x 128 was fastest on CPU, docs/long_context.md)
     attention_block_k: int = 128  # "flash": keys per tile
     # Layers per iteration of the layer scan: 1 keeps compile time flat in depth; k > 1 compiles k
