@@ -3,17 +3,17 @@
 Prompts of different lengths are left-padded to a length bucket; prefill and the whole decode loop
 (`jax.lax.while_loop`) run in one jitted call, compiled once per (batch, bucket, max_new_tokens).
 
-Decoding. The KV cache is one stacked [layers, batch, kv_heads, length, head_dim] pair (heads-major:
-the layout attention reads, so no step transposes it) that rides in the carry of the layer loop and of
-the `while_loop`; each layer writes its new keys/values with a `dynamic_update_slice` at
-(layer, 0, 0, index, 0), which XLA does in place, so no step copies or rebuilds the cache
-(tests/test_decode_hlo.py checks the compiled program). The prefill runs the layer
-scan; the decoding steps run the layers unrolled over per-layer copies of the weights made once before
-the loop (`Qwen2Model.unstack_layers`), because the scan's dynamic slice of each stacked weight would
-copy the whole model at every token. That costs one extra copy of the decoder weights (and of a tied
-LM head, stored [embed, vocab] for the decoding matmul) for the length of the call, and compiling the
-step grows with depth. `benchmarks/decode.py` times it against the old
-path (cache as scan xs/ys) and `transformers.generate`.
+Decoding. The prefill runs the layer scan over the stacked KV cache (keys [layers, batch, kv_heads,
+length, head_dim], values [layers, batch, kv_heads, head_dim, length]: the layouts attention reads, so
+no step transposes them), which rides in the scan's carry: each layer writes its new keys/values with a
+`dynamic_update_slice`, in place. The decoding steps then run the layers unrolled over per-layer copies
+of the weights and of the cache, made once before the `while_loop` (`Qwen2Model.unstack_layers`,
+`unstack_cache`): the scan's dynamic slice of each stacked weight would copy the whole model at every
+token, and slicing a layer's cache out of the stack copies it too. Each layer's cache is then written in
+place (tests/test_decode_hlo.py checks the compiled program). That costs one extra copy of the decoder
+weights (and of a tied LM head, stored [embed, vocab] for the decoding matmul) and of the cache for the
+length of the call, and compiling the step grows with depth. `benchmarks/decode.py` times it against the
+old path (cache as scan xs/ys) and `transformers.generate`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from flax import nnx
 
 from seallm_jax.defaults import DEFAULT_MAX_NEW_TOKENS
 from seallm_jax.errors import ConfigError
-from seallm_jax.model.qwen2 import Qwen2ForCausalLM
+from seallm_jax.model.qwen2 import Qwen2ForCausalLM, unstack_cache
 
 if TYPE_CHECKING:  # transformers is only needed for the text-level helper's type
     from transformers import PreTrainedTokenizerBase
@@ -117,6 +117,7 @@ def _generate_jit(
     # is copied [embed, vocab] once too: a few rows' matmul streams that layout ~1.6x faster on CPU.
     decode_layers = model.model.unstack_layers()
     decode_head = model.head().embed_first()
+    cache = unstack_cache(cache)  # each layer's own cache arrays: read without slicing a copy out of a stack
     output = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     token = _next_token(logits[:, -1], jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy)
     output, token, finished = emit(output, 0, token, jnp.zeros((batch,), bool))

@@ -95,13 +95,15 @@ def head_logits(hidden: Array, head: LMHead) -> Array:
 
 
 class CacheSlot(NamedTuple):
-    """What one decoder layer needs of the KV cache: the stacked arrays of *every* layer (carried
-    through the layer scan, so that each layer's write updates them in place instead of building a
-    new stack), this layer's row in them and the position where this call's first token goes."""
+    """What one decoder layer needs of the KV cache and the position where this call's first token goes.
+    With a `layer`, k/v are the stacked arrays of *every* layer (carried through the layer scan, so that
+    each layer's write updates them in place instead of building a new stack) and `layer` is this layer's
+    row in them; with `layer=None` they are this layer's own arrays (a per-layer cache, `unstack_cache`:
+    decoding reads them without slicing a copy out of a stack)."""
 
-    k: Array  # [layers, batch, kv_heads, max_length, head_dim]
-    v: Array  # [layers, batch, kv_heads, head_dim, max_length]
-    layer: Array | int  # [] int32, or a Python int in the unrolled layer loop
+    k: Array  # [layers, batch, kv_heads, max_length, head_dim], or without the layers axis
+    v: Array  # [layers, batch, kv_heads, head_dim, max_length], or without the layers axis
+    layer: Array | int | None  # [] int32, a Python int in the unrolled layer loop, or None (per-layer arrays)
     index: Array  # [] int32
 
 
@@ -137,13 +139,18 @@ class Attention(nnx.Module):
         else:
             # A dynamic_update_slice of the carried stack: XLA writes only the new positions, in place.
             # The cache is stored in the layouts attention reads (`init_cache`): no step transposes it.
-            k_all = jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3)[None].astype(cache.k.dtype),
-                                                 (cache.layer, 0, 0, cache.index, 0))
-            v_all = jax.lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 3, 1)[None].astype(cache.v.dtype),
-                                                 (cache.layer, 0, 0, 0, cache.index))
+            k_new, v_new = k.transpose(0, 2, 1, 3).astype(cache.k.dtype), v.transpose(0, 2, 3, 1).astype(cache.v.dtype)
+            if cache.layer is None:  # this layer's own arrays
+                k_all = jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, cache.index, 0))
+                v_all = jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, 0, cache.index))
+                k_layer, v_layer = k_all, v_all
+            else:
+                k_all = jax.lax.dynamic_update_slice(cache.k, k_new[None], (cache.layer, 0, 0, cache.index, 0))
+                v_all = jax.lax.dynamic_update_slice(cache.v, v_new[None], (cache.layer, 0, 0, 0, cache.index))
+                k_layer, v_layer = k_all[cache.layer], v_all[cache.layer]
             updated = (k_all, v_all)
-            out = cached_attention(q, k_all[cache.layer].astype(q.dtype), v_all[cache.layer].astype(q.dtype),
-                                   cache_mask, implementation=c.attention_impl)
+            out = cached_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache_mask,
+                                   implementation=c.attention_impl)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_size)
         return self.o_proj(out), updated
 
@@ -268,16 +275,26 @@ class Qwen2Model(nnx.Module):
 
         if config.remat != "none":
             layer_step = jax.checkpoint(layer_step, policy=CHECKPOINT_POLICY[config.remat], prevent_cse=False)
+        per_layer_cache = kv is not None and isinstance(kv[0], (list, tuple))
         if unrolled_layers is None:
+            if per_layer_cache:
+                raise ValueError("a per-layer KV cache (unstack_cache) runs with unrolled_layers only")
             xs = (layer_state, layer_indices, gate_scale, neuron_slices)
             (x, kv), probes = jax.lax.scan(layer_step, (x, kv), xs, unroll=config.scan_unroll)
         else:
             per_layer = []
+            keys, values = (list(kv[0]), list(kv[1])) if per_layer_cache else (None, None)
             for index, state in enumerate(unrolled_layers):  # a static layer index: static slices of the cache
                 scale = None if gate_scale is None else gate_scale[index]
                 slices = None if neuron_slices is None else jax.tree.map(lambda a, i=index: a[i], neuron_slices)
-                (x, kv), probed = layer_step((x, kv), (state, index, scale, slices))
+                if per_layer_cache:
+                    (x, (keys[index], values[index])), probed = layer_step(
+                        (x, (keys[index], values[index])), (state, None, scale, slices))
+                else:
+                    (x, kv), probed = layer_step((x, kv), (state, index, scale, slices))
                 per_layer.append(probed)
+            if per_layer_cache:
+                kv = (tuple(keys), tuple(values))
             probes = None if probe is None else jax.tree.map(lambda *p: jnp.stack(p), *per_layer)
         if new_cache is not None:
             new_cache.update(k=kv[0], v=kv[1])
@@ -288,6 +305,14 @@ class Qwen2Model(nnx.Module):
         `unrolled_layers`."""
         _, layer_state = nnx.split(self.layers)
         return [jax.tree.map(lambda a, i=i: a[i], layer_state) for i in range(self.config.num_hidden_layers)]
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+    """`cache` with each layer's keys and values as arrays of their own (a copy; tuples of `layers` arrays),
+    for decoding with `unrolled_layers`: a layer then reads its cache without slicing it out of the stack,
+    which XLA:CPU does by copying (48 copies of a layer's cache per Qwen2-0.5B decoding step)."""
+    layers = cache["k"].shape[0]
+    return {**cache, "k": tuple(cache["k"][i] for i in range(layers)), "v": tuple(cache["v"][i] for i in range(layers))}
 
 
 class Qwen2ForCausalLM(nnx.Module):
