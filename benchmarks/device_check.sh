@@ -10,7 +10,8 @@
 #   2. mfu        benchmarks/device_mfu.py: train-step tokens/s and MFU, Qwen2-0.5B and 1.5B shapes, bf16
 #   3. memory_*   benchmarks/memory.py --budget --row ROW --measure: the compiled per-device budget (XLA's
 #                 memory_analysis() of the step compiled for this device) and, running two steps for real,
-#                 memory_stats() peak_bytes_in_use; rows 0.5b-full, 7b-lsn-lean, then 7b-lsn-dense (may OOM:
+#                 memory_stats() peak_bytes_in_use; rows 0.5b-full, 7b-lsn-lean, then 7b-lsn-lean-bf16 (its CPU
+#                 temporaries include float32 copies of the bf16 kernels; this is the accelerator number) and 7b-lsn-dense (may OOM:
 #                 ~118 GiB compiled on CPU; an OOM is a result too)
 #   4. decode     benchmarks/decode.py (new vs old cache path) when it exists, else skipped with a message
 # Output: OUTDIR/device_check.json (steps with rc, seconds, their JSON results, log tails) and OUTDIR/logs/*.log.
@@ -115,6 +116,8 @@ else
   echo "[decode] skipped: benchmarks/decode.py does not exist in this checkout"
 fi
 if [ "$SMOKE" = 0 ]; then
+  step memory_7b-lsn-lean-bf16 110 $PY benchmarks/memory.py --budget --row 7b-lsn-lean-bf16 --measure \
+    --json "$DIR/parts/memory_7b-lsn-lean-bf16.json"
   step memory_7b-lsn-dense 110 $PY benchmarks/memory.py --budget --row 7b-lsn-dense --measure \
     --json "$DIR/parts/memory_7b-lsn-dense.json"
 fi
