@@ -11,7 +11,8 @@
 #   3. memory_*   benchmarks/memory.py --budget --row ROW --measure: the compiled per-device budget (XLA's
 #                 memory_analysis() of the step compiled for this device) and, running two steps for real,
 #                 memory_stats() peak_bytes_in_use; rows 0.5b-full, 7b-lsn-lean, then 7b-lsn-lean-bf16 (its CPU
-#                 temporaries include float32 copies of the bf16 kernels; this is the accelerator number) and 7b-lsn-dense (may OOM:
+#                 temporaries include float32 copies of the bf16 kernels; this is the accelerator number)
+#                 and 7b-lsn-dense (may OOM:
 #                 ~118 GiB compiled on CPU; an OOM is a result too)
 #   4. decode     benchmarks/decode.py (new vs old cache path) when it exists, else skipped with a message
 # Output: OUTDIR/device_check.json (steps with rc, seconds, their JSON results, log tails) and OUTDIR/logs/*.log.

@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--attention-impl", default="auto", help="seallm-jax attention kernel (model.attention_impl; default: the library default, auto)")
+    parser.add_argument("--attention-impl", default="auto",
+                        help="seallm-jax attention kernel (model.attention_impl; default: the library's, auto)")
     parser.add_argument("--compare", default="", help="comma list of other attention kernels to time too, e.g. xla")
     parser.add_argument("--scan-unroll", type=int, default=1)
     args = parser.parse_args()

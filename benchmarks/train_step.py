@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--matmul-size", type=int, default=1024)
-    p.add_argument("--attention-impl", default="auto", help="model.attention_impl of the seallm-jax step (default: the library default, auto)")
+    p.add_argument("--attention-impl", default="auto",
+                   help="model.attention_impl of the seallm-jax step (default: the library's, auto)")
     p.add_argument("--loss-chunk-tokens", type=int, default=None,
                    help="train.loss_chunk_tokens (0: full logits; default: the step's default)")
     p.add_argument("--scan-unroll", type=int, default=1)

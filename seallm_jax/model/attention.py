@@ -1,8 +1,9 @@
 """Causal self-attention kernels behind one dispatch: `causal_attention(q, k, v, segment_ids, ...)`.
 
 `auto` (the default) picks `flash` for sequences longer than one key block, `xla` otherwise (one tile:
-nothing to skip, and the dense kernel compiles faster); `xla` is the dense reference (`jax.nn.dot_product_attention` with a [T, T] mask); `flash` is the
-blockwise kernel written here (online softmax over key blocks, O(T) memory, forward and backward);
+nothing to skip, and the dense kernel compiles faster); `xla` is the dense reference
+(`jax.nn.dot_product_attention` with a [T, T] mask); `flash` is the blockwise kernel written here
+(online softmax over key blocks, O(T) memory, forward and backward);
 `cudnn` is cuDNN's fused kernel through `jax.nn.dot_product_attention` (GPU, bf16/fp16 only);
 `splash` is the Pallas TPU splash-attention kernel (off TPU it runs in Pallas interpret mode, for tests).
 
