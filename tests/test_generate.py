@@ -21,7 +21,7 @@ from transformers.generation.logits_process import (
 from seallm_jax.cli import main as cli_main
 from seallm_jax.hf import load_pretrained
 from seallm_jax.model import generate as generate_module
-from seallm_jax.model.generate import filter_logits, generate, generate_text, left_pad, prompt_bucket
+from seallm_jax.model.generate import filter_logits, generate, generate_text, greedy_token, left_pad, prompt_bucket
 from seallm_jax.tokenizer import QWEN2_CHAT_TEMPLATE, load_tokenizer, save_tokenizer_files
 
 MODEL_NAME = "untied_gqa2"  # vocab 311, hidden 64, 2 layers, 4 heads, 2 KV heads (tests/hf_models.py)
@@ -91,6 +91,18 @@ def test_compiles_once_per_batch_and_prompt_bucket(model, prompts):
     generate(model, longer, max_new_tokens=NEW_TOKENS, eos_token_ids=[1, 2], pad_token_id=3)
     assert generate_module._generate_jit._cache_size() == compiled
     assert prompt_bucket(3) == prompt_bucket(16) == 16 and prompt_bucket(17) == 32
+
+
+def test_greedy_token_is_argmax_with_first_index_on_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 1000)).astype(np.float32)
+    logits[1, [7, 400, 999]] = 9.0  # a tie: the first index wins, as with argmax
+    logits[2, -1] = 9.0  # the maximum at the last id
+    logits[3] = -np.inf
+    logits[3, 500] = -1.0  # everything else impossible
+    logits[4] = 0.0  # all equal
+    np.testing.assert_array_equal(greedy_token(logits), np.argmax(logits, axis=-1))
+    assert greedy_token(logits).dtype == np.int32
 
 
 def test_filter_logits_keeps_the_same_tokens_as_transformers_warpers():

@@ -4,7 +4,7 @@ Prompts of different lengths are left-padded to a length bucket; prefill and the
 (`jax.lax.while_loop`) run in one jitted call, compiled once per (batch, bucket, max_new_tokens).
 
 Decoding. The prefill runs the layer scan over the stacked KV cache (keys [layers, batch, kv_heads,
-length, head_dim], values [layers, batch, kv_heads, head_dim, length]: the layouts attention reads, so
+head_dim, length], values [layers, batch, kv_heads, length, head_dim]: the layouts attention reads, so
 no step transposes them), which rides in the scan's carry: each layer writes its new keys/values with a
 `dynamic_update_slice`, in place. The decoding steps then run the layers unrolled over per-layer copies
 of the weights and of the cache, made once before the `while_loop` (`Qwen2Model.unstack_layers`,
@@ -83,9 +83,19 @@ def filter_logits(logits: Float, temperature: Array, top_k: Array, top_p: Array)
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def greedy_token(logits: Float) -> Array:
+    """The most likely token of each row [batch] (the first on ties, as `jnp.argmax`), as a maximum and a
+    minimum over the vocabulary: XLA:CPU runs `argmax`'s paired value-and-index reduction several times
+    slower (1.3 vs 0.3 ms a step for Qwen2's 152k vocabulary at batch 4). A row with a NaN gets the last id."""
+    vocab = logits.shape[-1]
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+    return jnp.minimum(first, vocab - 1)
+
+
 def _next_token(logits: Float, key: Array, temperature: Array, top_k: Array, top_p: Array, greedy: bool) -> Array:
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return greedy_token(logits)
     filtered = filter_logits(logits, temperature, top_k, top_p)
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 

@@ -24,7 +24,7 @@ FfnProbe = Callable[[Array, Array, Array], Any]
 # and any of "gate_proj" / "up_proj" / "down_proj": [layers, units, embed]}, the selected neurons' current
 # weights. The forward pass is unchanged; the gradient flows to these slices instead of the kernels.
 NeuronWeights = dict[str, Array]
-# k: [layers, batch, kv_heads, max_length, head_dim]; v: [layers, batch, kv_heads, head_dim, max_length] (see
+# k: [layers, batch, kv_heads, head_dim, max_length]; v: [layers, batch, kv_heads, max_length, head_dim] (see
 # `Qwen2ForCausalLM.init_cache`); segment: [batch, max_length]; index: []
 KVCache = dict[str, Array]
 
@@ -101,8 +101,8 @@ class CacheSlot(NamedTuple):
     row in them; with `layer=None` they are this layer's own arrays (a per-layer cache, `unstack_cache`:
     decoding reads them without slicing a copy out of a stack)."""
 
-    k: Array  # [layers, batch, kv_heads, max_length, head_dim], or without the layers axis
-    v: Array  # [layers, batch, kv_heads, head_dim, max_length], or without the layers axis
+    k: Array  # [layers, batch, kv_heads, head_dim, max_length], or without the layers axis
+    v: Array  # [layers, batch, kv_heads, max_length, head_dim], or without the layers axis
     layer: Array | int | None  # [] int32, a Python int in the unrolled layer loop, or None (per-layer arrays)
     index: Array  # [] int32
 
@@ -139,14 +139,14 @@ class Attention(nnx.Module):
         else:
             # A dynamic_update_slice of the carried stack: XLA writes only the new positions, in place.
             # The cache is stored in the layouts attention reads (`init_cache`): no step transposes it.
-            k_new, v_new = k.transpose(0, 2, 1, 3).astype(cache.k.dtype), v.transpose(0, 2, 3, 1).astype(cache.v.dtype)
+            k_new, v_new = k.transpose(0, 2, 3, 1).astype(cache.k.dtype), v.transpose(0, 2, 1, 3).astype(cache.v.dtype)
             if cache.layer is None:  # this layer's own arrays
-                k_all = jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, cache.index, 0))
-                v_all = jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, 0, cache.index))
+                k_all = jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, 0, cache.index))
+                v_all = jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, cache.index, 0))
                 k_layer, v_layer = k_all, v_all
             else:
-                k_all = jax.lax.dynamic_update_slice(cache.k, k_new[None], (cache.layer, 0, 0, cache.index, 0))
-                v_all = jax.lax.dynamic_update_slice(cache.v, v_new[None], (cache.layer, 0, 0, 0, cache.index))
+                k_all = jax.lax.dynamic_update_slice(cache.k, k_new[None], (cache.layer, 0, 0, 0, cache.index))
+                v_all = jax.lax.dynamic_update_slice(cache.v, v_new[None], (cache.layer, 0, 0, cache.index, 0))
                 k_layer, v_layer = k_all[cache.layer], v_all[cache.layer]
             updated = (k_all, v_all)
             out = cached_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache_mask,
@@ -382,15 +382,15 @@ class Qwen2ForCausalLM(nnx.Module):
     def init_cache(self, batch_size: int, max_length: int, dtype: jnp.dtype | str | None = None) -> KVCache:
         """An empty KV cache for `max_length` positions (prompt + generated tokens).
 
-        Keys are stored `[layers, batch, kv_heads, max_length, head_dim]` and values `[layers, batch, kv_heads,
-        head_dim, max_length]`: the layouts in which both attention matmuls of a decoding step contract the
-        stored array's last axis, which XLA:CPU streams several times faster for a few query rows than the
-        token-major layout (transposed on every read) or values with the positions second to last."""
+        Keys are stored `[layers, batch, kv_heads, head_dim, max_length]` and values `[layers, batch, kv_heads,
+        max_length, head_dim]`: the layouts in which both attention matmuls of a decoding step are plain
+        row-major products with the query groups as rows (`cached_attention`), so no step transposes the
+        cache (the token-major layout made XLA:CPU transpose every layer's cache at every step)."""
         c = self.config
         dtype = jnp.dtype(dtype or c.dtype)
         layers, heads = (c.num_hidden_layers, batch_size, c.num_key_value_heads), c.head_size
         return {
-            "k": jnp.zeros((*layers, max_length, heads), dtype), "v": jnp.zeros((*layers, heads, max_length), dtype),
+            "k": jnp.zeros((*layers, heads, max_length), dtype), "v": jnp.zeros((*layers, max_length, heads), dtype),
             "segment": jnp.zeros((batch_size, max_length), jnp.int32),
             "index": jnp.zeros((), jnp.int32),
         }
