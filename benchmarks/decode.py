@@ -5,8 +5,9 @@ kept here only for this comparison), and `transformers.generate` (torch, CPU).
     python -m benchmarks.decode                                   # Qwen2-0.5B shape, batch 4, 1k prompt, 256 new
     python -m benchmarks.decode --num-hidden-layers 4 --prompt-length 128 --new-tokens 32   # a quick look
     python -m benchmarks.decode --paths new,old                   # skip transformers
+    python -m benchmarks.decode --temperature 0.7 --top-p 0.8     # sampled (new and transformers only)
 
-Greedy, float32, random weights, no stop token (every row decodes `--new-tokens`). Each path runs
+Greedy unless `--temperature` > 0, float32, random weights, no stop token (every row decodes `--new-tokens`). Each path runs
 once per repeat; a host timestamp is taken whenever a step's logits are ready (`jax.debug.callback`
 in the JAX programs, a logits processor in `transformers`), so the decoding rate -- tokens/s from the
 first generated token to the last -- is measured inside the same run as the prefill, not by subtracting
@@ -118,14 +119,16 @@ def timed(run) -> dict[str, float]:
     return dict(total=total, prefill=stamps[0] - start, decode=stamps[-1] - stamps[0], steps=len(stamps)), tokens
 
 
-def jax_runner(path: str, model: Qwen2ForCausalLM, input_ids: np.ndarray, new_tokens: int):
-    """A compiled, blocking call that decodes `new_tokens` greedily by `path` ('new' or 'old')."""
+def jax_runner(path: str, model: Qwen2ForCausalLM, input_ids: np.ndarray, new_tokens: int,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+    """A compiled, blocking call that decodes `new_tokens` by `path` ('new' or 'old'; 'old' is greedy only)."""
     graphdef, state = nnx.split(model)
     ids, mask = jnp.asarray(input_ids), jnp.ones(input_ids.shape, jnp.int32)
-    if path == "new":  # exactly the program generate() runs for a greedy call (plus the timestamps)
-        args = (graphdef, state, ids, mask, jnp.asarray(NO_STOP), jnp.int32(0), jnp.float32(1.0), jnp.int32(0),
-                jnp.float32(1.0), jax.random.key(0))
-        compiled = generate_module._generate_jit.lower(*args, max_new_tokens=new_tokens, greedy=True).compile()
+    if path == "new":  # exactly the program generate() runs (plus the timestamps)
+        greedy = temperature == 0.0
+        args = (graphdef, state, ids, mask, jnp.asarray(NO_STOP), jnp.int32(0),
+                jnp.float32(1.0 if greedy else temperature), jnp.int32(top_k), jnp.float32(top_p), jax.random.key(0))
+        compiled = generate_module._generate_jit.lower(*args, max_new_tokens=new_tokens, greedy=greedy).compile()
         dynamic = args[1:]
     else:
         compiled = old_generate.lower(graphdef, state, ids, mask, max_new_tokens=new_tokens).compile()
@@ -139,7 +142,8 @@ def jax_runner(path: str, model: Qwen2ForCausalLM, input_ids: np.ndarray, new_to
     return run
 
 
-def torch_runner(config, input_ids: np.ndarray, new_tokens: int):
+def torch_runner(config, input_ids: np.ndarray, new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0):
     import torch
     import transformers
 
@@ -151,12 +155,14 @@ def torch_runner(config, input_ids: np.ndarray, new_tokens: int):
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(torch_config(config), attn_implementation="sdpa").eval()
     ids = torch.as_tensor(input_ids, dtype=torch.long)
+    sampling = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0
+                else dict(do_sample=False))
     mask = torch.ones_like(ids)
 
     def run():
         with torch.inference_mode():
             out = reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                     min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                     min_new_tokens=new_tokens, pad_token_id=0, **sampling,
                                      logits_processor=transformers.LogitsProcessorList([Stamp()]))
         return out[:, ids.shape[1]:].numpy()
 
@@ -170,9 +176,18 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=1024)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per path (the fastest decoding is kept)")
-    parser.add_argument("--paths", default="new,old,transformers", help="comma list of new, old, transformers")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    parser.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1.0 = off)")
+    parser.add_argument("--paths", default=None,
+                        help="comma list of new, old, transformers (default: all three; new,transformers when sampling)")
     args = parser.parse_args()
-    paths = [name for name in args.paths.split(",") if name]
+    sampled = args.temperature > 0
+    paths = [name for name in (args.paths or ("new,transformers" if sampled else "new,old,transformers")).split(",")
+             if name]
+    if sampled and "old" in paths:
+        parser.error("the old path decodes greedily only: drop it from --paths when sampling")
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be >= 2 (the decoding rate is measured after the first token)")
     config = model_config(args)
@@ -181,7 +196,8 @@ def main() -> None:
     import torch
 
     print(f"config: {config.num_parameters() / 1e6:.0f}M params ({config.num_hidden_layers} layers), batch {batch}, "
-          f"prompt {args.prompt_length}, {new_tokens} new tokens, greedy float32; jax {jax.__version__} on "
+          f"prompt {args.prompt_length}, {new_tokens} new tokens, "
+          f"{f'sampled {sampling}' if sampled else 'greedy'} float32; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
@@ -189,8 +205,8 @@ def main() -> None:
     results, tokens = {}, {}
     for path in paths:
         start = time.perf_counter()
-        run = torch_runner(config, input_ids, new_tokens) if path == "transformers" else jax_runner(
-            path, model, input_ids, new_tokens)
+        run = torch_runner(config, input_ids, new_tokens, **sampling) if path == "transformers" else jax_runner(
+            path, model, input_ids, new_tokens, **sampling)
         setup = time.perf_counter() - start
         for _ in range(args.repeats):
             timing, tokens[path] = timed(run)

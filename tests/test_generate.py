@@ -121,6 +121,40 @@ def test_filter_logits_keeps_the_same_tokens_as_transformers_warpers():
         np.testing.assert_allclose(ours[kept], logits[kept] / temperature, rtol=1e-6)
 
 
+def _filter_by_sorting(logits, temperature, top_k, top_p):
+    """The documented rule, by sorting (float64): top-k keeps every token tied with the k-th; top-p keeps a
+    token when the mass of the tokens ranked before it is below top_p, plus every token tied with the last."""
+    scaled = logits.astype(np.float64) / temperature
+    if top_k:
+        kth = -np.sort(-scaled, axis=-1)[:, min(top_k, scaled.shape[-1]) - 1: min(top_k, scaled.shape[-1])]
+        scaled = np.where(scaled >= kth, scaled, -np.inf)
+    if top_p < 1.0:
+        descending = -np.sort(-scaled, axis=-1)
+        probs = np.exp(descending - descending[:, :1])
+        probs /= probs.sum(axis=-1, keepdims=True)
+        kept = (np.cumsum(probs, axis=-1) - probs < top_p) | (np.arange(scaled.shape[-1]) == 0)
+        threshold = np.min(np.where(kept, descending, np.inf), axis=-1, keepdims=True)
+        scaled = np.where(scaled >= threshold, scaled, -np.inf)
+    return np.isfinite(scaled)
+
+
+def test_filter_logits_keeps_ties_and_extremes_as_the_sorting_rule():
+    rng = np.random.default_rng(2)
+    vocab = 151936  # Qwen2's: the bisection covers any float range
+    logits = (2.0 * rng.standard_normal((5, vocab))).astype(np.float32)
+    logits[1] = np.round(logits[1])  # thousands of ties at every value
+    logits[2, 123] = 40.0  # one token holds almost all the mass
+    logits[3, : vocab // 2] = -np.inf  # half the vocabulary impossible
+    logits[4] = np.round(logits[4] * 1e-3, 2)  # nearly flat, heavily tied
+    for temperature, top_k, top_p in [(1.0, 50, 1.0), (1.0, 0, 0.9), (0.7, 1000, 0.8), (1.0, 1, 0.5),
+                                      (1.0, 0, 0.3), (2.0, vocab + 5, 0.99)]:
+        ours = np.isfinite(np.asarray(filter_logits(logits, np.float32(temperature), np.int32(top_k),
+                                                    np.float32(top_p))))
+        expected = _filter_by_sorting(logits, temperature, top_k, top_p)
+        np.testing.assert_array_equal(ours, expected, err_msg=f"{temperature=} {top_k=} {top_p=}")
+        assert ours[np.arange(5), np.argmax(logits, axis=-1)].all()  # the most likely token survives
+
+
 @jax.jit
 def _forward(graphdef, state, input_ids):
     return nnx.merge(graphdef, state)(input_ids)

@@ -63,24 +63,60 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray,
     return input_ids, attention_mask
 
 
+def _ordered_bits(x: Float) -> Array:
+    """float32 -> uint32 in the same order (IEEE 754: set the sign bit of positives, flip every bit of
+    negatives), so that a threshold can be found by bisecting integers. -0.0 maps to +0.0's key: they
+    compare equal."""
+    x = x.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, jnp.float32(0), x), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _smallest_true(predicate, low: Array, high: Array) -> Array:
+    """Per row, the smallest uint32 u in (low, high] with `predicate(u)` [batch] true, for a predicate that is
+    false at `low`, true at `high` and monotone in between: 32 halvings cover any uint32 interval."""
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) // 2
+        true = predicate(middle)
+        return jnp.where(true, low, middle), jnp.where(true, middle, high)
+
+    return jax.lax.fori_loop(0, 32, halve, (low, high))[1]
+
+
 def filter_logits(logits: Float, temperature: Array, top_k: Array, top_p: Array) -> Array:
     """Logits [batch, vocab] scaled by 1/temperature with everything outside top-k and top-p at -inf.
 
-    Applied in `transformers`' order: temperature, then top-k (0 = off), then top-p (nucleus: the
-    smallest set of most likely tokens whose probability reaches `top_p`; 1.0 = off). The most likely
-    token always survives.
+    Applied in `transformers`' order: temperature, then top-k (0 = off; tokens tied with the k-th are
+    kept), then top-p (nucleus: the smallest set of most likely tokens whose probability reaches `top_p`,
+    with every token tied with its least likely one; 1.0 = off). The most likely token always survives.
+
+    Without sorting the vocabulary: each threshold is found by bisecting the logits' bit patterns (32
+    passes of a count or a masked sum over [batch, vocab]), and skipped when its filter is off. A sort of
+    Qwen2's 152k vocabulary at batch 4 took 104 ms on a 2-core CPU, longer than a Qwen2-0.5B decoding step.
     """
     logits = logits.astype(jnp.float32) / temperature
-    vocab = logits.shape[-1]
-    descending = -jnp.sort(-logits, axis=-1)
-    rank = jnp.arange(vocab)
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    descending = jnp.where(rank < k, descending, -jnp.inf)
-    probs = jax.nn.softmax(descending, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = (rank < k) & ((mass_before < top_p) | (rank == 0))
-    threshold = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
+    batch, vocab = logits.shape
+    keys = _ordered_bits(logits)
+    lowest, highest = jnp.min(keys, axis=-1), jnp.max(keys, axis=-1)
+
+    def top_k_filter(logits):
+        k = jnp.minimum(top_k, vocab)
+        # The smallest u that fewer than k tokens reach; the k-th largest key is u - 1.
+        beyond = _smallest_true(lambda u: jnp.sum(keys >= u[:, None], axis=-1) < k, lowest, highest + 1)
+        return jnp.where(keys >= (beyond - 1)[:, None], logits, -jnp.inf)
+
+    logits = jax.lax.cond(top_k > 0, top_k_filter, lambda logits: logits, logits)
+
+    def top_p_filter(logits):
+        probs = jax.nn.softmax(logits, axis=-1)
+        # The least likely kept token is the smallest key u whose strictly more likely tokens hold < top_p
+        # (a token is kept when the mass before it is below top_p); the top token's u always qualifies.
+        mass_above = lambda u: jnp.sum(jnp.where(keys > u[:, None], probs, 0.0), axis=-1)
+        threshold = _smallest_true(lambda u: mass_above(u) < top_p, jnp.zeros_like(lowest), highest)
+        return jnp.where(keys >= threshold[:, None], logits, -jnp.inf)
+
+    return jax.lax.cond(top_p < 1.0, top_p_filter, lambda logits: logits, logits)
 
 
 def greedy_token(logits: Float) -> Array:
