@@ -149,6 +149,7 @@ CASES = [
     ("train-unknown-source", f"train --config {TINY} --workdir {{out}}/t --config.data.source=nosuch", "train", "config.data.source='nosuch'"),
     ("train-bad-dtype", f"train --config {TINY} --workdir {{out}}/t --config.model.dtype=float33", "train", "float33"),
     ("train-missing-data-file", f"train --config {TINY} --workdir {{out}}/t --config.data.source=sft --config.data.files={{out}}/nowhere.jsonl", "train", "nowhere.jsonl' does not exist"),
+    ("train-dense-lsn-bf16-weights", f"train --config {TINY} --workdir {{out}}/t --config.lsn.neurons={{neurons}} --config.model.param_dtype=bfloat16", "train", "config.lsn.lean=true"),
     ("train-neurons-of-other-model", f"train --config {TINY} --workdir {{out}}/t --config.lsn.neurons={{neurons_other_model}}", "train", "3 layers x 128"),
     ("train-unknown-optimizer", f"train --config {TINY} --workdir {{out}}/t --config.optimizer.name=adamx", "train", "config.optimizer.name='adamx'"),
     ("train-override-without-value", f"train --config {TINY} --workdir {{out}}/t --config.train.steps", "train", "--config.train.steps has no value"),

@@ -313,12 +313,18 @@ def _settings(config: Any) -> dict[str, Any]:
 
 def check_config(config: Any) -> None:
     """`config.lsn` checked before a run starts: the neuron file exists, has the asked languages and fits
-    the model (`model.init_from`'s config.json, or `config.model`)."""
+    the model (`model.init_from`'s config.json, or `config.model`); weights stored in a 16-bit dtype train
+    lean only (dense training has no float32 copy of the neurons, so most small updates would round away)."""
     from seallm_jax.data.corpus import check_languages
     from seallm_jax.errors import require_file
     from seallm_jax.model.config import read_config_json
 
     lsn = config.lsn
+    param_dtype = str(config.model.get("param_dtype", "float32"))
+    if param_dtype != "float32" and not bool(lsn.get("lean", False)):
+        raise ConfigError(f"config.model.param_dtype={param_dtype} trains LSN neurons only with config.lsn.lean=true "
+                          "(float32 masters of the trained neurons); dense LSN training would round most updates "
+                          f"away in {param_dtype} weights (or set param_dtype=float32)")
     require_file(lsn.neurons, "config.lsn.neurons")
     neuron_set = NeuronSet.load(lsn.neurons)
     check_languages(_comma_list(lsn.get("languages")), sorted(neuron_set.languages), where=f"neuron file {lsn.neurons}")
