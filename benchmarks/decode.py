@@ -5,6 +5,7 @@ kept here only for this comparison), and `transformers.generate` (torch, CPU).
     python -m benchmarks.decode                                   # Qwen2-0.5B shape, batch 4, 1k prompt, 256 new
     python -m benchmarks.decode --num-hidden-layers 4 --prompt-length 128 --new-tokens 32   # a quick look
     python -m benchmarks.decode --paths new,old                   # skip transformers
+    python -m benchmarks.decode --paths new,scan                  # generate(unroll_layers=False): no weight copy
     python -m benchmarks.decode --temperature 0.7 --top-p 0.8     # sampled (new and transformers only)
 
 Greedy unless `--temperature` > 0, float32, random weights, no stop token (every row decodes `--new-tokens`). Each path runs
@@ -121,14 +122,16 @@ def timed(run) -> dict[str, float]:
 
 def jax_runner(path: str, model: Qwen2ForCausalLM, input_ids: np.ndarray, new_tokens: int,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
-    """A compiled, blocking call that decodes `new_tokens` by `path` ('new' or 'old'; 'old' is greedy only)."""
+    """A compiled, blocking call that decodes `new_tokens` by `path` ('new', 'scan' = the same program with
+    `unroll_layers=False`, or 'old', greedy only), and the compiled program's temporary bytes."""
     graphdef, state = nnx.split(model)
     ids, mask = jnp.asarray(input_ids), jnp.ones(input_ids.shape, jnp.int32)
-    if path == "new":  # exactly the program generate() runs (plus the timestamps)
+    if path in ("new", "scan"):  # exactly the program generate() runs (plus the timestamps)
         greedy = temperature == 0.0
         args = (graphdef, state, ids, mask, jnp.asarray(NO_STOP), jnp.int32(0),
                 jnp.float32(1.0 if greedy else temperature), jnp.int32(top_k), jnp.float32(top_p), jax.random.key(0))
-        compiled = generate_module._generate_jit.lower(*args, max_new_tokens=new_tokens, greedy=greedy).compile()
+        compiled = generate_module._generate_jit.lower(*args, max_new_tokens=new_tokens, greedy=greedy,
+                                                       unroll_layers=path == "new").compile()
         dynamic = args[1:]
     else:
         compiled = old_generate.lower(graphdef, state, ids, mask, max_new_tokens=new_tokens).compile()
@@ -139,7 +142,8 @@ def jax_runner(path: str, model: Qwen2ForCausalLM, input_ids: np.ndarray, new_to
         jax.effects_barrier()  # every timestamp callback has run
         return tokens
 
-    return run
+    memory = compiled.memory_analysis()
+    return run, None if memory is None else memory.temp_size_in_bytes
 
 
 def torch_runner(config, input_ids: np.ndarray, new_tokens: int, temperature: float = 0.0, top_k: int = 0,
@@ -180,7 +184,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1.0 = off)")
     parser.add_argument("--paths", default=None,
-                        help="comma list of new, old, transformers (default: all three; new,transformers when sampling)")
+                        help="comma list of new, scan, old, transformers (default: new,old,transformers; new,transformers when "
+                             "sampling)")
     args = parser.parse_args()
     sampled = args.temperature > 0
     paths = [name for name in (args.paths or ("new,transformers" if sampled else "new,old,transformers")).split(",")
@@ -201,13 +206,17 @@ def main() -> None:
           f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
-    model = StampedQwen2ForCausalLM(config, rngs=nnx.Rngs(0)) if {"new", "old"} & set(paths) else None
+    model = StampedQwen2ForCausalLM(config, rngs=nnx.Rngs(0)) if {"new", "scan", "old"} & set(paths) else None
     results, tokens = {}, {}
     for path in paths:
         start = time.perf_counter()
-        run = torch_runner(config, input_ids, new_tokens, **sampling) if path == "transformers" else jax_runner(
-            path, model, input_ids, new_tokens, **sampling)
+        if path == "transformers":
+            run, temporaries = torch_runner(config, input_ids, new_tokens, **sampling), None
+        else:
+            run, temporaries = jax_runner(path, model, input_ids, new_tokens, **sampling)
         setup = time.perf_counter() - start
+        if temporaries is not None:
+            print(f"  {path:12s}: compiled program's temporaries {temporaries / 2**30:.2f} GiB", flush=True)
         for _ in range(args.repeats):
             timing, tokens[path] = timed(run)
             assert timing["steps"] == new_tokens, (path, timing)  # one timestamp per generated token
@@ -227,12 +236,13 @@ def main() -> None:
         print(f"| {path} | {r['prefill']:.2f} | {r['decode']:.2f} | {r['total']:.2f} | {r['end_to_end']:.1f} "
               f"| {r['decoding']:.1f} |")
     if "new" in results:
-        for other in ("old", "transformers"):
+        for other in ("scan", "old", "transformers"):
             if other in results:
                 print(f"new / {other}: {results['new']['decoding'] / results[other]['decoding']:.2f}x decoding, "
                       f"{results['new']['end_to_end'] / results[other]['end_to_end']:.2f}x end-to-end")
-    if "new" in tokens and "old" in tokens:  # same weights, greedy: the same tokens (transformers has its own weights)
-        print(f"tokens equal, new vs old: {float(np.mean(tokens['new'] == tokens['old'])):.1%}")
+    for other in ("scan", "old"):  # same weights and key: the same tokens (transformers has its own weights)
+        if "new" in tokens and other in tokens:
+            print(f"tokens equal, new vs {other}: {float(np.mean(tokens['new'] == tokens[other])):.1%}")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,23 @@ def test_each_row_stops_at_eos_like_transformers(model, hf_model, prompts):
     assert first_eos <= 3 and (ours[0, first_eos + 1:] == pad).all()
 
 
+def test_decoding_through_the_layer_scan_gives_the_same_tokens_without_a_weight_copy(model, hf_model, prompts):
+    scanned = generate(model, prompts, max_new_tokens=NEW_TOKENS, unroll_layers=False)
+    np.testing.assert_array_equal(scanned, hf_greedy(hf_model, prompts, NEW_TOKENS))
+    # The compiled program's temporaries: unrolling holds a copy of the decoder weights for the call.
+    graphdef, state = nnx.split(model)
+    input_ids, attention_mask = left_pad(prompts, prompt_bucket(max(map(len, prompts))))
+    args = (graphdef, state, input_ids, attention_mask, np.full((generate_module.MAX_STOP_TOKENS,), -1, np.int32),
+            np.int32(0), np.float32(1.0), np.int32(0), np.float32(1.0), jax.random.key(0))
+    temporaries = {
+        unroll: generate_module._generate_jit.lower(*args, max_new_tokens=NEW_TOKENS, greedy=True, unroll_layers=unroll)
+        .compile().memory_analysis().temp_size_in_bytes
+        for unroll in (True, False)
+    }
+    layer_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(nnx.split(model.model.layers)[1]))
+    assert temporaries[True] - temporaries[False] >= 0.9 * layer_bytes, (temporaries, layer_bytes)
+
+
 def test_compiles_once_per_batch_and_prompt_bucket(model, prompts):
     generate(model, prompts, max_new_tokens=NEW_TOKENS)
     compiled = generate_module._generate_jit._cache_size()
@@ -274,10 +291,11 @@ def test_generate_text_uses_the_chat_template_and_stops_at_eos(model, model_dir_
     assert plain == [tokenizer.decode(_cut_at(row, [258, 256]), skip_special_tokens=True) for row in tokens.tolist()]
 
 
-def test_generate_command_prints_one_completion_per_prompt(model, model_dir_with_tokenizer, capsys):
+@pytest.mark.parametrize("layers", [[], ["--no-unroll-layers"]], ids=["unrolled", "scanned"])
+def test_generate_command_prints_one_completion_per_prompt(model, model_dir_with_tokenizer, capsys, layers):
     code = cli_main([
         "generate", "--model", str(model_dir_with_tokenizer), "--prompt", TEXT_PROMPTS[0], "--prompt", TEXT_PROMPTS[1],
-        "--max-new-tokens", str(TEXT_NEW_TOKENS), "--chat", "--json",
+        "--max-new-tokens", str(TEXT_NEW_TOKENS), "--chat", "--json", *layers,
     ])
     assert code == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

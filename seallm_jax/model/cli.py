@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--tokenizer", metavar="DIR",
                           help="tokenizer directory (default: the model's own, else the built-in Qwen2 tokenizer)")
     generate.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16 (default float32)")
+    generate.add_argument("--unroll-layers", action=argparse.BooleanOptionalAction, default=True,
+                          help="decode with the layers unrolled over a copy of the weights held for the call "
+                               "(default, fastest); --no-unroll-layers holds no copy, slower: for a model "
+                               "that fills the device")
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     generate.set_defaults(func=_generate)
 
@@ -84,6 +88,7 @@ def _generate(args: argparse.Namespace) -> int:
     completions = generate_text(
         model, tokenizer, args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        unroll_layers=args.unroll_layers,
     )
     for number, (prompt, completion) in enumerate(zip(args.prompt, completions)):
         if args.json:

@@ -12,7 +12,9 @@ of the weights and of the cache, made once before the `while_loop` (`Qwen2Model.
 token, and slicing a layer's cache out of the stack copies it too. Each layer's cache is then written in
 place (tests/test_decode_hlo.py checks the compiled program). That costs one extra copy of the decoder
 weights (and of a tied LM head, stored [embed, vocab] for the decoding matmul) and of the cache for the
-length of the call, and compiling the step grows with depth. `benchmarks/decode.py` times it against the
+length of the call, and compiling the step grows with depth. `unroll_layers=False` (for a model that fills
+the device) decodes through the layer scan instead: the stacked weights and cache are read where they are,
+no copy is held, and each step is slower (the scan slices every layer's weights). `benchmarks/decode.py` times it against the
 old path (cache as scan xs/ys) and `transformers.generate`.
 """
 from __future__ import annotations
@@ -136,11 +138,11 @@ def _next_token(logits: Float, key: Array, temperature: Array, top_k: Array, top
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "unroll_layers"))
 def _generate_jit(
     graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, attention_mask: Array, eos_ids: Array,
     pad_id: Array, temperature: Array, top_k: Array, top_p: Array, key: Array, *,
-    max_new_tokens: int, greedy: bool,
+    max_new_tokens: int, greedy: bool, unroll_layers: bool = True,
 ) -> Array:
     """Prefill the left-padded prompts, then decode until every row hit EOS or `max_new_tokens`."""
     model = nnx.merge(graphdef, state)
@@ -161,9 +163,11 @@ def _generate_jit(
     # The decoding steps run the layers unrolled over per-layer copies of the weights, made once here,
     # outside the loop: the scan would slice (copy) every stacked weight at every token. A tied LM head
     # is copied [embed, vocab] once too: a few rows' matmul streams that layout ~1.6x faster on CPU.
-    decode_layers = model.model.unstack_layers()
-    decode_head = model.head().embed_first()
-    cache = unstack_cache(cache)  # each layer's own cache arrays: read without slicing a copy out of a stack
+    decode_layers, decode_head = None, None  # without unrolling: the layer scan over the stacked weights
+    if unroll_layers:
+        decode_layers = model.model.unstack_layers()
+        decode_head = model.head().embed_first()
+        cache = unstack_cache(cache)  # each layer's own cache arrays: read without slicing a copy out of a stack
     output = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     token = _next_token(logits[:, -1], jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy)
     output, token, finished = emit(output, 0, token, jnp.zeros((batch,), bool))
@@ -211,12 +215,15 @@ def generate(
     pad_token_id: int = 0,
     seed: int = 0,
     min_prompt_bucket: int = MIN_PROMPT_BUCKET,
+    unroll_layers: bool = True,
 ) -> np.ndarray:
     """New tokens [batch, max_new_tokens] for a batch of token-id prompts of any lengths.
 
     `temperature=0` decodes greedily; otherwise tokens are sampled from the temperature-scaled
     distribution restricted by `top_k` (0 = off) and `top_p` (1.0 = off). A row stops after emitting
     one of `eos_token_ids` (the EOS token is kept) and shows `pad_token_id` afterwards.
+    `unroll_layers=False` holds no second copy of the decoder weights during the call, at some speed
+    (see the module docstring): for a model that fills the device's memory. The tokens are the same.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     if len(prompts) == 0:
@@ -241,7 +248,7 @@ def generate(
     tokens = _generate_jit(
         graphdef, state, input_ids, attention_mask, jnp.asarray(eos), jnp.int32(pad_token_id),
         jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p),
-        jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy,
+        jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy, unroll_layers=bool(unroll_layers),
     )
     return np.asarray(jax.device_get(tokens))
 
@@ -266,9 +273,11 @@ def generate_text(
     top_p: float = 1.0,
     seed: int = 0,
     eos_token_ids: Sequence[int] | None = None,
+    unroll_layers: bool = True,
 ) -> list[str]:
     """Completions of text prompts. `chat=True` wraps each prompt as a user turn in the tokenizer's chat
     template (ChatML for Qwen2) and asks for the assistant's reply. The returned text stops before EOS.
+    `unroll_layers`: see `generate`.
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
@@ -285,7 +294,7 @@ def generate_text(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
     tokens = generate(
         model, encoded, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        eos_token_ids=stops, pad_token_id=pad, seed=seed,
+        eos_token_ids=stops, pad_token_id=pad, seed=seed, unroll_layers=unroll_layers,
     )
     texts = []
     for row in tokens.tolist():
