@@ -1,6 +1,7 @@
 """KV-cache generation against `transformers`' generate on a tiny random Qwen2, sampling filters,
 text-level generation, and the `generate` / `convert` commands."""
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -97,6 +98,22 @@ def test_decoding_through_the_layer_scan_gives_the_same_tokens_without_a_weight_
     }
     layer_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(nnx.split(model.model.layers)[1]))
     assert temporaries[True] - temporaries[False] >= 0.9 * layer_bytes, (temporaries, layer_bytes)
+
+
+def test_prefill_by_flash_attention_gives_the_same_tokens(model_dir, hf_model, prompts):
+    """The prompt's prefill attends within itself by the model's attention_impl (the cache is empty): with
+    flash and 8-token blocks the 32-token bucket spans four blocks, and the tokens stay transformers'."""
+    flash_model = load_pretrained(model_dir, attention_impl="flash", attention_block_q=8, attention_block_k=8)
+    np.testing.assert_array_equal(generate(flash_model, prompts, max_new_tokens=NEW_TOKENS),
+                                  hf_greedy(hf_model, prompts, NEW_TOKENS))
+    graphdef, state = nnx.split(flash_model)
+    input_ids, attention_mask = left_pad(prompts, prompt_bucket(max(map(len, prompts))))
+    args = (graphdef, state, input_ids, attention_mask, np.full((generate_module.MAX_STOP_TOKENS,), -1, np.int32),
+            np.int32(0), np.float32(1.0), np.int32(0), np.float32(1.0), jax.random.key(0))
+    program = generate_module._generate_jit.lower(*args, max_new_tokens=NEW_TOKENS, greedy=True).as_text()
+    bucket, cache_length = input_ids.shape[1], input_ids.shape[1] + NEW_TOKENS
+    # no [batch, heads or 1, bucket, cache] scores or mask (the dense path's): flash works in 8 x 8 tiles
+    assert not re.search(rf"tensor<\d+x\d+x{bucket}x{cache_length}x", program)
 
 
 def test_compiles_once_per_batch_and_prompt_bucket(model, prompts):

@@ -151,9 +151,10 @@ def _generate_jit(
     # Positions count real tokens only (as transformers' generate does), so padding does not shift them.
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0).astype(jnp.int32)
     # Prefill with the LM head on the last position only: full prompt logits would be
-    # [batch, bucket, vocab] (GBs for Qwen2's 152k vocabulary).
+    # [batch, bucket, vocab] (GBs for Qwen2's 152k vocabulary). The cache is empty, so the prompt attends
+    # within itself by the model's attention_impl (flash for a long prompt: no [bucket, cache] scores).
     logits, cache = model(input_ids, positions=positions, attention_mask=attention_mask, cache=cache,
-                          last_position_only=True)
+                          last_position_only=True, fresh_cache=True)
 
     def emit(output, step, token, finished):
         token = jnp.where(finished, pad_id, token)  # a finished row emits padding

@@ -123,8 +123,9 @@ class Attention(nnx.Module):
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Without a cache: causal attention within `segment_ids` by `config.attention_impl`. With one:
         this step's keys/values are written into the stacked cache at (`cache.layer`, `cache.index`) and
-        the queries attend over this layer's whole cache under `cache_mask` [batch, 1, length, max_length];
-        the updated stacked (k, v) are returned."""
+        the queries attend over this layer's whole cache under `cache_mask` [batch, 1, length, max_length]
+        (or, with `cache_mask=None`, a fresh cache's prefill, among this call's tokens only, as without a
+        cache: no [length, max_length] scores); the updated stacked (k, v) are returned."""
         c = self.config
         batch, length, _ = x.shape
         q = self.q_proj(x).reshape(batch, length, c.num_attention_heads, c.head_size)
@@ -132,11 +133,11 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(batch, length, c.num_key_value_heads, c.head_size)
         q = constrain(rotary_embedding(q, positions, c.rope_theta), QUERY_AXES)
         k = constrain(rotary_embedding(k, positions, c.rope_theta), KEY_AXES)
-        if cache is None:
+        if cache is None or cache_mask is None:
             out = causal_attention(q, k, v, segment_ids, implementation=c.attention_impl,
                                    block_q=c.attention_block_q, block_k=c.attention_block_k)
-            updated = None
-        else:
+        updated = None
+        if cache is not None:
             # A dynamic_update_slice of the carried stack: XLA writes only the new positions, in place.
             # The cache is stored in the layouts attention reads (`init_cache`): no step transposes it.
             k_new, v_new = k.transpose(0, 2, 3, 1).astype(cache.k.dtype), v.transpose(0, 2, 1, 3).astype(cache.v.dtype)
@@ -149,8 +150,9 @@ class Attention(nnx.Module):
                 v_all = jax.lax.dynamic_update_slice(cache.v, v_new[None], (cache.layer, 0, 0, cache.index, 0))
                 k_layer, v_layer = k_all[cache.layer], v_all[cache.layer]
             updated = (k_all, v_all)
-            out = cached_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache_mask,
-                                   implementation=c.attention_impl)
+            if cache_mask is not None:
+                out = cached_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache_mask,
+                                       implementation=c.attention_impl)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_size)
         return self.o_proj(out), updated
 
@@ -242,10 +244,13 @@ class Qwen2Model(nnx.Module):
         self, input_ids: Array, positions: Array, segment_ids: Array,
         cache: KVCache | None, gate_scale: Array | None, probe: FfnProbe | None,
         unrolled_layers: Sequence[nnx.State] | None = None, neuron_slices: NeuronWeights | None = None,
+        fresh_cache: bool = False,
     ) -> tuple[Array, KVCache | None, Any]:
         """`unrolled_layers` (from `unstack_layers`) runs the layers as a Python loop over separate
         per-layer weights instead of the scan: for decoding, where the scan's dynamic slice of every
-        stacked weight would copy the whole model once per token (XLA hoists no slice out of a loop)."""
+        stacked weight would copy the whole model once per token (XLA hoists no slice out of a loop).
+        `fresh_cache`: the cache holds nothing yet (a prompt's prefill), so attention runs among this
+        call's tokens by `config.attention_impl` (flash for long prompts) and only writes the cache."""
         config = self.config
         x = constrain(self.embed_tokens(input_ids), HIDDEN_AXES)
         length = input_ids.shape[1]
@@ -256,7 +261,8 @@ class Qwen2Model(nnx.Module):
         else:
             cache_index = cache["index"]
             cache_segments = jax.lax.dynamic_update_slice(cache["segment"], segment_ids, (0, cache_index))
-            cache_mask = segment_causal_mask(segment_ids, cache_segments, query_offset=cache_index)
+            cache_mask = None if fresh_cache else segment_causal_mask(segment_ids, cache_segments,
+                                                                      query_offset=cache_index)
             # The stacked cache rides in the scan *carry*, not in xs/ys: as xs/ys every call would
             # build a fresh [layers, ...] stack and copy it (twice the cache per decoding step).
             kv = (cache["k"], cache["v"])
@@ -361,7 +367,7 @@ class Qwen2ForCausalLM(nnx.Module):
         self, input_ids: Array, *, positions: Array | None = None, segment_ids: Array | None = None,
         attention_mask: Array | None = None, ffn_gate_scale: Array | None = None, cache: KVCache | None = None,
         last_position_only: bool = False, unrolled_layers: Sequence[nnx.State] | None = None,
-        ffn_neuron_slices: NeuronWeights | None = None, head: LMHead | None = None,
+        ffn_neuron_slices: NeuronWeights | None = None, head: LMHead | None = None, fresh_cache: bool = False,
     ) -> Array | tuple[Array, KVCache]:
         """Logits [batch, length, vocab]; with a `cache`, `(logits, updated cache)`.
 
@@ -371,11 +377,14 @@ class Qwen2ForCausalLM(nnx.Module):
         `unrolled_layers` (`model.model.unstack_layers()`) unrolls the layer loop (see `Qwen2Model`).
         `ffn_neuron_slices` (lean LSN training, see `NeuronWeights`) leaves the logits unchanged and routes
         the gradient to the given neurons' slices. `head` replaces `self.head()` (the same weights, e.g.
-        `model.head().embed_first()` copied once before a decoding loop).
+        `model.head().embed_first()` copied once before a decoding loop). `fresh_cache=True` says the cache
+        holds nothing before this call (a prompt's prefill): attention then runs among the call's tokens by
+        `config.attention_impl` — O(length) memory with flash — instead of over the whole cache.
         """
         input_ids, positions, segment_ids = self._inputs(input_ids, positions, segment_ids, attention_mask, cache)
         hidden, new_cache, _ = self.model(input_ids, positions, segment_ids, cache, ffn_gate_scale, None,
-                                          unrolled_layers, neuron_slices=ffn_neuron_slices)
+                                          unrolled_layers, neuron_slices=ffn_neuron_slices,
+                                          fresh_cache=fresh_cache and cache is not None)
         logits = head_logits(hidden[:, -1:] if last_position_only else hidden, self.head() if head is None else head)
         return logits if cache is None else (logits, new_cache)
 
