@@ -132,11 +132,11 @@ def test_results_round_trip_and_table(ctx, tmp_path):
 def test_eval_command_on_shipped_corpus_then_plot(tmp_path, capsys):
     model_dir = save_tiny_model(tmp_path / "tiny-model")
     outputs = []
-    for seed in (0, 1):
+    for seed, layers in ((0, []), (1, ["--no-unroll-layers"])):  # the second decodes through the layer scan
         out = tmp_path / f"results-{seed}.json"
         code = main(["eval", "--model", str(model_dir), "--tasks", "ppl,chrf", "--languages", "th,vi",
                      "--limit", "2", "--max-new-tokens", "4", "--batch-size", "4", "--max-length", "256",
-                     "--model-name", f"tiny-{seed}", "--out", str(out), "--no-progress"])
+                     "--model-name", f"tiny-{seed}", "--out", str(out), "--no-progress", *layers])
         assert code == 0
         outputs.append(out)
     printed = capsys.readouterr().out
@@ -144,6 +144,9 @@ def test_eval_command_on_shipped_corpus_then_plot(tmp_path, capsys):
     document = json.loads(outputs[0].read_text(encoding="utf-8"))
     assert set(document["results"]) == {"ppl/corpus-test", "chrf/corpus-test"}
     assert set(document["results"]["ppl/corpus-test"]["by_language"]) == {"th", "vi"}
+    scanned = json.loads(outputs[1].read_text(encoding="utf-8"))  # same model, same generations
+    results = [{k: v for k, v in run["results"]["chrf/corpus-test"].items() if k != "seconds"} for run in (document, scanned)]
+    assert results[0] == results[1]
     png = tmp_path / "compare.png"
     assert main(["eval", "plot", str(outputs[0]), str(outputs[1]), "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="cap on generated tokens for every generative task (default: per task)")
     parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16")
+    parser.add_argument("--unroll-layers", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode with the layers unrolled over a copy of the weights (default, fastest); "
+                             "--no-unroll-layers holds no copy, slower: for a model that fills the device")
     parser.add_argument("--mesh", metavar="AXES",
                         help="device mesh, e.g. data=-1 or data=2,fsdp=4: shards batches (and params) over devices")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -82,7 +85,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     tasks = parse_tasks(args.tasks)
     scoring = ScoringConfig(batch_size=args.batch_size, max_length=args.max_length, show_progress=not args.no_progress)
     generation = GenerationConfig(batch_size=args.batch_size, max_prompt_length=args.max_length,
-                                  show_progress=not args.no_progress)
+                                  unroll_layers=args.unroll_layers, show_progress=not args.no_progress)
     config = EvalConfig(scoring=scoring, generation=generation, limit=args.limit, num_shots=args.num_shots)
     if args.max_new_tokens is not None:
         config = dataclasses.replace(config, **{field: args.max_new_tokens for field in (

@@ -28,6 +28,8 @@ class GenerationConfig:
     min_prompt_bucket: int = 64
     # Longer prompts keep their last `max_prompt_length` tokens (the question sits at the end).
     max_prompt_length: int = 2048
+    # False: decode through the layer scan, holding no second copy of the weights (`generate`), slower.
+    unroll_layers: bool = True
     show_progress: bool = True
 
 
@@ -90,6 +92,7 @@ class BatchGenerator:
             return generate_module.generate(
                 self.model, batch_prompts, max_new_tokens=max_new_tokens, eos_token_ids=self.stop_ids,
                 pad_token_id=self.pad_id, min_prompt_bucket=self.config.min_prompt_bucket,
+                unroll_layers=self.config.unroll_layers,
             )
 
         if self.mesh is None:
