@@ -130,6 +130,7 @@ CASES = [
     ("generate-model-is-a-file", "generate --model {a_file} --prompt hi", "generate", "a_file' is a file"),
     ("generate-bad-dtype", "generate --model {model} --prompt hi --dtype float33", "generate", "float33"),
     ("generate-bad-max-new-tokens", "generate --model {model} --prompt hi --max-new-tokens 0", "generate", "max_new_tokens"),
+    ("generate-bad-repetition-penalty", "generate --model {model} --prompt hi --repetition-penalty -1", "generate", "repetition_penalty"),
     ("generate-no-such-tokenizer", "generate --model {model} --prompt hi --tokenizer {out}/nowhere", "generate", "--tokenizer"),
     # train
     ("train-no-such-config", "train --config {out}/nowhere.py --workdir {out}/t", "train", "nowhere.py does not exist"),

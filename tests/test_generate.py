@@ -51,7 +51,7 @@ def prompts(hf_model):
     return [rng.integers(0, hf_model.config.vocab_size, n).tolist() for n in PROMPT_LENGTHS]
 
 
-def hf_greedy(hf_model, prompts, max_new_tokens, eos_token_id=None, pad_token_id=0):
+def hf_greedy(hf_model, prompts, max_new_tokens, eos_token_id=None, pad_token_id=0, **generate_kwargs):
     """transformers' greedy generate on the same left-padded batch, new tokens padded to max_new_tokens."""
     input_ids, attention_mask = left_pad(prompts, max(len(p) for p in prompts))
     with torch.no_grad():
@@ -59,6 +59,7 @@ def hf_greedy(hf_model, prompts, max_new_tokens, eos_token_id=None, pad_token_id
             input_ids=torch.as_tensor(input_ids, dtype=torch.long),
             attention_mask=torch.as_tensor(attention_mask, dtype=torch.long),
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            **generate_kwargs,
         )
     new = out[:, input_ids.shape[1]:].numpy()
     return np.pad(new, ((0, 0), (0, max_new_tokens - new.shape[1])), constant_values=pad_token_id)
@@ -114,6 +115,17 @@ def test_prefill_by_flash_attention_gives_the_same_tokens(model_dir, hf_model, p
     bucket, cache_length = input_ids.shape[1], input_ids.shape[1] + NEW_TOKENS
     # no [batch, heads or 1, bucket, cache] scores or mask (the dense path's): flash works in 8 x 8 tiles
     assert not re.search(rf"tensor<\d+x\d+x{bucket}x{cache_length}x", program)
+
+
+def test_repetition_penalty_equals_transformers(model, hf_model, prompts):
+    # Prompts of one length: transformers would penalize its left padding too, this library does not.
+    same_length = [prompt[:3] for prompt in prompts]
+    plain = generate(model, same_length, max_new_tokens=NEW_TOKENS)
+    penalized = generate(model, same_length, max_new_tokens=NEW_TOKENS, repetition_penalty=1.5)
+    np.testing.assert_array_equal(penalized, hf_greedy(hf_model, same_length, NEW_TOKENS, repetition_penalty=1.5))
+    assert not np.array_equal(penalized, plain)
+    repeats = lambda tokens: sum(len(row) - len(set(row)) for row in tokens.tolist())
+    assert repeats(penalized) < repeats(plain)
 
 
 def test_compiles_once_per_batch_and_prompt_bucket(model, prompts):
@@ -252,6 +264,8 @@ def test_bad_arguments_name_the_problem(model, prompts):
         generate(model, prompts, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, prompts, max_new_tokens=0)
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        generate(model, prompts, repetition_penalty=0.0)
 
 
 # ---- text level and the command line ------------------------------------------------------------

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 (default) = greedy")
     generate.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely (0 = off)")
     generate.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1.0 = off)")
+    generate.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                          help="divide the logits of tokens already seen by R (> 1 discourages repeats; 1.0 = off)")
     generate.add_argument("--seed", type=int, default=0, metavar="S")
     generate.add_argument("--tokenizer", metavar="DIR",
                           help="tokenizer directory (default: the model's own, else the built-in Qwen2 tokenizer)")
@@ -82,13 +84,13 @@ def _generate(args: argparse.Namespace) -> int:
     from seallm_jax.model.generate import check_sampling, generate_text
     from seallm_jax.tokenizer import tokenizer_for
 
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     model = load_model(args.model, dtype=args.dtype)
     tokenizer = tokenizer_for(args.model, args.tokenizer)
     completions = generate_text(
         model, tokenizer, args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        unroll_layers=args.unroll_layers,
+        unroll_layers=args.unroll_layers, repetition_penalty=args.repetition_penalty,
     )
     for number, (prompt, completion) in enumerate(zip(args.prompt, completions)):
         if args.json:

@@ -1,4 +1,5 @@
-"""Jitted autoregressive decoding with the KV cache: greedy or sampled (temperature, top-k, top-p).
+"""Jitted autoregressive decoding with the KV cache: greedy or sampled (temperature, top-k, top-p), with an
+optional repetition penalty.
 
 Prompts of different lengths are left-padded to a length bucket; prefill and the whole decode loop
 (`jax.lax.while_loop`) run in one jitted call, compiled once per (batch, bucket, max_new_tokens).
@@ -131,6 +132,14 @@ def greedy_token(logits: Float) -> Array:
     return jnp.minimum(first, vocab - 1)
 
 
+def penalize_repetitions(logits: Float, seen: Array, penalty: Array) -> Float:
+    """`transformers`' repetition penalty on logits [batch, vocab]: where `seen` [batch, vocab] (the tokens of
+    the prompt and those generated so far), a positive logit is divided by `penalty` and a negative one
+    multiplied by it, making a repeat less likely for `penalty` > 1. 1.0 changes nothing."""
+    logits = logits.astype(jnp.float32)
+    return jnp.where(seen, jnp.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
 def _next_token(logits: Float, key: Array, temperature: Array, top_k: Array, top_p: Array, greedy: bool) -> Array:
     if greedy:
         return greedy_token(logits)
@@ -142,7 +151,7 @@ def _next_token(logits: Float, key: Array, temperature: Array, top_k: Array, top
 def _generate_jit(
     graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, attention_mask: Array, eos_ids: Array,
     pad_id: Array, temperature: Array, top_k: Array, top_p: Array, key: Array, *,
-    max_new_tokens: int, greedy: bool, unroll_layers: bool = True,
+    max_new_tokens: int, greedy: bool, unroll_layers: bool = True, repetition_penalty: Array = 1.0,
 ) -> Array:
     """Prefill the left-padded prompts, then decode until every row hit EOS or `max_new_tokens`."""
     model = nnx.merge(graphdef, state)
@@ -170,29 +179,36 @@ def _generate_jit(
         decode_head = model.head().embed_first()
         cache = unstack_cache(cache)  # each layer's own cache arrays: read without slicing a copy out of a stack
     output = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-    token = _next_token(logits[:, -1], jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy)
+    rows = jnp.arange(batch)
+    # The tokens each row has seen, for the repetition penalty: its prompt (not the padding), then its output.
+    seen = jnp.zeros((batch, logits.shape[-1]), jnp.int32).at[rows[:, None], input_ids].add(attention_mask) > 0
+    logits = penalize_repetitions(logits[:, -1], seen, repetition_penalty)
+    token = _next_token(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy)
     output, token, finished = emit(output, 0, token, jnp.zeros((batch,), bool))
 
     def keep_going(carry):
-        step, _, _, _, finished, _ = carry
+        step, _, _, _, finished, _, _ = carry
         return (step < max_new_tokens) & ~jnp.all(finished)
 
     def decode_step(carry):
-        step, cache, token, position, finished, output = carry
+        step, cache, token, position, finished, output, seen = carry
+        seen = seen.at[rows, token].set(True)
         step_model = nnx.merge(graphdef, state)
         logits, cache = step_model(
             token[:, None], positions=position[:, None], attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache,
             unrolled_layers=decode_layers, head=decode_head,
         )
-        token = _next_token(logits[:, -1], jax.random.fold_in(key, step), temperature, top_k, top_p, greedy)
+        logits = penalize_repetitions(logits[:, -1], seen, repetition_penalty)
+        token = _next_token(logits, jax.random.fold_in(key, step), temperature, top_k, top_p, greedy)
         output, token, finished = emit(output, step, token, finished)
-        return step + 1, cache, token, position + 1, finished, output
+        return step + 1, cache, token, position + 1, finished, output, seen
 
-    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, finished, output)
-    return jax.lax.while_loop(keep_going, decode_step, carry)[-1]
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, finished, output, seen)
+    return jax.lax.while_loop(keep_going, decode_step, carry)[-2]
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                   repetition_penalty: float = 1.0) -> None:
     """A `ConfigError` naming the first decoding setting out of range (checked before any work)."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -202,6 +218,8 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: f
         raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if not repetition_penalty > 0:
+        raise ConfigError(f"repetition_penalty must be > 0 (1.0 = off), got {repetition_penalty}")
 
 
 def generate(
@@ -217,16 +235,19 @@ def generate(
     seed: int = 0,
     min_prompt_bucket: int = MIN_PROMPT_BUCKET,
     unroll_layers: bool = True,
+    repetition_penalty: float = 1.0,
 ) -> np.ndarray:
     """New tokens [batch, max_new_tokens] for a batch of token-id prompts of any lengths.
 
     `temperature=0` decodes greedily; otherwise tokens are sampled from the temperature-scaled
     distribution restricted by `top_k` (0 = off) and `top_p` (1.0 = off). A row stops after emitting
     one of `eos_token_ids` (the EOS token is kept) and shows `pad_token_id` afterwards.
+    `repetition_penalty` > 1 makes tokens of the prompt and of the output so far less likely
+    (`penalize_repetitions`, as `transformers`; 1.0 = off; before temperature and the filters).
     `unroll_layers=False` holds no second copy of the decoder weights during the call, at some speed
     (see the module docstring): for a model that fills the device's memory. The tokens are the same.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if len(prompts) == 0:
         raise ConfigError("no prompts given")
     vocab_size = model.config.vocab_size
@@ -250,6 +271,7 @@ def generate(
         graphdef, state, input_ids, attention_mask, jnp.asarray(eos), jnp.int32(pad_token_id),
         jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p),
         jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy, unroll_layers=bool(unroll_layers),
+        repetition_penalty=jnp.float32(repetition_penalty),
     )
     return np.asarray(jax.device_get(tokens))
 
@@ -275,10 +297,11 @@ def generate_text(
     seed: int = 0,
     eos_token_ids: Sequence[int] | None = None,
     unroll_layers: bool = True,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Completions of text prompts. `chat=True` wraps each prompt as a user turn in the tokenizer's chat
     template (ChatML for Qwen2) and asks for the assistant's reply. The returned text stops before EOS.
-    `unroll_layers`: see `generate`.
+    `unroll_layers`, `repetition_penalty`: see `generate`.
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
@@ -296,6 +319,7 @@ def generate_text(
     tokens = generate(
         model, encoded, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         eos_token_ids=stops, pad_token_id=pad, seed=seed, unroll_layers=unroll_layers,
+        repetition_penalty=repetition_penalty,
     )
     texts = []
     for row in tokens.tolist():
