@@ -8,8 +8,8 @@ kept here only for this comparison), and `transformers.generate` (torch, CPU).
     python -m benchmarks.decode --paths new,scan                  # generate(unroll_layers=False): no weight copy
     python -m benchmarks.decode --temperature 0.7 --top-p 0.8     # sampled (new and transformers only)
 
-Greedy unless `--temperature` > 0, float32, random weights, no stop token (every row decodes `--new-tokens`). Each path runs
-once per repeat; a host timestamp is taken whenever a step's logits are ready (`jax.debug.callback`
+Greedy unless `--temperature` > 0, float32, random weights, no stop token (every row decodes
+`--new-tokens`). Each path runs once per repeat; a host timestamp is taken whenever a step's logits are ready (`jax.debug.callback`
 in the JAX programs, a logits processor in `transformers`), so the decoding rate -- tokens/s from the
 first generated token to the last -- is measured inside the same run as the prefill, not by subtracting
 two noisy runs. JAX programs are compiled before timing. Ratios compare the decoding rates.
@@ -184,8 +184,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass (1.0 = off)")
     parser.add_argument("--paths", default=None,
-                        help="comma list of new, scan, old, transformers (default: new,old,transformers; new,transformers when "
-                             "sampling)")
+                        help="comma list of new, scan, old, transformers "
+                             "(default: new,old,transformers; new,transformers when sampling)")
     args = parser.parse_args()
     sampled = args.temperature > 0
     paths = [name for name in (args.paths or ("new,transformers" if sampled else "new,old,transformers")).split(",")

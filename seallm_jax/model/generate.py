@@ -15,8 +15,8 @@ place (tests/test_decode_hlo.py checks the compiled program). That costs one ext
 weights (and of a tied LM head, stored [embed, vocab] for the decoding matmul) and of the cache for the
 length of the call, and compiling the step grows with depth. `unroll_layers=False` (for a model that fills
 the device) decodes through the layer scan instead: the stacked weights and cache are read where they are,
-no copy is held, and each step is slower (the scan slices every layer's weights). `benchmarks/decode.py` times it against the
-old path (cache as scan xs/ys) and `transformers.generate`.
+no copy is held, and each step is slower (the scan slices every layer's weights). `benchmarks/decode.py`
+times both against the old path (cache as scan xs/ys) and `transformers.generate`.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def filter_logits(logits: Float, temperature: Array, top_k: Array, top_p: Array)
     Qwen2's 152k vocabulary at batch 4 took 104 ms on a 2-core CPU, longer than a Qwen2-0.5B decoding step.
     """
     logits = logits.astype(jnp.float32) / temperature
-    batch, vocab = logits.shape
+    vocab = logits.shape[-1]
     keys = _ordered_bits(logits)
     lowest, highest = jnp.min(keys, axis=-1), jnp.max(keys, axis=-1)
 

@@ -144,13 +144,12 @@ class Attention(nnx.Module):
             if cache.layer is None:  # this layer's own arrays
                 k_all = jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, 0, cache.index))
                 v_all = jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, cache.index, 0))
-                k_layer, v_layer = k_all, v_all
             else:
                 k_all = jax.lax.dynamic_update_slice(cache.k, k_new[None], (cache.layer, 0, 0, 0, cache.index))
                 v_all = jax.lax.dynamic_update_slice(cache.v, v_new[None], (cache.layer, 0, 0, cache.index, 0))
-                k_layer, v_layer = k_all[cache.layer], v_all[cache.layer]
             updated = (k_all, v_all)
-            if cache_mask is not None:
+            if cache_mask is not None:  # read this layer's whole cache
+                k_layer, v_layer = (k_all, v_all) if cache.layer is None else (k_all[cache.layer], v_all[cache.layer])
                 out = cached_attention(q, k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache_mask,
                                        implementation=c.attention_impl)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_size)
