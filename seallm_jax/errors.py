@@ -41,7 +41,7 @@ class UnknownLanguageError(UserError, ValueError):
 
 def require_file(path: str | os.PathLike, what: str) -> str:
     """`path` as a string if it is a non-empty regular file; otherwise a `UserError` naming `what`."""
-    path = os.fspath(path)
+    path = _local(path, what)
     if not os.path.exists(path):
         raise MissingDataError(f"{what} {path!r} does not exist")
     if os.path.isdir(path):
@@ -53,11 +53,21 @@ def require_file(path: str | os.PathLike, what: str) -> str:
 
 def require_dir(path: str | os.PathLike, what: str) -> str:
     """`path` as a string if it is an existing directory; otherwise a `UserError` naming `what`."""
-    path = os.fspath(path)
+    path = _local(path, what)
     if not os.path.exists(path):
         raise MissingDataError(f"{what} {path!r} does not exist")
     if not os.path.isdir(path):
         raise UserError(f"{what} {path!r} is a file, not a directory")
+    return path
+
+
+def _local(path: str | os.PathLike, what: str) -> str:
+    """`path` as a string; a gs:// or s3:// path is a one-line error where a local one is read."""
+    path = os.fspath(path)
+    if path.startswith(("gs://", "s3://")):
+        from seallm_jax import paths
+
+        paths.require_local(path, what)
     return path
 
 
@@ -71,10 +81,22 @@ class DamagedCheckpointError(CheckpointError):
     restores at all; the message lists every step tried and why it failed."""
 
 
-def require_model_dir(path: str | os.PathLike) -> str:
+def require_model_dir(path: str | os.PathLike, *, remote_ok: bool = False) -> str:
     """`path` as a string if it looks like a model directory seallm-jax reads (a Hugging Face
     directory, an Orbax checkpoint or a training workdir: all hold a config.json); otherwise a
-    `UserError` that says what is there. Cheap: run it before importing JAX."""
+    `UserError` that says what is there. Cheap: run it before importing JAX.
+    `remote_ok`: the command reads gs:// and s3:// directories too (seallm_jax.paths); without it a
+    remote path is a one-line error asking for a local one."""
+    from seallm_jax import paths
+
+    if paths.is_remote(path):
+        if not remote_ok:
+            paths.require_local(path, "model directory")
+        path = paths.check_bucket(path, "model directory")
+        if not paths.isfile(paths.join(path, "config.json")):
+            raise MissingDataError(f"model directory {path!r} has no config.json (or does not exist); expected "
+                                   "an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir")
+        return path
     path = require_dir(path, "model directory")
     if not os.path.exists(os.path.join(path, "config.json")):
         found = sorted(os.listdir(path))

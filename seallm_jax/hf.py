@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from seallm_jax.errors import CheckpointError, require_model_dir
+from seallm_jax import paths
 from seallm_jax.files import atomic_directory
 from seallm_jax.model.config import Qwen2Config, read_config_json
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
@@ -212,13 +213,14 @@ def hf_tensors(params: Params, config: Qwen2Config) -> Iterator[tuple[str, np.nd
 
 
 def copy_tokenizer_files(source: str | os.PathLike | None, destination: str) -> list[str]:
-    """Copy the tokenizer files found in `source` (if any) to `destination`; returns their names."""
-    if source is None or not os.path.isdir(source):
+    """Copy the tokenizer files found in `source` (if any) to `destination`; returns their names.
+    Either side may be in object storage (seallm_jax.paths)."""
+    if source is None or not paths.isdir(source):
         return []
     copied = []
     for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(source, name)):
-            shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+        if paths.exists(paths.join(source, name)):
+            paths.copy_file(paths.join(source, name), paths.join(destination, name))
             copied.append(name)
     return copied
 
@@ -291,8 +293,9 @@ def _orbax_checkpointer():
 
 
 def save_orbax(config: Qwen2Config, params: Params, ckpt_dir: str | os.PathLike, *, tokenizer_dir: str | None = None) -> str:
-    """An Orbax parameter checkpoint plus the HF config.json (and tokenizer files) beside it."""
-    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))
+    """An Orbax parameter checkpoint plus the HF config.json (and tokenizer files) beside it; in object
+    storage too (written locally, then uploaded with config.json last)."""
+    ckpt_dir = paths.resolve(ckpt_dir)
     with atomic_directory(ckpt_dir) as staging:
         checkpointer = _orbax_checkpointer()
         checkpointer.save(os.path.join(staging, ORBAX_PARAMS), params)
@@ -304,29 +307,32 @@ def save_orbax(config: Qwen2Config, params: Params, ckpt_dir: str | os.PathLike,
 
 
 def load_orbax(ckpt_dir: str | os.PathLike, **config_overrides: Any) -> tuple[Qwen2Config, Params]:
-    """(config, params) from a `convert hf-to-orbax` directory or a training workdir (latest step)."""
-    ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))
-    stored_dtype = read_config_json(ckpt_dir).get("torch_dtype") or "float32"
+    """(config, params) from a `convert hf-to-orbax` directory or a training workdir (latest step),
+    local or in object storage (Orbax reads the arrays from the bucket)."""
+    ckpt_dir = paths.resolve(ckpt_dir)
+    hf_config = (read_config_json(paths.local_copy(ckpt_dir, only=("config.json",))) if paths.is_remote(ckpt_dir)
+                 else read_config_json(ckpt_dir))
+    stored_dtype = hf_config.get("torch_dtype") or "float32"
     config_overrides.setdefault("param_dtype", stored_dtype)
     config_overrides.setdefault("dtype", stored_dtype)
-    config = Qwen2Config.from_hf(ckpt_dir, **config_overrides)
+    config = Qwen2Config.from_hf(hf_config, **config_overrides)
     _, abstract = nnx.split(abstract_model(config), nnx.Param)
     abstract_params = abstract.to_pure_dict()
-    if os.path.isdir(os.path.join(ckpt_dir, ORBAX_PARAMS)):
-        params_dir = os.path.join(ckpt_dir, ORBAX_PARAMS)
+    if paths.isdir(paths.join(ckpt_dir, ORBAX_PARAMS)):
+        params_dir = paths.join(ckpt_dir, ORBAX_PARAMS)
         try:
-            params = _orbax_checkpointer().restore(params_dir, abstract_params)
+            params = _orbax_checkpointer().restore(paths.epath(params_dir), abstract_params)
         except (ValueError, KeyError, OSError) as error:  # Orbax/tensorstore on damaged or foreign files
             raise CheckpointError(f"the Orbax checkpoint {params_dir} cannot be restored for the model in "
-                                  f"{os.path.join(ckpt_dir, 'config.json')}: {type(error).__name__}: "
+                                  f"{paths.join(ckpt_dir, 'config.json')}: {type(error).__name__}: "
                                   f"{str(error).splitlines()[0] if str(error) else ''}") from None
-    elif os.path.isdir(os.path.join(ckpt_dir, "checkpoints")):
+    elif paths.isdir(paths.join(ckpt_dir, "checkpoints")):
         from seallm_jax.checkpoint import load_params  # a training workdir
 
         params = load_params(ckpt_dir, abstract_params)
     else:
         hint = " (it is a Hugging Face directory: use it as it is, or `convert hf-to-orbax`)" if any(
-            name.endswith(".safetensors") for name in os.listdir(ckpt_dir)) else ""
+            name.endswith(".safetensors") for name in paths.listdir(ckpt_dir)) else ""
         raise CheckpointError(f"{ckpt_dir} holds neither an Orbax '{ORBAX_PARAMS}' checkpoint nor a training "
                               f"'checkpoints' folder{hint}")
     return config, params

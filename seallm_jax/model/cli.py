@@ -67,7 +67,7 @@ def _convert_hf_to_orbax(args: argparse.Namespace) -> int:
 
 
 def _convert_orbax_to_hf(args: argparse.Namespace) -> int:
-    require_model_dir(args.ckpt_dir)
+    require_model_dir(args.ckpt_dir, remote_ok=True)  # a workdir or checkpoint on gs:// / s3:// too
     check_output_dir(args.hf_dir, "HF_DIR")
     from seallm_jax.hf import convert_orbax_to_hf
 

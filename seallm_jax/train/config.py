@@ -45,17 +45,27 @@ def base_config() -> ml_collections.ConfigDict:
     # stops with an error naming it ('error').
     c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True, on_damage="fallback"))
     # source: 'synthetic' (random documents of arithmetic token sequences, learnable; tests and
-    # benchmarks), 'corpus' (the shipped SEA corpus / TFDS, seallm_jax.data) or 'sft' (ChatML
-    # conversations, loss on assistant tokens; seallm_jax.data.sft.sft_stream).
-    # corpus and sft: tokenizer ('' = the bundled Qwen2 tokenizer; a directory may hold a vocabulary
-    # subset), weighting of languages ('proportional' | 'temperature' | 'uniform', see
-    # seallm_jax.data.mixture) with `temperature` T for p ∝ n^(1/T).
+    # benchmarks), 'tokens' (token stores written by `seallm-jax data tokenize`, read by the
+    # deterministic loader seallm_jax.data.loader; docs/data.md), 'corpus' (the shipped SEA corpus, or
+    # `files` of one's own text, tokenized once into a cached store and read by the same loader) or 'sft'
+    # (ChatML conversations, loss on assistant tokens; seallm_jax.data.sft.sft_stream).
+    # tokens: path = one store directory or several, comma-separated; languages ([] = every language of
+    # the stores; corpus: en, zh, id, vi, th); weights = explicit mixture weights as LANG=WEIGHT items
+    # (th=0.7,vi=0.3; they override `weighting`); mixture_block_rows = rows per mixture block (0 = 1024,
+    # rounded up to whole global batches): every block holds each language's share to within one row;
+    # allow_data_changes = resume a checkpoint although its stores, tokenizer or mixture changed.
+    # tokens, corpus and sft: tokenizer ('' = the model's (init_from's) own or the bundled Qwen2 tokenizer;
+    # a directory may hold a vocabulary subset), weighting of languages ('proportional' | 'temperature' |
+    # 'uniform', see seallm_jax.data.mixture) with `temperature` T for p ∝ n^(1/T).
+    # corpus: files = JSON-lines / text / Parquet files, as LANG=PATH items or plain paths when
+    # `languages` names one language.
     # sft only: files = JSON-lines conversation files ([] = translation conversations built from the
     # shipped parallel corpus); min_source_chars = keep translation pairs whose source has at least
     # this many characters (0 = all; a higher-quality subset); max_per_language = a fixed subset of at
     # most this many conversations per language (0 = all); truncation of a conversation longer than
     # a row: 'turns' | 'tokens' | 'drop' (docs/data.md).
-    c.data = ml_collections.ConfigDict(dict(source="synthetic", languages=["en", "zh", "id", "vi", "th"],
+    c.data = ml_collections.ConfigDict(dict(source="synthetic", languages=[], path="", weights=[],
+                                            mixture_block_rows=0, allow_data_changes=False,
                                             tokenizer="", weighting="proportional", temperature=3.0, seed=0,
                                             files=[], min_source_chars=0, max_per_language=0,
                                             truncation="turns"))
@@ -165,17 +175,18 @@ def check_run_inputs(config: ml_collections.ConfigDict, workdir: str, optimizer_
         raise ConfigError(f"config.checkpoint.on_damage={config.checkpoint.on_damage!r}: expected one of "
                           f"{', '.join(ON_DAMAGE)}")
     if config.model.get("init_from"):
-        require_model_dir(config.model.init_from)
+        require_model_dir(config.model.init_from, remote_ok=True)
     data = config.data
-    if data.source not in ("synthetic", "corpus", "sft"):
-        raise ConfigError(f"config.data.source={data.source!r}: expected 'synthetic', 'corpus' or 'sft'")
+    if data.source not in ("synthetic", "tokens", "corpus", "sft"):
+        raise ConfigError(f"config.data.source={data.source!r}: expected 'synthetic', 'tokens', 'corpus' or 'sft'")
     if data.source != "synthetic":
         if data.get("tokenizer"):
             require_dir(data.tokenizer, "config.data.tokenizer")
-        for path in data.get("files") or []:
-            require_file(path, "config.data.files:")
         for language in data.get("languages") or []:
             check_language(language, "config.data.languages")
+        from seallm_jax.train.data_source import check_data_inputs
+
+        check_data_inputs(config)
     check = getattr(optimizer_wrapper, "check", None)
     if check is not None:
         check(config)

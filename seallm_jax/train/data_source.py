@@ -82,14 +82,136 @@ class SyntheticSource:
         self.index = int(state["index"])
 
 
+# The corpus languages a run reads when config.data.languages is empty (source 'corpus' and 'sft').
+DEFAULT_CORPUS_LANGUAGES = ("en", "zh", "id", "vi", "th")
+
+
+def store_paths(config: ml_collections.ConfigDict) -> list[str]:
+    """config.data.path as a list of store directories (one, or several comma-separated)."""
+    path = config.data.get("path") or ""
+    paths = [part.strip() for part in (path if isinstance(path, (list, tuple)) else str(path).split(",")) if part.strip()]
+    if not paths:
+        raise ConfigError("config.data.source='tokens' needs --config.data.path=STORE (a directory written by "
+                          "`seallm-jax data tokenize`; several comma-separated)")
+    return paths
+
+
+def corpus_files(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
+    """config.data.files of source 'corpus' as {language: [paths]}: LANG=PATH items, or plain paths when
+    config.data.languages names exactly one language."""
+    from seallm_jax.cli_args import parse_data_args
+
+    items = [str(item) for item in config.data.get("files") or []]
+    languages = list(config.data.get("languages") or [])
+    plain = [item for item in items if "=" not in item]
+    if plain:
+        if len(languages) != 1:
+            raise ConfigError(f"config.data.files: {plain[0]!r} has no language; give files as LANG=PATH "
+                              "(th=my_th.jsonl), or name one language with --config.data.languages=th")
+        items = [f"{languages[0]}={item}" if "=" not in item else item for item in items]
+    return parse_data_args(items, languages or None, flag="config.data.files")
+
+
+def check_data_inputs(config: ml_collections.ConfigDict) -> None:
+    """What the data section names, checked before anything heavy starts: the stores (their manifests),
+    languages and mixture weights of source 'tokens', the files of 'corpus' and 'sft'."""
+    from seallm_jax.errors import require_file
+
+    data = config.data
+    if data.source == "tokens":
+        from seallm_jax.data.loader import check_tokenizers, parse_weights, resolve_languages
+
+        stores = open_stores(config)
+        check_tokenizers(stores)
+        arrays = resolve_languages(stores, list(data.languages) or None, "train")
+        weights = parse_weights(list(data.get("weights") or []))
+        unknown = sorted(set(weights) - set(arrays))
+        if unknown:
+            raise ConfigError(f"config.data.weights gives a weight for {', '.join(unknown)}, which the run does not "
+                              f"read (its languages: {', '.join(arrays)}; stores: {', '.join(store_paths(config))})")
+    elif data.source == "corpus" and data.get("files"):
+        corpus_files(config)
+    else:
+        for path in data.get("files") or []:
+            require_file(path, "config.data.files:")
+
+
+def open_stores(config: ml_collections.ConfigDict) -> list[Any]:
+    from seallm_jax.data.store import TokenStore
+
+    return [TokenStore.open(path) for path in store_paths(config)]
+
+
+_TOKENIZERS: dict[tuple[str, str], Any] = {}
+_FINGERPRINTS: dict[int, str] = {}
+
+
+def run_tokenizer(config: ml_collections.ConfigDict) -> Any:
+    """The tokenizer the model reads: config.data.tokenizer, else model.init_from's own, else Qwen2's."""
+    from seallm_jax.tokenizer import tokenizer_for
+
+    key = (str(config.model.get("init_from") or ""), str(config.data.get("tokenizer") or ""))
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = tokenizer_for(key[0] or None, key[1] or None)
+    return _TOKENIZERS[key]
+
+
+def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
+    """The token stores a run of source 'tokens' or 'corpus' (with files) reads, checked against the
+    model's tokenizer; None for the other sources. User files are tokenized once into a cached store."""
+    source = config.data.source
+    if source == "tokens":
+        stores = open_stores(config)
+    elif source == "corpus" and config.data.get("files"):
+        from seallm_jax.data.store import ensure_store
+
+        stores = [ensure_store(corpus_files(config), tokenizer=run_tokenizer(config))]
+    else:
+        return None
+    from seallm_jax.data.loader import check_tokenizers
+    from seallm_jax.data.store import tokenizer_fingerprint
+
+    fingerprint = check_tokenizers(stores)
+    tokenizer = run_tokenizer(config)
+    if id(tokenizer) not in _FINGERPRINTS:  # hashing a 150k-token tokenizer's definition takes ~0.5 s
+        _FINGERPRINTS[id(tokenizer)] = tokenizer_fingerprint(tokenizer)
+    if _FINGERPRINTS[id(tokenizer)] != fingerprint:
+        store = stores[0]
+        built = store.manifest.get("tokenizer", {}).get("name", "?")
+        model = config.data.get("tokenizer") or config.model.get("init_from") or "the bundled Qwen2 tokenizer"
+        raise ConfigError(f"token store {store.path} was built with another tokenizer ({built}) than the model's "
+                          f"({model}); tokenize the text again with `seallm-jax data tokenize ... --tokenizer DIR`, "
+                          "or set --config.data.tokenizer to the store's tokenizer")
+    return stores
+
+
+def fit_vocabulary(config: ml_collections.ConfigDict, log: Any = print) -> None:
+    """A model trained from scratch on a store gets an embedding row for every id of its tokenizer:
+    config.model.vocab_size is raised to fit (rounded up to a multiple of 128) when it is smaller."""
+    if config.data.source not in ("tokens", "corpus") or config.model.get("init_from"):
+        return
+    if config.data.source == "corpus" and not config.data.get("files"):
+        return
+    stores = data_stores(config)
+    needed = max(store.vocab_size for store in stores)
+    if int(config.model.vocab_size) < needed:
+        fitted = -(-needed // 128) * 128
+        log(f"model.vocab_size {int(config.model.vocab_size)} -> {fitted}: the token store's tokenizer has "
+            f"{needed} ids")
+        config.model.vocab_size = fitted
+
+
 def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int, row_stop: int,
                 vocab_size: int) -> BatchSource:
     """The batch source for `split` ('train' or 'eval') of `config.data.source`.
 
-    'corpus' is the data package's packing stream (`seallm_jax.data.stream.pretraining_stream`) over
-    the shipped corpus, this process reading its own shard of documents. 'sft' is its chat stream
-    (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines conversations) or, when empty,
-    translation conversations from the shipped parallel corpus; 'eval' reads the validation split.
+    'tokens' (and 'corpus' with `config.data.files`, tokenized once into a cached store) is the
+    deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a function of the
+    step, this process building rows [row_start, row_stop); 'eval' reads the stores' validation split.
+    'corpus' without files is the packing stream over the shipped corpus
+    (`seallm_jax.data.stream.pretraining_stream`), this process reading its own shard of documents.
+    'sft' is the chat stream (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines
+    conversations) or, when empty, translation conversations from the shipped parallel corpus.
     """
     source = config.data.source
     global_batch = int(config.train.global_batch_size)
@@ -101,10 +223,14 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     rows = row_stop - row_start
     data = config.data
     data_split = "validation" if split == "eval" else "train"
+    stores = data_stores(config) if source in ("tokens", "corpus") else None
+    if stores is not None:
+        return _store_source(config, stores, data_split, row_start=row_start, row_stop=row_stop, vocab_size=vocab_size)
+    languages = list(data.languages) or list(DEFAULT_CORPUS_LANGUAGES)
     if source == "corpus":
         from seallm_jax.data.stream import pretraining_stream
         return pretraining_stream(
-            languages=list(data.languages) or None, split=data_split,
+            languages=languages, split=data_split,
             seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
             tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
             weighting=data.weighting, temperature=float(data.temperature))
@@ -115,12 +241,66 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
         conversations = load_conversations(list(data.files), split=data_split) if data.files else None
         max_per_language = int(data.max_per_language)
         return sft_stream(
-            conversations=conversations, languages=list(data.languages) or None, split=data_split,
+            conversations=conversations, languages=languages, split=data_split,
             seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
             tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
             weighting=data.weighting, temperature=float(data.temperature), truncation=data.truncation,
             min_source_chars=int(data.min_source_chars), max_per_language=max_per_language or None)
-    raise ConfigError(f"config.data.source={source!r}: expected 'synthetic', 'corpus' or 'sft'")
+    raise ConfigError(f"config.data.source={source!r}: expected 'synthetic', 'tokens', 'corpus' or 'sft'")
+
+
+class _ResumableLoader:
+    """A TokenLoader whose `restore` honours config.data.allow_data_changes (with a warning)."""
+
+    def __init__(self, loader: Any, allow_changes: bool):
+        self.loader, self.allow_changes = loader, allow_changes
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self.loader)
+
+    def state(self) -> dict[str, Any]:
+        return self.loader.state()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        changed = self.loader.restore(state, allow_changes=self.allow_changes)
+        if changed:
+            import sys
+
+            print(f"warning: resuming at step {state.get('step')} although {'; '.join(changed)} changed "
+                  "(config.data.allow_data_changes)", file=sys.stderr)
+
+    def metrics(self) -> dict[str, float]:
+        return self.loader.metrics()
+
+
+def _store_source(config: ml_collections.ConfigDict, stores: list[Any], split: str, *, row_start: int,
+                  row_stop: int, vocab_size: int) -> BatchSource:
+    from seallm_jax.data.loader import parse_weights, resolve_languages, token_loader
+
+    data = config.data
+    needed = max(store.vocab_size for store in stores)
+    if needed > vocab_size:
+        raise ConfigError(f"the token store's tokenizer has {needed} ids but the model's vocabulary {vocab_size}: "
+                          f"set --config.model.vocab_size={-(-needed // 128) * 128}, or train a model of this tokenizer")
+    languages = list(data.languages) or None
+    weights = parse_weights(list(data.get("weights") or []))
+    if split == "validation":
+        # Held-out loss over the languages that have held-out text, mixed by the same rule.
+        arrays = resolve_languages(stores, languages, split)
+        languages = [language for language, items in arrays.items() if sum(a.num_tokens for a in items) > 1]
+        if not languages:
+            raise ConfigError(f"the token store(s) {', '.join(store.path for store in stores)} have no validation "
+                              "text for held-out loss; set --config.train.eval_every=0")
+        weights = {language: weight for language, weight in weights.items() if language in languages}
+    loader = token_loader(
+        stores, languages=languages, split=split, seq_len=int(config.train.seq_len),
+        global_batch_size=int(config.train.global_batch_size), row_start=row_start, row_stop=row_stop,
+        seed=int(data.seed), weighting=data.weighting, weights=weights or None, temperature=float(data.temperature),
+        block_rows=int(data.get("mixture_block_rows") or 0))
+    return _ResumableLoader(loader, bool(data.get("allow_data_changes")))
 
 
 def sft_vocabulary(directory: str | os.PathLike, *, languages: Sequence[str] | None = None,

@@ -2,7 +2,8 @@
 
 `train(config, workdir)` is what `seallm-jax train` runs; rerunning it on the same workdir resumes
 from the latest complete checkpoint with the same data position, so the loss sequence continues
-exactly as if the run had never stopped.
+exactly as if the run had never stopped. The workdir may be in object storage (gs://BUCKET/…, s3://…):
+a TPU pod has no shared filesystem (seallm_jax.paths).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from seallm_jax import distributed
+from seallm_jax import distributed, paths
 from seallm_jax import sharding as shd
 from seallm_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, describe_error
 from seallm_jax.train.data_source import make_source
@@ -83,13 +84,15 @@ def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> Train
         return trainer.init_state(int(config.train.seed))
     from seallm_jax import hf
     # Every process reads the tensors on the host; each device receives only its own shard.
-    if os.path.isdir(os.path.join(init_from, CHECKPOINT_SUBDIR)) or os.path.isdir(os.path.join(init_from, hf.ORBAX_PARAMS)):
+    if paths.isdir(paths.join(init_from, CHECKPOINT_SUBDIR)) or paths.isdir(paths.join(init_from, hf.ORBAX_PARAMS)):
         # A training workdir (its latest step, e.g. SFT stage 1) or a `convert hf-to-orbax` directory:
         # the parameters only; the optimizer state and the step start afresh.
         _, restored = hf.load_orbax(init_from, param_dtype=trainer.model_config.param_dtype)
         host_params, kind = jax.device_get(restored), "Orbax checkpoint"
     else:
-        host_params, kind = hf.read_params(init_from, trainer.model_config, trainer.abstract_params), "Hugging Face checkpoint"
+        # A Hugging Face directory in object storage is read from this host's copy of it.
+        host_params = hf.read_params(paths.local_copy(init_from), trainer.model_config, trainer.abstract_params)
+        kind = "Hugging Face checkpoint"
     params = shd.place_host_arrays(host_params, trainer.param_shardings)
     _log(f"initialised from {kind} {init_from}")
     return trainer.init_state(int(config.train.seed), params=params)
@@ -98,10 +101,8 @@ def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> Train
 def _write_run_files(workdir: str, config: ml_collections.ConfigDict, model_config: Any) -> None:
     """train_config.json (the full run config) and, for `seallm-jax convert orbax-to-hf WORKDIR`,
     the model's Hugging Face config.json plus the tokenizer files of `init_from` (or of `data.tokenizer`)."""
-    with open(os.path.join(workdir, TRAIN_CONFIG_FILE), "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=2))
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(model_config.to_hf(), f, indent=2)
+    paths.write_text(paths.join(workdir, TRAIN_CONFIG_FILE), config.to_json(indent=2))
+    paths.write_text(paths.join(workdir, "config.json"), json.dumps(model_config.to_hf(), indent=2))
     from seallm_jax import hf
     # The tokenizer of the model started from, else the run's own tokenizer directory (e.g. a
     # vocabulary subset), so that the workdir is a complete model for the next stage or an export.
@@ -137,7 +138,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     """
     distributed.initialize(config.distributed.mode, int(config.distributed.initialization_timeout))
     primary = distributed.is_primary()
-    workdir = os.path.abspath(workdir)
+    # A bucket that does not exist or cannot be reached with the credentials at hand fails here, in
+    # one line, before anything is compiled or written.
+    workdir = paths.check_bucket(paths.resolve(workdir), "workdir")
     # A mesh that does not fit the devices, a bad model field or optimizer setting fails before
     # anything is written.
     mesh = shd.make_mesh(config.mesh.to_dict())
@@ -145,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     trainable = getattr(optimizer_wrapper, "trainable", None)
     trainer = Trainer(config, mesh, build_optimizer(config, optimizer_wrapper), build_schedule(config),
                       model_config=model_config, trainable=trainable(config) if trainable is not None else None)
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     if primary:
         _write_run_files(workdir, config, model_config)
     train_cfg = config.train
@@ -159,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     eval_initial = eval_source.state() if eval_source is not None else {}
 
     ckpt_cfg = config.checkpoint
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR), keep=int(ckpt_cfg.keep),
+    checkpointer = Checkpointer(paths.join(workdir, CHECKPOINT_SUBDIR), keep=int(ckpt_cfg.keep),
                                 async_save=bool(ckpt_cfg.async_save))
     writer = MetricsWriter(workdir, enabled=primary)
     # The newest step that restores on every process; damaged newer ones are moved aside (or, with
