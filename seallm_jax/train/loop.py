@@ -22,7 +22,7 @@ import numpy as np
 from seallm_jax import distributed, paths
 from seallm_jax import sharding as shd
 from seallm_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, describe_error
-from seallm_jax.train.data_source import make_source
+from seallm_jax.train.data_source import fit_vocabulary, make_source
 from seallm_jax.train.metrics import MetricsWriter, mfu
 from seallm_jax.train.optim import OptimizerWrapper, build_optimizer, build_schedule
 from seallm_jax.train.step import Trainer, TrainState, model_config_from
@@ -144,6 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     # A mesh that does not fit the devices, a bad model field or optimizer setting fails before
     # anything is written.
     mesh = shd.make_mesh(config.mesh.to_dict())
+    fit_vocabulary(config, _log)  # a model trained from scratch on a token store gets its tokenizer's ids
     model_config = model_config_from(config)
     trainable = getattr(optimizer_wrapper, "trainable", None)
     trainer = Trainer(config, mesh, build_optimizer(config, optimizer_wrapper), build_schedule(config),
@@ -298,6 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                     tokens_per_s = interval_steps * tokens_per_step / elapsed
                     record["tokens_per_s"] = tokens_per_s
                     record["mfu"] = mfu(flops_per_token, tokens_per_s, float(train_cfg.peak_flops), jax.device_count())
+                record.update(getattr(source, "metrics", dict)())  # e.g. epochs of a language that repeats
                 interval_start, interval_steps = time.perf_counter(), 0
             if is_eval:
                 watchdog.progress()
