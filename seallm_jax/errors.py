@@ -13,6 +13,10 @@ This module imports nothing heavy: the command line uses it before JAX is loaded
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class UserError(Exception):
@@ -107,10 +111,27 @@ def require_model_dir(path: str | os.PathLike, *, remote_ok: bool = False) -> st
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# What a dtype argument takes: "bfloat16", jnp.bfloat16 (a scalar type), np.float32, np.dtype("float32").
+DTypeLike = "str | type | np.dtype"
 
 
-def check_dtype(name: str, what: str = "--dtype") -> str:
-    """`name` if it is a compute dtype the model runs in."""
+def check_dtype(dtype: DTypeLike, what: str = "--dtype") -> str:
+    """The name of a compute dtype the model runs in ("float32", "bfloat16", "float16"), given as
+    JAX users write it: the name, `jnp.float32` / `jnp.bfloat16`, `np.float32` or an `np.dtype`.
+    Anything else is a `ConfigError` naming `what`."""
+    name = dtype if isinstance(dtype, str) else _dtype_name(dtype)
     if name not in COMPUTE_DTYPES:
-        raise ConfigError(f"{what} {name!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+        raise ConfigError(f"{what} {dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)} "
+                          "(a name, jnp.float32 / jnp.bfloat16 or a NumPy dtype)")
     return name
+
+
+def _dtype_name(dtype: object) -> str | None:
+    """numpy's name for a dtype-like object, or None when it is not one."""
+    import numpy as np  # not at module level: the command line checks string dtypes before numpy loads
+
+    inner = getattr(dtype, "dtype", None)  # jnp.float32 is a scalar type carrying its np.dtype
+    try:
+        return (inner if isinstance(inner, np.dtype) else np.dtype(dtype)).name  # type: ignore[arg-type]
+    except TypeError:
+        return None

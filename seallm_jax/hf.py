@@ -18,7 +18,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from seallm_jax.errors import CheckpointError, require_model_dir
+from seallm_jax.errors import CheckpointError, DTypeLike, require_model_dir
 from seallm_jax import paths
 from seallm_jax.files import atomic_directory
 from seallm_jax.model.config import Qwen2Config, read_config_json
@@ -168,12 +168,13 @@ def model_from_params(config: Qwen2Config, params: Params) -> Qwen2ForCausalLM:
 
 
 def load_pretrained(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32",
+    path: str | os.PathLike, *, dtype: DTypeLike = "float32", param_dtype: DTypeLike = "float32",
     sharding: Params | Callable[[Params], Params] | None = None, **config_overrides: Any,
 ) -> Qwen2ForCausalLM:
     """A Qwen2ForCausalLM from a local Hugging Face directory (config.json + safetensors).
 
-    `dtype` is the compute dtype, `param_dtype` the stored one. `sharding` is a tree of shardings
+    `dtype` is the compute dtype, `param_dtype` the stored one, each a name ("bfloat16"), a JAX
+    scalar type (`jnp.bfloat16`) or an `np.dtype`. `sharding` is a tree of shardings
     matching the parameters, or a function from the abstract parameter tree to one.
     """
     path = os.fspath(path)
@@ -184,7 +185,7 @@ def load_pretrained(
 
 
 def load_model(
-    path: str | os.PathLike, *, dtype: str = "float32",
+    path: str | os.PathLike, *, dtype: DTypeLike = "float32",
     sharding: Params | Callable[[Params], Params] | None = None,
 ) -> Qwen2ForCausalLM:
     """A model from any directory seallm-jax writes or reads: a Hugging Face directory

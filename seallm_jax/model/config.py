@@ -73,6 +73,7 @@ class Qwen2Config:
     eos_token_id: int | list[int] | None = 151643
     pad_token_id: int | None = None
     # Computation, not architecture: never written to config.json.
+    # Any form `errors.check_dtype` takes (jnp.bfloat16, np.dtype, "bfloat16"); stored as the name.
     dtype: str = "float32"  # activations / matmul inputs ("bfloat16" for fast training)
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # rematerialisation of each decoder layer in the scan: see REMAT_POLICIES
@@ -85,6 +86,10 @@ class Qwen2Config:
     model_type: str = "qwen2"  # "llama"/"mistral" when loaded from such a checkpoint
 
     def __post_init__(self):
+        # Stored as names (jnp.bfloat16 or np.dtype("float32") in, "bfloat16" / "float32" out), so the
+        # config compares, hashes and serializes the same however the dtype was typed.
+        object.__setattr__(self, "dtype", check_dtype(self.dtype, "dtype"))
+        object.__setattr__(self, "param_dtype", check_dtype(self.param_dtype, "param_dtype"))
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings", "head_dim"):
             value = getattr(self, name)
@@ -102,8 +107,6 @@ class Qwen2Config:
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                 f"({self.num_attention_heads}); set head_dim explicitly"
             )
-        check_dtype(self.dtype, "dtype")
-        check_dtype(self.param_dtype, "param_dtype")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
