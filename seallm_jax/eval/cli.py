@@ -1,6 +1,7 @@
 """The `seallm-jax eval` command: run benchmark tasks on a model, and plot results of several models.
 
 `seallm-jax eval --model DIR --tasks ppl,mc,mgsm,chrf,refusal,safety,seabench --data-dir DIR --out R.json`;
+`seallm-jax eval --model DIR --lm-eval-tasks NAMES [--lm-eval-include TASK_DIR] --out R.json` (lm-eval tasks);
 `seallm-jax eval plot R1.json R2.json --out compare.png`.
 """
 from __future__ import annotations
@@ -27,8 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="DIR", help="Hugging Face model directory or Orbax checkpoint")
     parser.add_argument("--tokenizer", metavar="DIR",
                         help="tokenizer directory (default: the model's own, else the built-in Qwen2 tokenizer)")
-    parser.add_argument("--tasks", default=DEFAULT_TASKS,
+    parser.add_argument("--tasks",
                         help=f"comma-separated: ppl,mc,mgsm,chrf,refusal,safety,seabench (default {DEFAULT_TASKS})")
+    parser.add_argument("--lm-eval-tasks", metavar="NAMES",
+                        help="run lm-evaluation-harness tasks instead (comma-separated lm-eval task or group names) "
+                             "with the seallm-jax backend; --out gets lm-eval's results. Needs the [lm-eval] extra")
+    parser.add_argument("--lm-eval-include", metavar="DIR",
+                        help="a folder of your own lm-eval task YAML files (lm-eval's --include_path)")
+    parser.add_argument("--lm-eval-num-fewshot", type=int, metavar="K",
+                        help="few-shot examples per lm-eval task (default: each task's own)")
     parser.add_argument("--data-dir", metavar="DIR", help="benchmark files, laid out as in docs/eval.md")
     parser.add_argument("--languages", metavar="CODES", help="comma-separated language codes (default: all present)")
     parser.add_argument("--out", metavar="JSON", default="eval_results.json", help="results file to write")
@@ -36,10 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-name", help="name used in results and SeaBench outputs (default: the model dir name)")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N examples per language and benchmark")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="rows per scoring/decoding batch")
-    parser.add_argument("--max-length", type=int, default=2048, metavar="T", help="longest scored sequence in tokens")
+    parser.add_argument("--max-length", type=int, metavar="T",
+                        help="longest scored sequence in tokens (default 2048; with --lm-eval-tasks: the model's "
+                             "max_position_embeddings, as lm-eval's hf backend)")
     parser.add_argument("--num-shots", type=int, default=3, metavar="K", help="shots for multiple choice")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="cap on generated tokens for every generative task (default: per task)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                        help="divide the logits of tokens already seen by R in every generative task "
+                             "(> 1 discourages repeats; 1.0 = off), as `seallm-jax generate`")
     parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16")
     parser.add_argument("--unroll-layers", action=argparse.BooleanOptionalAction, default=True,
                         help="decode with the layers unrolled over a copy of the weights (default, fastest); "
@@ -65,6 +78,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         require_dir(args.data_dir, "--data-dir")
     check_dtype(args.dtype)
+    from seallm_jax.model.generate import check_sampling  # the same check as `seallm-jax generate`
+
+    check_sampling(1, 0.0, 0, 1.0, args.repetition_penalty)
     mesh_sizes = parse_mesh(args.mesh)
     languages = parse_languages(args.languages)
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--max-length", args.max_length),
@@ -74,6 +90,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.num_shots < 0:
         raise ConfigError(f"--num-shots {args.num_shots}: expected 0 or more")
     check_output_file(args.out, "--out")
+    if args.lm_eval_tasks is not None:
+        return _run_lm_eval(args, mesh_sizes)
+    for flag, value in (("--lm-eval-include", args.lm_eval_include), ("--lm-eval-num-fewshot", args.lm_eval_num_fewshot)):
+        if value is not None:
+            raise ConfigError(f"{flag} applies to --lm-eval-tasks, which is not given")
+    args.max_length = args.max_length or 2048
     from seallm_jax.eval.core import EvalConfig, EvalContext
     from seallm_jax.eval.generation import GenerationConfig
     from seallm_jax.eval.runner import check_data, parse_tasks, results_document, run_tasks, save_results
@@ -82,10 +104,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     from seallm_jax.sharding import make_mesh, params_sharding_fn
     from seallm_jax.tokenizer import tokenizer_for
 
-    tasks = parse_tasks(args.tasks)
+    tasks = parse_tasks(args.tasks or DEFAULT_TASKS)
     scoring = ScoringConfig(batch_size=args.batch_size, max_length=args.max_length, show_progress=not args.no_progress)
     generation = GenerationConfig(batch_size=args.batch_size, max_prompt_length=args.max_length,
-                                  unroll_layers=args.unroll_layers, show_progress=not args.no_progress)
+                                  unroll_layers=args.unroll_layers, repetition_penalty=args.repetition_penalty,
+                                  show_progress=not args.no_progress)
     config = EvalConfig(scoring=scoring, generation=generation, limit=args.limit, num_shots=args.num_shots)
     if args.max_new_tokens is not None:
         config = dataclasses.replace(config, **{field: args.max_new_tokens for field in (
@@ -104,6 +127,42 @@ def _run_eval(args: argparse.Namespace) -> int:
     ctx.tokenizer = tokenizer_for(args.model, args.tokenizer)
     results = run_tasks(ctx, tasks, table_stream=sys.stdout)
     path = save_results(args.out, results_document(model_name, results, config))
+    print(f"wrote {path}")
+    return 0
+
+
+def _run_lm_eval(args: argparse.Namespace, mesh_sizes: dict[str, int] | None) -> int:
+    """`--lm-eval-tasks`: lm-evaluation-harness tasks through the seallm-jax backend; --out gets lm-eval's
+    results document (`results[task][metric]`, e.g. results["arc_easy"]["acc,none"])."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError("--lm-eval-tasks needs lm-evaluation-harness: pip install 'seallm-jax[lm-eval]'")
+    if args.tasks is not None:
+        raise ConfigError("--tasks and --lm-eval-tasks are separate runs with separate results files: give one")
+    if args.lm_eval_include is not None:
+        require_dir(args.lm_eval_include, "--lm-eval-include")
+    if args.lm_eval_num_fewshot is not None and args.lm_eval_num_fewshot < 0:
+        raise ConfigError(f"--lm-eval-num-fewshot {args.lm_eval_num_fewshot}: expected 0 or more")
+    names = [name.strip() for name in args.lm_eval_tasks.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"--lm-eval-tasks {args.lm_eval_tasks!r} names no task")
+    from seallm_jax.eval.lm_eval import evaluate_tasks, task_manager
+
+    manager = task_manager(names, args.lm_eval_include)  # unknown names fail here, before the model loads
+    require_model_dir(args.model)
+    from seallm_jax.eval.lm_eval import SeallmJaxLM
+    from seallm_jax.sharding import make_mesh
+
+    mesh = make_mesh(mesh_sizes, what=f"--mesh {args.mesh}") if mesh_sizes else None
+    lm = SeallmJaxLM(args.model, tokenizer=args.tokenizer, dtype=args.dtype, batch_size=args.batch_size,
+                     max_length=args.max_length, max_gen_toks=args.max_new_tokens or 256, mesh=mesh,
+                     repetition_penalty=args.repetition_penalty, unroll_layers=args.unroll_layers,
+                     show_progress=not args.no_progress)
+    document = evaluate_tasks(lm, names, manager, limit=args.limit, num_fewshot=args.lm_eval_num_fewshot)
+    from seallm_jax.eval.runner import save_results
+
+    path = save_results(args.out, document)
     print(f"wrote {path}")
     return 0
 

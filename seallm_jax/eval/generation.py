@@ -30,6 +30,8 @@ class GenerationConfig:
     max_prompt_length: int = 2048
     # False: decode through the layer scan, holding no second copy of the weights (`generate`), slower.
     unroll_layers: bool = True
+    # transformers' repetition penalty on the prompt's and the output's tokens (1.0 = off), as `generate`.
+    repetition_penalty: float = 1.0
     show_progress: bool = True
 
 
@@ -72,27 +74,41 @@ class BatchGenerator:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
                  stop_at_newline: bool = False, description: str = "generating") -> list[str]:
         """Greedy completions of token-id prompts, decoded; cut at the first newline if asked."""
+        texts = []
+        for ids in self.generate_tokens(prompts, max_new_tokens, description=description):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            texts.append(text.strip().split("\n")[0].strip() if stop_at_newline else text.strip())
+        return texts
+
+    def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                        stop_ids: Sequence[int] | None = None, description: str = "generating",
+                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                        seed: int = 0) -> list[list[int]]:
+        """The new tokens of each prompt, in order, ending before the first of `stop_ids` (default: the
+        tokenizer's stop tokens). Prompts longer than `max_prompt_length` keep their last tokens."""
+        stop_ids = list(self.stop_ids if stop_ids is None else stop_ids)
         prompts = [list(prompt)[-self.config.max_prompt_length:] for prompt in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        texts: list[str] = [""] * len(prompts)
+        outputs: list[list[int]] = [[] for _ in prompts]
         batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         for batch in tqdm(batches, desc=description, disable=not self.config.show_progress, leave=False):
             batch_prompts = [prompts[i] for i in batch]
             batch_prompts += [batch_prompts[-1]] * (self.batch_size - len(batch_prompts))
-            tokens = self._generate(batch_prompts, max_new_tokens)
+            tokens = self._generate(batch_prompts, max_new_tokens, stop_ids, sampling)
             for row, index in enumerate(batch):
                 ids = tokens[row].tolist()
-                end = next((i for i, token in enumerate(ids) if token in self.stop_ids), len(ids))
-                text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
-                texts[index] = text.strip().split("\n")[0].strip() if stop_at_newline else text.strip()
-        return texts
+                outputs[index] = ids[:next((i for i, token in enumerate(ids) if token in stop_ids), len(ids))]
+        return outputs
 
-    def _generate(self, batch_prompts: list[list[int]], max_new_tokens: int):
+    def _generate(self, batch_prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
+                  sampling: dict):
         def run():
             return generate_module.generate(
-                self.model, batch_prompts, max_new_tokens=max_new_tokens, eos_token_ids=self.stop_ids,
+                self.model, batch_prompts, max_new_tokens=max_new_tokens, eos_token_ids=stop_ids,
                 pad_token_id=self.pad_id, min_prompt_bucket=self.config.min_prompt_bucket,
-                unroll_layers=self.config.unroll_layers,
+                unroll_layers=self.config.unroll_layers, repetition_penalty=self.config.repetition_penalty,
+                **sampling,
             )
 
         if self.mesh is None:
