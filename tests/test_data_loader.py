@@ -1,5 +1,8 @@
 """The token-store loader: batches as a pure function of the step (exact resume, any process count),
 realised mixture shares, packing by document boundaries, sequential passes, and resume checks."""
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -7,6 +10,8 @@ import pytest
 
 from seallm_jax.data.loader import (DataChangedError, SequentialLoader, TokenLoader, fill_row, empty_batch,
                                     permute)
+from seallm_jax.data.store import write_store
+from train_helpers import ROOT, TINY, cli_env, metrics
 
 SEP = 1
 
@@ -33,9 +38,25 @@ def random_documents(count, seed, low=2, high=40, base=10):
     return [list(rng.integers(base, base + 1000, int(rng.integers(low, high)))) for _ in range(count)]
 
 
-def arrays(counts, seed=0):
-    return {language: [MemoryArray(random_documents(count, seed + index, base=100 * (index + 1)))]
-            for index, (language, count) in enumerate(counts.items())}
+TOKENIZER = {"fingerprint": "0" * 64, "name": "test", "vocab_size": 2000, "eos_id": SEP}
+_STORES = iter(range(10 ** 6))
+
+
+def make_store(root, counts, seed=0, tokenizer=TOKENIZER, **documents):
+    """A real token store of random documents, cut into shards of 7 documents (rows cross shards)."""
+    documents = documents or {language: {"train": random_documents(count, seed + index, base=100 * (index + 1)),
+                                         "validation": random_documents(5, seed + 50 + index)}
+                              for index, (language, count) in enumerate(counts.items())}
+    return write_store(os.path.join(root, f"store-{next(_STORES)}"), documents, tokenizer_entry=tokenizer,
+                       shard_documents=7)
+
+
+@pytest.fixture
+def arrays(tmp_path):
+    def make(counts, seed=0):
+        store = make_store(tmp_path, counts, seed)
+        return {language: [store.documents(language)] for language in counts}
+    return make
 
 
 def loader(sources, weights, **kwargs):
@@ -70,7 +91,7 @@ def test_the_stores_loss_mask_selects_the_counted_targets():
     assert batch["loss_mask"][0].tolist() == [0, 1, 1, 1]
 
 
-def test_resumed_batches_equal_an_uninterrupted_run():
+def test_resumed_batches_equal_an_uninterrupted_run(arrays):
     sources = arrays({"th": 60, "vi": 30})
     whole = loader(sources, {"th": 0.6, "vi": 0.4})
     expected = [next(whole) for _ in range(12)]
@@ -86,7 +107,7 @@ def test_resumed_batches_equal_an_uninterrupted_run():
 
 
 @pytest.mark.parametrize("processes", [2, 4])
-def test_any_number_of_processes_builds_the_same_global_batches(processes):
+def test_any_number_of_processes_builds_the_same_global_batches(processes, arrays):
     sources = arrays({"th": 50, "vi": 40, "id": 20})
     weights = {"th": 0.5, "vi": 0.3, "id": 0.2}
     single = loader(sources, weights)
@@ -99,7 +120,7 @@ def test_any_number_of_processes_builds_the_same_global_batches(processes):
             np.testing.assert_array_equal(np.concatenate([piece[key] for piece in pieces]), whole[key])
 
 
-def test_realised_mixture_shares_match_the_weights_in_every_block():
+def test_realised_mixture_shares_match_the_weights_in_every_block(arrays):
     sources = arrays({"th": 40, "vi": 40, "id": 40})
     weights = {"th": 0.5, "vi": 0.3, "id": 0.2}
     data = loader(sources, weights, global_batch_size=8, block_rows=40)
@@ -112,7 +133,7 @@ def test_realised_mixture_shares_match_the_weights_in_every_block():
             assert abs(languages.count(language) / len(languages) - weight) <= 1 / data.block_rows
 
 
-def test_an_epoch_visits_every_window_once_and_the_next_epoch_reorders_them():
+def test_an_epoch_visits_every_window_once_and_the_next_epoch_reorders_them(arrays):
     data = loader(arrays({"th": 80}), {"th": 1.0}, global_batch_size=4)
     count = data.windows["th"].count
     plans = [plan for step in range(2 * count // 4) for plan in data.row_plan(step)]
@@ -122,7 +143,7 @@ def test_an_epoch_visits_every_window_once_and_the_next_epoch_reorders_them():
     assert data.epochs(2 * count // 4)["th"] == pytest.approx(2.0)
 
 
-def test_resume_at_step_a_million_costs_no_more_than_at_step_ten():
+def test_resume_at_step_a_million_costs_no_more_than_at_step_ten(arrays):
     data = loader(arrays({"th": 60, "vi": 30}), {"th": 0.5, "vi": 0.5})
     state = data.state()
     state["step"] = 10 ** 6
@@ -133,7 +154,7 @@ def test_resume_at_step_a_million_costs_no_more_than_at_step_ten():
     assert data.epochs()["th"] > 1
 
 
-def test_resume_with_changed_data_names_what_changed_unless_allowed():
+def test_resume_with_changed_data_names_what_changed_unless_allowed(arrays):
     sources = arrays({"th": 60, "vi": 30})
     saved = loader(sources, {"th": 0.5, "vi": 0.5}, description={"stores": {"th": ["a"], "vi": ["b"]}})
     next(saved)
@@ -168,3 +189,120 @@ def test_sequential_documents_keep_each_document_whole_in_one_row():
                 columns = batch["segment_ids"][row] == segment
                 seen.append(batch["input_ids"][row][columns].tolist() + [int(batch["targets"][row][columns][-1])])
     assert seen == [doc + [SEP] for doc in documents]
+
+
+# ---- training from a store: the run learns the store's text, and bad data is a one-line error -----------
+
+def tokenize_into_store(files, tokenizer, out):
+    """The store a user's JSON-lines files make (train / validation split by document hash)."""
+    from seallm_jax.data.corpus import load_files
+
+    documents = {language: {split: tokenizer.encode_batch([doc.text for doc in docs])
+                            for split in ("train", "validation")
+                            for docs in [load_files({language: paths}, split=split)[language]]}
+                 for language, paths in files.items()}
+    return write_store(out, documents, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """A user's Thai and Vietnamese JSON-lines files (text the shipped corpus holds), a vocabulary subset
+    of that text as the model's tokenizer (a tiny embedding), and the store of the files."""
+    import json
+
+    from seallm_jax.data import load_corpus
+    from seallm_jax.tokenizer import load_tokenizer
+    from seallm_jax.tokenizer.vocabulary import VocabularySubset
+
+    root = tmp_path_factory.mktemp("user")
+    files = {}
+    for language, count in (("th", 600), ("vi", 300)):
+        documents = load_corpus(None, [language])[language][:count]
+        path = root / f"my_{language}.jsonl"
+        path.write_text("".join(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n"
+                                for doc in documents), encoding="utf-8")
+        files[language] = [str(path)]
+    texts = [json.loads(line)["text"] for paths in files.values() for line in open(paths[0], encoding="utf-8")]
+    VocabularySubset.from_texts(load_tokenizer(), texts).save_pretrained(root / "tokenizer")
+    tokenizer = load_tokenizer(root / "tokenizer")
+    store = tokenize_into_store(files, tokenizer, str(root / "store"))
+    return {"root": root, "files": files, "tokenizer": str(root / "tokenizer"), "store": store,
+            "tokenizer_object": tokenizer}
+
+
+def run_cli(capsys, *argv):
+    from seallm_jax.cli import main
+
+    code = main([str(arg) for arg in argv])
+    return code, capsys.readouterr().err.strip()
+
+
+def tokens_run(workdir, user_data, *overrides):
+    return ["train", "--config", TINY, "--workdir", workdir, "--config.train.progress_bar=False",
+            "--config.data.source=tokens", f"--config.data.path={user_data['store'].path}",
+            f"--config.data.tokenizer={user_data['tokenizer']}", *overrides]
+
+
+@pytest.fixture(scope="module")
+def trained(user_data, tmp_path_factory):
+    """`seallm-jax train` from the store for 40 steps, held-out loss every 10."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    argv = tokens_run(workdir, user_data, "--config.train.steps=40", "--config.train.eval_every=10",
+                      "--config.checkpoint.every=20")
+    process = subprocess.run([sys.executable, "-m", "seallm_jax.cli", *argv], env=cli_env(1), cwd=ROOT,
+                             capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+    return workdir, process.stdout + process.stderr
+
+
+def test_training_from_a_token_store_lowers_the_heldout_loss_of_its_text(trained):
+    workdir, out = trained
+    records = metrics(workdir)
+    held_out = [record["eval_loss"] for record in records if "eval_loss" in record]
+    assert len(held_out) == 4 and held_out[-1] < held_out[0] - 0.3, held_out
+    assert "model.vocab_size 256 -> " in out  # the model got an embedding row for every id of the store
+    assert any("data_epochs_vi" in record for record in records)  # vi repeats within 40 steps
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ("--config.data.languages=th,lo", "no data for lo in the token store"),
+    ("--config.data.weights=th=0.5,lo=0.5", "weight for lo"),
+    ("--config.data.path=", "needs --config.data.path=STORE"),
+    ("--config.data.path={root}/nowhere", "nowhere' does not exist"),
+])
+def test_bad_token_data_is_a_one_line_error(user_data, tmp_path, capsys, override, culprit):
+    argv = tokens_run(tmp_path / "run", user_data, override.format(root=tmp_path))
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and len(err.splitlines()) == 1 and culprit in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_store_of_another_tokenizer_is_refused(user_data, tmp_path, capsys):
+    other = make_store(tmp_path, {"th": 20})
+    code, err = run_cli(capsys, *tokens_run(tmp_path / "run", user_data, f"--config.data.path={other.path}"))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"token store {other.path} was built with another tokenizer (test)" in err
+
+
+def test_resume_with_a_changed_store_names_it(trained, user_data, tmp_path, capsys):
+    import shutil
+
+    workdir, _ = trained
+    copy = str(tmp_path / "store")
+    shutil.copytree(user_data["store"].path, copy)
+    resumed = tmp_path / "run"
+    shutil.copytree(workdir, resumed)
+    argv = tokens_run(resumed, user_data, "--config.train.steps=41", "--config.train.eval_every=0",
+                      f"--config.data.path={copy}")
+    # The same store under another path resumes (fingerprints, not paths, identify data) ...
+    code, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    # ... one with other text does not.
+    documents = {language: {split: [doc[:-1].tolist() for doc in user_data["store"].documents(language, split)]
+                            for split in ("train", "validation")} for language in ("th", "vi")}
+    documents["th"]["train"] = documents["th"]["train"][:-1]
+    shutil.rmtree(copy)
+    write_store(copy, documents, tokenizer_entry=user_data["store"].manifest["tokenizer"])
+    code, err = run_cli(capsys, *argv[:-2], "--config.train.steps=42", f"--config.data.path={copy}")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "the token store(s) of th changed" in err and "allow_data_changes" in err

@@ -489,7 +489,10 @@ def token_loader(stores: Sequence[Any], *, languages: Sequence[str] | None, spli
     arrays = resolve_languages(stores, languages, split)
     resolved = mixture_from_stores(arrays, weighting=weighting, weights=weights, temperature=temperature)
     description = {"split": split, "tokenizer": tokenizer,
-                   "stores": {language: sorted(store.fingerprint for store in stores if language in store.languages)
+                   # Per language (its manifest entry: sources, shards and their checksums), so that a
+                   # resume names the language whose text changed.
+                   "stores": {language: sorted(fingerprint(store.manifest["languages"][language])
+                                               for store in stores if language in store.languages)
                               for language in arrays},
                    "languages": list(arrays)}
     return TokenLoader(arrays, resolved, seq_len=seq_len, global_batch_size=global_batch_size, row_start=row_start,

@@ -119,10 +119,9 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
 
     data = config.data
     if data.source == "tokens":
-        from seallm_jax.data.loader import check_tokenizers, parse_weights, resolve_languages
+        from seallm_jax.data.loader import parse_weights, resolve_languages
 
-        stores = open_stores(config)
-        check_tokenizers(stores)
+        stores = data_stores(config)  # the stores' tokenizer against the model's
         arrays = resolve_languages(stores, list(data.languages) or None, "train")
         weights = parse_weights(list(data.get("weights") or []))
         unknown = sorted(set(weights) - set(arrays))
