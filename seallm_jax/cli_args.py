@@ -39,9 +39,12 @@ def parse_languages(text: str | None, flag: str = "--languages") -> list[str] | 
 
 
 def parse_data_args(items: Sequence[str] | None, languages: Sequence[str] | None = None,
-                    flag: str = "--data") -> dict[str, list[str]]:
+                    flag: str = "--data", stores: bool = False) -> dict[str, list[str]]:
     """`["th=a.jsonl", "th=b.txt"]` -> {"th": ["a.jsonl", "b.txt"]}; each file must exist and not be
-    empty, and (given `languages`) each language must be one of them."""
+    empty, and (given `languages`) each language must be one of them. With `stores`, a PATH may also be
+    a token store directory (`seallm-jax data tokenize`) that holds the language."""
+    import os
+
     from seallm_jax.data.corpus import check_language
 
     files: dict[str, list[str]] = {}
@@ -50,7 +53,12 @@ def parse_data_args(items: Sequence[str] | None, languages: Sequence[str] | None
         if not sep or not language or not path:
             raise ConfigError(f"{flag} {item!r}: expected LANG=PATH, e.g. th=data/th.jsonl")
         check_language(language, f"{flag} {item}")
-        require_file(path, f"{flag} {language}:")
+        if stores and os.path.isdir(path):
+            from seallm_jax.data.store import TokenStore
+
+            TokenStore.open(path).documents(language)  # a complete store that holds the language
+        else:
+            require_file(path, f"{flag} {language}:")
         files.setdefault(language, []).append(path)
     if languages is not None:
         unused = sorted(set(files) - set(languages))

@@ -11,6 +11,7 @@ import pytest
 from seallm_jax.data.loader import (DataChangedError, SequentialLoader, TokenLoader, fill_row, empty_batch,
                                     permute)
 from seallm_jax.data.store import write_store
+from test_lsn_cli import tiny  # noqa: F401 - the tiny model and files of the lsn command tests
 from train_helpers import ROOT, TINY, cli_env, metrics
 
 SEP = 1
@@ -306,3 +307,26 @@ def test_resume_with_a_changed_store_names_it(trained, user_data, tmp_path, caps
     code, err = run_cli(capsys, *argv[:-2], "--config.train.steps=42", f"--config.data.path={copy}")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "the token store(s) of th changed" in err and "allow_data_changes" in err
+
+
+# ---- lsn stats reads a store like the file it was made from ----------------------------------------------
+
+def test_lsn_stats_from_a_store_equal_those_from_its_file(tiny, tmp_path):
+    from seallm_jax.cli import main
+    from seallm_jax.data.corpus import load_documents
+    from seallm_jax.lsn.stats import NeuronStats
+    from seallm_jax.tokenizer import load_tokenizer
+
+    root, _, model_dir, files = tiny
+    tokenizer = load_tokenizer(model_dir)
+    documents = [doc.text for doc in load_documents(files["th"], "th")]
+    store = write_store(tmp_path / "store2", {"th": {"train": [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(
+        documents, add_special_tokens=False)]}}, tokenizer=tokenizer)
+    common = ["--model", str(model_dir), "--languages", "th", "--seq-len", "40", "--batch-size", "2", "--no-progress"]
+    assert main(["lsn", "stats", *common, f"--data=th={files['th']}", "--out", str(tmp_path / "file.npz")]) == 0
+    assert main(["lsn", "stats", *common, f"--data=th={store.path}", "--out", str(tmp_path / "store.npz")]) == 0
+    from_file, from_store = NeuronStats.load(tmp_path / "file.npz"), NeuronStats.load(tmp_path / "store.npz")
+    assert int(from_store.token_count.sum()) == int(from_file.token_count.sum()) > 0
+    for name in ("token_count", "document_count", "active_count", "topk_count"):
+        np.testing.assert_array_equal(getattr(from_store, name), getattr(from_file, name), err_msg=name)
+    np.testing.assert_allclose(from_store.importance_sum, from_file.importance_sum, rtol=1e-6)

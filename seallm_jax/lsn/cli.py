@@ -73,10 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
     parser.add_argument("--data", action="append", metavar="LANG=PATH", default=None,
-                        help="text of a language (.jsonl with a 'text' field, or .txt); repeatable; "
-                             "languages without --data read the shipped corpus")
+                        help="text of a language (.jsonl with a 'text' field, or .txt) or a token store "
+                             "directory (`seallm-jax data tokenize`); repeatable; languages without --data "
+                             "read the shipped corpus")
     parser.add_argument("--split", default=default_split, choices=("train", "validation", "test"),
-                        help=f"split of the shipped corpus (default: {default_split})")
+                        help=f"split of the shipped corpus and of token stores (default: {default_split}); "
+                             "a text file is read whole")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per language (default: all)")
     parser.add_argument("--seq-len", type=int, default=LSN_SEQ_LEN, help="tokens per packed row")
     parser.add_argument("--batch-size", type=int, default=LSN_BATCH_SIZE,
@@ -127,7 +129,7 @@ def _check_inputs(args: argparse.Namespace, languages: list[str]) -> dict[str, l
     for flag, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size), ("--max-tokens", args.max_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: expected a positive integer")
-    files = parse_data_args(args.data, languages)
+    files = parse_data_args(args.data, languages, stores=True)
     from_corpus = [language for language in languages if language not in files]
     check_languages(from_corpus, shipped_languages(), where="the shipped corpus (give --data LANG=PATH for others)")
     return files

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from seallm_jax.defaults import LSN_BATCH_SIZE, LSN_SEQ_LEN
+from seallm_jax.errors import ConfigError
 from seallm_jax.lsn.stats import Batch
 from seallm_jax.tokenizer import document_separator_id
 
@@ -20,8 +21,18 @@ def language_batches(language: str, *, tokenizer, split: str | None = "train",
     """One pass (no repetition) over `language`'s documents, packed into `[batch_size, seq_len]` rows.
 
     Documents are not split across rows (PLND counts each segment as a document); a document longer than
-    a row is cut into row-sized pieces. Each process reads its own share of the documents.
+    a row is cut into row-sized pieces. `files` may name token store directories (their `split` is read)
+    and text files (read whole); they are read by the token loader's sequential mode
+    (`seallm_jax.data.loader.SequentialLoader`), each process building its own rows of every global batch.
     """
+    arrays = store_arrays(language, tokenizer=tokenizer, split=split, files=files) if files else None
+    if arrays is not None:
+        from seallm_jax.data.loader import SequentialLoader
+
+        index, count = jax.process_index(), jax.process_count()
+        return SequentialLoader(arrays, seq_len=seq_len, global_batch_size=batch_size * count,
+                                row_start=index * batch_size, row_stop=(index + 1) * batch_size, pack="documents",
+                                pad_id=document_separator_id(tokenizer))
     from seallm_jax.data.stream import pretraining_stream
 
     corpus = {language: list(files)} if files else None
@@ -30,6 +41,37 @@ def language_batches(language: str, *, tokenizer, split: str | None = "train",
         tokenizer=tokenizer, corpus=corpus, max_epochs=1, split_documents=False, eos_id=document_separator_id(tokenizer),
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
+
+
+def store_arrays(language: str, *, tokenizer, split: str | None, files: Sequence[str]) -> list | None:
+    """The document arrays of `language` in `files`: a store directory's `split`, a text file's every split
+    (tokenized once into the cached store of `seallm_jax.data.store.ensure_store`). None while text files
+    cannot be cached (no ensure_store): the caller reads them directly."""
+    import os
+
+    from seallm_jax.data import store as stores
+
+    directories = [path for path in files if os.path.isdir(path)]
+    texts = [path for path in files if not os.path.isdir(path)]
+    ensure_store = getattr(stores, "ensure_store", None)
+    if texts and ensure_store is None:
+        if directories:
+            raise ConfigError(f"--data {language}: give either token stores or text files for one language")
+        return None
+    opened = [stores.TokenStore.open(path) for path in directories]
+    if texts:
+        opened.append(ensure_store({language: texts}, tokenizer=tokenizer))
+    fingerprint = stores.tokenizer_fingerprint(tokenizer)
+    for store in opened:
+        if store.tokenizer_fingerprint != fingerprint:
+            raise ConfigError(f"token store {store.path} was built with another tokenizer "
+                              f"({store.manifest['tokenizer'].get('name', '?')}) than the model's; tokenize the text "
+                              "again with `seallm-jax data tokenize ... --tokenizer MODEL_DIR`")
+    arrays = []
+    for store in opened:
+        splits = [split or "train"] if store.path in directories else list(stores.STORE_SPLITS)
+        arrays += [store.documents(language, name) for name in splits]
+    return arrays
 
 
 def batches_by_language(languages: Sequence[str], *, tokenizer, split: str | None,
