@@ -5,6 +5,9 @@ run killed mid-save resumes from the previous complete step. Every process takes
 A step that no longer restores (a truncated file, a lost metadata file) is moved aside to
 `STEP.damaged` and the newest step that does restore is used; a save that fails stops the run with
 a `CheckpointSaveError` that says which complete checkpoints remain.
+
+The directory may be in object storage (gs://, s3://: seallm_jax.paths); Orbax then marks a complete
+step with commit_success.txt instead of renaming a temporary directory, which object stores lack.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from seallm_jax import distributed
+from seallm_jax import distributed, paths
 from seallm_jax.errors import CheckpointSaveError, ConfigError, DamagedCheckpointError
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -51,7 +54,7 @@ def describe_error(error: BaseException, limit: int = 400) -> str:
 
 def missing_files(step_dir: str) -> list[str]:
     """The files of a complete step that `step_dir` lacks ([] for a complete-looking step)."""
-    return [name for name in _STEP_FILES if not os.path.isfile(os.path.join(step_dir, name))]
+    return [name for name in _STEP_FILES if not paths.isfile(paths.join(step_dir, name))]
 
 
 def _list(steps: list[int]) -> str:
@@ -113,7 +116,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
         _FailureReports.install()
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = paths.resolve(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             # Half-written steps (from a killed run) live in *.orbax-checkpoint-tmp-* directories:
@@ -122,7 +125,16 @@ class Checkpointer:
             # The step's directory is made before save() returns: a directory that cannot be written
             # fails the save at once, instead of leaving Orbax's writer threads waiting for it.
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        # Orbax's default array layout is OCDBT (a few large files per process). The Cloud Storage
+        # emulators do not implement the conditional writes it commits with (gcp-storage-emulator:
+        # 'Malformed StorageGeneration'; fake-gcs-server: the write never returns), so against an
+        # emulator the steps use the plain zarr layout (one object per array chunk); real GCS and
+        # S3 keep OCDBT. Restores read either layout.
+        use_ocdbt = not paths.emulated(self.directory)
+        handlers = {name: ocp.StandardCheckpointHandler(use_ocdbt=use_ocdbt) for name in ("params", "opt_state")}
+        handlers["meta"] = ocp.JsonCheckpointHandler()
+        self.manager = ocp.CheckpointManager(paths.epath(self.directory), options=options, item_names=ITEMS,
+                                             item_handlers=handlers)
         self._pending_step: int | None = None  # the step whose save may still be running
 
     def latest_step(self) -> int | None:
@@ -133,7 +145,7 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return paths.join(self.directory, str(step))
 
     def save(self, step: int, *, params: Any, opt_state: Any, rng: jax.Array,
              data_state: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> None:
@@ -263,10 +275,10 @@ class Checkpointer:
             for step, reason in damaged:
                 target = self.step_dir(step) + DAMAGED_SUFFIX
                 for copy in itertools.count(2):  # a step damaged before keeps its first copy
-                    if not os.path.exists(target):
+                    if not paths.exists(target):
                         break
                     target = f"{self.step_dir(step)}{DAMAGED_SUFFIX}.{copy}"
-                os.rename(self.step_dir(step), target)
+                paths.rename(self.step_dir(step), target)
                 log(f"checkpoint {self.step_dir(step)} cannot be restored ({reason}); moved it to "
                     f"{target} and resuming from step {resumed_step}")
         distributed.barrier("seallm_jax.checkpoint.damaged_moved_aside")
@@ -275,14 +287,14 @@ class Checkpointer:
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, int]:
     """(checkpoint directory, step) for a workdir, a checkpoints directory, or one step's directory."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
-        path = os.path.join(path, CHECKPOINT_SUBDIR)
-    if _STEP_DIR.match(os.path.basename(path)) and os.path.isdir(os.path.join(path, "params")):
-        return os.path.dirname(path), int(os.path.basename(path))
-    if not os.path.isdir(path):
+    path = paths.resolve(path)
+    if paths.isdir(paths.join(path, CHECKPOINT_SUBDIR)):
+        path = paths.join(path, CHECKPOINT_SUBDIR)
+    if _STEP_DIR.match(paths.basename(path)) and paths.isdir(paths.join(path, "params")):
+        return paths.dirname(path), int(paths.basename(path))
+    if not paths.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    steps = ocp.utils.checkpoint_steps(path)  # finalized steps only: temporary directories are skipped
+    steps = ocp.utils.checkpoint_steps(paths.epath(path))  # finalized steps only: temporary directories are skipped
     if not steps:
         raise FileNotFoundError(f"{path} holds no complete checkpoint (expected step directories with params/)")
     return path, max(steps)
@@ -295,7 +307,7 @@ def load_params(ckpt_or_workdir: str | os.PathLike, abstract_params: Any | None 
     None restores host numpy arrays (what an HF export needs on one machine).
     """
     directory, step = resolve_checkpoint(ckpt_or_workdir)
-    item_dir = os.path.join(directory, str(step), "params")
+    item_dir = paths.epath(paths.join(directory, str(step), "params"))
     if abstract_params is None:
         checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         metadata = checkpointer.metadata(item_dir).item_metadata.tree

@@ -1,14 +1,22 @@
 """Training metrics: throughput and MFU, and the writers (metrics.jsonl, TensorBoard) on process 0.
 
 MFU = model FLOPs per token x tokens per second / (`config.train.peak_flops` x number of devices).
+A workdir in object storage gets the same files: written locally, uploaded whole (objects cannot be
+appended to): metrics.jsonl at every write, the TensorBoard events every minute and at close.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from seallm_jax import paths
+
+# Seconds between uploads of a remote workdir's TensorBoard events (each upload is the whole file).
+TENSORBOARD_UPLOAD_EVERY = 60.0
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak_flops_per_device: float, num_devices: int) -> float:
     """Model FLOPs utilisation; 0 when no peak is configured."""
@@ -22,11 +30,19 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, *, enabled: bool, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.remote_path = paths.join(workdir, "metrics.jsonl") if paths.is_remote(workdir) else None
+        self.remote_tensorboard = paths.join(workdir, "tensorboard") if paths.is_remote(workdir) else None
+        # A remote workdir's files are written in a local mirror first, then uploaded whole.
+        self._mirror = paths.local_staging("seallm-jax-metrics-") if enabled and self.remote_path else None
+        local_workdir = self._mirror or workdir
+        self.path = os.path.join(local_workdir, "metrics.jsonl")
+        if self._mirror is not None and paths.exists(self.remote_path):
+            paths.copy_file(self.remote_path, self.path)  # a resumed run continues the same file
         self.tb = None
+        self._tb_uploaded = time.monotonic()
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.tb = SummaryWriter(os.path.join(local_workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after `step` (a resumed run logs them again)."""
@@ -36,6 +52,7 @@ class MetricsWriter:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(kept)
+        self._upload_metrics()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -43,14 +60,33 @@ class MetricsWriter:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        self._upload_metrics()
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, int(step))
+            if self.remote_tensorboard and time.monotonic() - self._tb_uploaded > TENSORBOARD_UPLOAD_EVERY:
+                self._upload_tensorboard()
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            if self.remote_tensorboard:
+                self._upload_tensorboard()
+        if self._mirror is not None:
+            shutil.rmtree(self._mirror, ignore_errors=True)
+            self._mirror = None
+
+    def _upload_metrics(self) -> None:
+        if self._mirror is not None:
+            paths.copy_file(self.path, self.remote_path)
+
+    def _upload_tensorboard(self) -> None:
+        self.tb.flush()
+        local = os.path.join(self._mirror, "tensorboard")
+        for name, _ in paths.walk_files(local):
+            paths.copy_file(os.path.join(local, *name.split("/")), paths.join(self.remote_tensorboard, name))
+        self._tb_uploaded = time.monotonic()
 
 
 def _plain(value: Any) -> Any:

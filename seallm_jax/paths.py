@@ -1,0 +1,360 @@
+"""Paths the library reads and writes for the user, local or in object storage (gs://, s3://): one
+way to name, test, read, write, copy and list them, through etils.epath over fsspec (gcsfs, s3fs).
+
+etils.epath is what Orbax itself uses for a checkpoint's directories (its arrays go through
+TensorStore), so the workdir, the run files and the checkpoints all reach the bucket the same way.
+epath would pick tf.io.gfile for remote paths whenever TensorFlow is installed (the tfds extra
+installs it), which neither reads STORAGE_EMULATOR_HOST nor speaks s3://; it is pinned to fsspec here.
+
+Emulators: STORAGE_EMULATOR_HOST (gcsfs, google-cloud-storage) and TENSORSTORE_GCS_HTTP_URL
+(TensorStore, i.e. Orbax's arrays) name the same server; either one set is copied to the other, so a
+Cloud Storage emulator is one variable. AWS_ENDPOINT_URL does the same for S3-compatible servers.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+
+from seallm_jax.errors import UserError
+
+# Before any remote epath call: its backend choice is cached on first use.
+os.environ["EPATH_USE_TF"] = "false"
+
+SCHEMES = ("gs://", "s3://")
+# Where local_copy() keeps remote directories (one copy per host, reused by every run on it).
+CACHE_ENV = "SEALLM_JAX_CACHE"
+
+
+class RemotePathError(UserError):
+    """A gs:// or s3:// path that cannot be used: no such bucket, no credentials, or a command that
+    needs a local path."""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for gs://… and s3://… (object storage), False for local paths."""
+    return os.fspath(path).startswith(SCHEMES)
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """A local path made absolute, or a remote URL normalised (no trailing slash, no '//' inside);
+    remote paths never go through os.path (it would make 'gs:/bucket' a local directory)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return os.path.abspath(path)
+    scheme, rest = path.split("://", 1)
+    parts = [part for part in rest.split("/") if part]
+    if not parts:
+        raise RemotePathError(f"{path!r} names no bucket: expected {scheme}://BUCKET/PATH")
+    return f"{scheme}://{'/'.join(parts)}"
+
+
+def join(base: str | os.PathLike, *names: str) -> str:
+    """os.path.join for local paths; '/'-joined for remote ones."""
+    base = os.fspath(base)
+    if not is_remote(base):
+        return os.path.join(base, *names)
+    return "/".join([base.rstrip("/"), *(name.strip("/") for name in names)])
+
+
+def basename(path: str | os.PathLike) -> str:
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else os.path.basename(path)
+
+
+def dirname(path: str | os.PathLike) -> str:
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(path)
+
+
+def bucket_of(path: str | os.PathLike) -> str:
+    """'gs://bucket' for 'gs://bucket/a/b'."""
+    scheme, rest = os.fspath(path).split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def epath(path: str | os.PathLike):  # -> etils.epath.Path
+    """The etils.epath.Path of `path` (what Orbax takes), after configuring emulators."""
+    from etils import epath as _epath
+
+    if is_remote(path):
+        configure_object_storage()
+    return _epath.Path(os.fspath(path))
+
+
+def configure_object_storage() -> None:
+    """Point every client at an emulator when one is named: STORAGE_EMULATOR_HOST and
+    TENSORSTORE_GCS_HTTP_URL are made equal; with an emulator, TensorStore is given the test token
+    (emulators take any) and gcsfs skips the Storage Control gRPC API, which emulators lack."""
+    gcs = os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get("TENSORSTORE_GCS_HTTP_URL")
+    if gcs:
+        if "://" not in gcs:
+            gcs = f"http://{gcs}"
+        os.environ.setdefault("STORAGE_EMULATOR_HOST", gcs)
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", gcs)
+        os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def emulated(path: str | os.PathLike) -> bool:
+    """True when `path` is gs:// and a Cloud Storage emulator is named (STORAGE_EMULATOR_HOST or
+    TENSORSTORE_GCS_HTTP_URL)."""
+    return os.fspath(path).startswith("gs://") and bool(
+        os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get("TENSORSTORE_GCS_HTTP_URL"))
+
+
+def _fs(path: str):
+    """The fsspec filesystem and the scheme-less key of a remote path."""
+    import fsspec
+
+    configure_object_storage()
+    scheme, key = path.split("://", 1)
+    protocol = "gcs" if scheme == "gs" else scheme
+    options = {}
+    if scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    return fsspec.filesystem(protocol, **options), key
+
+
+# ---- queries and plain operations (local: os; remote: the bucket) ---------------------------------
+
+def exists(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    return epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    return epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    return epath(path).is_file() if is_remote(path) else os.path.isfile(path)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+    """Names (not paths) in a directory; remote: the objects and prefixes right under it."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return sorted(os.listdir(path))
+    return sorted(child.name for child in epath(path).iterdir())
+
+
+def makedirs(path: str | os.PathLike) -> None:
+    """A directory and its parents; remote: nothing to make (prefixes exist once an object does)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def size(path: str | os.PathLike) -> int:
+    path = os.fspath(path)
+    if not is_remote(path):
+        return os.path.getsize(path)
+    fs, key = _fs(path)
+    return int(fs.info(key)["size"])
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    path = os.fspath(path)
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            return f.read()
+    return epath(path).read_bytes()
+
+
+def read_text(path: str | os.PathLike) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """The whole file at once: locally through a temporary sibling and a rename; remotely one object
+    upload (an object appears whole or not at all)."""
+    from seallm_jax.files import atomic_file
+
+    with atomic_file(path) as staging, open(staging, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def copy_file(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """One file, any side local or remote."""
+    source, destination = os.fspath(source), os.fspath(destination)
+    if not is_remote(source) and not is_remote(destination):
+        shutil.copy2(source, destination)
+    elif is_remote(source) and not is_remote(destination):
+        fs, key = _fs(source)
+        fs.get_file(key, destination)
+    elif not is_remote(source):
+        fs, key = _fs(destination)
+        fs.put_file(source, key)
+    else:
+        fs, key = _fs(source)
+        fs.copy(key, _fs(destination)[1])
+
+
+def rename(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """A file or directory moved; remotely a copy of every object, then their deletion (object
+    stores have no rename): used only for small steps such as moving a damaged checkpoint aside."""
+    source, destination = os.fspath(source), os.fspath(destination)
+    if not is_remote(source):
+        os.rename(source, destination)
+        return
+    fs, key = _fs(source)
+    fs.mv(key, _fs(destination)[1], recursive=True)
+
+
+def rmtree(path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif exists(path):
+        fs, key = _fs(path)
+        fs.rm(key, recursive=True)
+
+
+def walk_files(path: str | os.PathLike) -> Iterator[tuple[str, int]]:
+    """(relative name with '/', size in bytes) of every file under a directory, local or remote."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        for root, _, files in os.walk(path):
+            for name in files:
+                full = os.path.join(root, name)
+                yield os.path.relpath(full, path).replace(os.sep, "/"), os.path.getsize(full)
+        return
+    fs, key = _fs(path)
+    prefix = key.rstrip("/") + "/"
+    for name, info in sorted(fs.find(key, detail=True).items()):
+        if info.get("type") != "directory" and name.startswith(prefix):
+            yield name[len(prefix):], int(info["size"])
+
+
+def upload_directory(local: str, remote: str) -> None:
+    """Every file of `local` to `remote`, the deepest first and the top-level files (config.json,
+    manifest.json: what readers look for first) last, so a reader that finds those finds the rest."""
+    fs, key = _fs(remote)
+    names = [name for name, _ in walk_files(local)]
+    for name in sorted(names, key=lambda name: (-name.count("/"), name)):
+        fs.put_file(os.path.join(local, *name.split("/")), f"{key.rstrip('/')}/{name}")
+
+
+# ---- checks before work starts --------------------------------------------------------------------
+
+def require_local(path: str | os.PathLike, what: str) -> str:
+    """`path` if it is local; a RemotePathError naming it where only a local path will do."""
+    path = os.fspath(path)
+    if is_remote(path):
+        raise RemotePathError(f"{what} {path!r} is in object storage; this needs a local path "
+                              "(copy it to local disk first)")
+    return path
+
+
+def check_bucket(path: str | os.PathLike, what: str = "path") -> str:
+    """The normalised `path` once its bucket is known to exist and to be reachable with the
+    credentials at hand; a one-line RemotePathError naming the path otherwise. Local paths pass."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return path
+    path = resolve(path)
+    bucket = bucket_of(path)
+    configure_object_storage()
+    problem = _credentials_problem(path)
+    if problem is None:
+        try:
+            fs, key = _fs(bucket)
+            found = fs.exists(key)
+        except Exception as error:  # noqa: BLE001 - whatever the client raises, the bucket is unusable
+            problem = f"cannot reach {bucket} ({_first_line(error)})"
+        else:
+            problem = None if found else f"bucket {bucket} does not exist (create it first, or fix the name)"
+    if problem is not None:
+        raise RemotePathError(f"{what} {path}: {problem}")
+    return path
+
+
+def _credentials_problem(path: str) -> str | None:
+    """Why no request can be signed for `path`, or None (emulators need no credentials)."""
+    if path.startswith("gs://"):
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            return None
+        try:
+            import google.auth
+
+            google.auth.default()
+        except Exception as error:  # noqa: BLE001 - DefaultCredentialsError and transport errors alike
+            return (f"no Google Cloud credentials ({_first_line(error)}); on a TPU VM the VM's service "
+                    "account is used, elsewhere run `gcloud auth application-default login` or set "
+                    "GOOGLE_APPLICATION_CREDENTIALS")
+        return None
+    try:
+        import botocore.session
+
+        if botocore.session.get_session().get_credentials() is None:
+            return ("no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile "
+                    "in ~/.aws/credentials)")
+    except Exception as error:  # noqa: BLE001 - a malformed profile file
+        return f"AWS credentials cannot be read ({_first_line(error)})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+# ---- a remote directory read locally ----------------------------------------------------------------
+
+def cache_root() -> str:
+    """$SEALLM_JAX_CACHE, else ~/.cache/seallm_jax: the host's cache of downloaded directories."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "seallm_jax")
+
+
+def local_copy(url: str, *, cache_dir: str | None = None, only: Sequence[str] | None = None) -> str:
+    """A local directory holding the remote directory `url`, copied once per host and reused.
+
+    The copy lives in CACHE/remote/<sha256(url)[:16]>-<name> (CACHE: `cache_dir`, else cache_root()).
+    It is made whole or not at all (atomic_directory, if_exists='keep': processes of one host racing
+    for it keep one copy), and every file's size is checked against the object's. A cached copy is
+    reused while every remote object still has its size; a changed directory is copied again.
+    `only`: copy just these files (names relative to `url`), e.g. ("config.json",).
+    A local `url` is returned as it is.
+    """
+    from seallm_jax.files import atomic_directory
+
+    if not is_remote(url):
+        return url
+    url = check_bucket(url, "remote directory")
+    if only is not None:
+        listing = {name: size(join(url, name)) for name in only if isfile(join(url, name))}
+    else:
+        listing = dict(walk_files(url))
+    if not listing:
+        wanted = f" ({', '.join(only)})" if only else ""
+        raise RemotePathError(f"remote directory {url}: no such directory, or it holds none of the files "
+                              f"needed{wanted}")
+    key = url if only is None else f"{url}\n{sorted(only)}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    target = os.path.join(cache_dir or os.path.join(cache_root(), "remote"), f"{digest}-{basename(url)}")
+    if os.path.isdir(target) and dict(walk_files(target)) == listing:
+        return target
+    if os.path.isdir(target):  # stale: the remote directory changed since it was copied
+        shutil.rmtree(target)
+    fs, key = _fs(url)
+    with atomic_directory(target, if_exists="keep") as staging:
+        for name, expected in listing.items():
+            local = os.path.join(staging, *name.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            fs.get_file(f"{key.rstrip('/')}/{name}", local)
+            if os.path.getsize(local) != expected:
+                raise RemotePathError(f"copying {url}/{name}: got {os.path.getsize(local)} bytes, the object "
+                                      f"has {expected}; rerun to copy it again")
+    return target
+
+
+def local_staging(prefix: str = "seallm-jax-") -> str:
+    """A fresh local temporary directory (for files made here, then uploaded)."""
+    return tempfile.mkdtemp(prefix=prefix)
