@@ -330,9 +330,17 @@ class TokenStore:
         """The store at `path`. Each shard's size is checked against the manifest (a truncated file is a
         `DataFormatError` naming it); `verify=True` also checks every file's sha256."""
         path = os.fspath(path)
-        if "://" in path:
-            raise UserError(f"token store {path!r}: remote stores are not readable yet; copy it to a local "
-                            "directory first")
+        from seallm_jax import paths
+
+        if paths.is_remote(path):
+            # A store in object storage (gs://, s3://) is read from this host's copy of it, made once
+            # and size-checked (paths.local_copy; cache: $SEALLM_JAX_CACHE/remote); only a finished
+            # store (its manifest is written last) is copied.
+            path = paths.check_bucket(path, "token store")
+            if not paths.isfile(paths.join(path, MANIFEST)):
+                raise DataFormatError(f"token store {path!r} has no {MANIFEST}: it does not exist, or the "
+                                      "tokenization writing it did not finish")
+            path = paths.local_copy(path)
         root = Path(path)
         if not root.exists():
             raise MissingDataError(f"token store {path!r} does not exist")
