@@ -330,3 +330,20 @@ def test_lsn_stats_from_a_store_equal_those_from_its_file(tiny, tmp_path):
     for name in ("token_count", "document_count", "active_count", "topk_count"):
         np.testing.assert_array_equal(getattr(from_store, name), getattr(from_file, name), err_msg=name)
     np.testing.assert_allclose(from_store.importance_sum, from_file.importance_sum, rtol=1e-6)
+
+
+def test_whole_batches_of_windows_are_packed_like_single_rows(tmp_path):
+    from seallm_jax.data.loader import fill_windows
+
+    documents = random_documents(40, 9, low=1, high=30)
+    flat_length = sum(len(doc) + 1 for doc in documents)
+    mask = np.random.default_rng(2).integers(0, 2, flat_length)
+    for array in (MemoryArray(documents), MemoryArray(documents, mask=mask)):
+        starts = np.asarray([0, 5, 17, 100, flat_length - 10, flat_length - 3])
+        stops = np.minimum(starts + 17, flat_length)
+        expected, got = empty_batch(len(starts), 16, 7), empty_batch(len(starts), 16, 7)
+        for row, (start, stop) in enumerate(zip(starts, stops)):
+            fill_row(expected, row, array, [(int(start), int(stop))])
+        fill_windows(got, np.arange(len(starts)), array, starts, stops)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)

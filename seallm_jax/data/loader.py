@@ -48,22 +48,26 @@ class DataChangedError(UserError, ValueError):
 
 def _mix64(values: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): a well-spread hash of each value."""
-    z = values.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        z ^= z >> np.uint64(30)
-        z *= np.uint64(0xBF58476D1CE4E5B9)
-        z ^= z >> np.uint64(27)
-        z *= np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
+    z = values ^ (values >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)  # uint64 array arithmetic wraps silently
+    z ^= z >> np.uint64(27)
+    z = z * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
     return z
+
+
+def _mix64_int(value: int) -> int:
+    z = value & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def _key(*parts: int) -> int:
     """A 64-bit key from integers (seed, language, epoch, ...), by chaining splitmix64."""
     state = 0x9E3779B97F4A7C15
     for part in parts:
-        state = int(_mix64(np.asarray([(state ^ (int(part) & _MASK64)) & _MASK64], np.uint64))[0])
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        state = (_mix64_int(state ^ (int(part) & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
     return state
 
 
@@ -75,13 +79,14 @@ def permute(indices: np.ndarray, n: int, key: int) -> np.ndarray:
     """
     indices = np.asarray(indices, np.uint64)
     if n <= 1:
-        return np.zeros_like(indices)
+        return np.zeros(indices.shape, np.int64)
     half_bits = max(1, math.ceil(math.ceil(math.log2(n)) / 2))
     half_mask = np.uint64((1 << half_bits) - 1)
     shift = np.uint64(half_bits)
     round_keys = [np.uint64(_key(key, r)) for r in range(_FEISTEL_ROUNDS)]
     out = indices.copy()
     todo = np.ones(out.shape, bool)
+    limit = np.uint64(n)
     while todo.any():
         x = out[todo]
         left, right = x >> shift, x & half_mask
@@ -89,7 +94,7 @@ def permute(indices: np.ndarray, n: int, key: int) -> np.ndarray:
             left, right = right, left ^ (_mix64(right ^ round_key) & half_mask)
         x = (left << shift) | right
         out[todo] = x
-        todo[todo] = x >= np.uint64(n)  # cycle-walk: apply again until inside [0, n)
+        todo[todo] = x >= limit  # cycle-walk: apply again until inside [0, n)
     return out.astype(np.int64)
 
 
@@ -141,6 +146,42 @@ def fill_row(batch: Batch, row: int, array: DocumentArray, ranges: Sequence[tupl
     return column
 
 
+def fill_windows(batch: Batch, rows: np.ndarray, array: DocumentArray, starts: np.ndarray, stops: np.ndarray) -> None:
+    """`fill_row` for many rows at once, each one range [start, stop) of `array` (a window): the same
+    segments, positions and loss mask, computed for the whole group with array operations."""
+    rows, starts, stops = np.asarray(rows), np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+    width = batch["input_ids"].shape[1] + 1
+    tokens = np.zeros((len(rows), width), np.int32)
+    for index, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist())):
+        tokens[index, :stop - start] = array.tokens(start, stop)
+    offsets = array.offsets
+    # Every document start strictly inside a window marks a new segment from that column on.
+    first = np.searchsorted(offsets, starts.astype(np.uint64), side="right").astype(np.int64)
+    last = np.searchsorted(offsets, (stops - 1).astype(np.uint64), side="right").astype(np.int64)
+    counts = last - first
+    boundary = np.zeros((len(rows), width), np.int32)
+    if counts.sum():
+        owner = np.repeat(np.arange(len(rows)), counts)
+        document = first[owner] + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        boundary[owner, np.asarray(offsets[document], np.int64) - starts[owner]] = 1
+    local = np.cumsum(boundary, axis=1)
+    columns = np.arange(width, dtype=np.int32)
+    segment_start = np.maximum.accumulate(np.where(boundary == 1, columns, 0), axis=1)
+    valid = columns[:-1] < (stops - starts - 1)[:, None]  # a short (last) window ends in padding
+    counted = (local[:, 1:] == local[:, :-1]) & valid
+    if getattr(array, "has_loss_mask", True):
+        for index, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist())):
+            mask = array.loss_mask(start, stop)
+            if mask is None:
+                break
+            counted[index, :stop - start - 1] &= np.asarray(mask[1:], bool)
+    batch["input_ids"][rows] = np.where(valid, tokens[:, :-1], batch["input_ids"][rows])
+    batch["targets"][rows] = np.where(valid, tokens[:, 1:], batch["targets"][rows])
+    batch["loss_mask"][rows] = counted
+    batch["segment_ids"][rows] = np.where(valid, local[:, :-1] + 1, 0)
+    batch["positions"][rows] = np.where(valid, columns[:-1] - segment_start[:, :-1], 0)
+
+
 class _Windows:
     """One language's windows: fixed ranges of `seq_len + 1` tokens (consecutive windows share one
     token, so every token after the first is a target exactly once) over its arrays, back to back."""
@@ -159,10 +200,15 @@ class _Windows:
         self.count = int(self.cumulative[-1])
 
     def window(self, index: int) -> tuple[DocumentArray, int, int]:
-        which = int(np.searchsorted(self.cumulative, index, side="right")) - 1
-        array = self.arrays[which]
-        start = (index - int(self.cumulative[which])) * self.seq_len
-        return array, start, min(start + self.seq_len + 1, int(array.num_tokens))
+        which, starts, stops = self.locate(np.asarray([index]))
+        return self.arrays[int(which[0])], int(starts[0]), int(stops[0])
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(array number, start, stop) of each window in `indices`."""
+        which = np.searchsorted(self.cumulative, indices, side="right") - 1
+        starts = (indices - self.cumulative[which]) * self.seq_len
+        sizes = np.asarray([int(array.num_tokens) for array in self.arrays], np.int64)
+        return which, starts, np.minimum(starts + self.seq_len + 1, sizes[which])
 
 
 def _largest_remainder(weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -263,24 +309,44 @@ class TokenLoader:
 
     def row_plan(self, step: int) -> list[tuple[str, int, int]]:
         """(language, epoch, window) of this process's rows at `step`."""
-        plan = []
-        for row in range(step * self.global_batch_size + self.row_start, step * self.global_batch_size + self.row_stop):
-            block, inside = divmod(row, self.block_rows)
+        languages, epochs, windows = self._plan(step)
+        return [(self.languages[int(language)], int(epoch), int(window))
+                for language, epoch, window in zip(languages, epochs, windows)]
+
+    def _plan(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.arange(step * self.global_batch_size + self.row_start, step * self.global_batch_size + self.row_stop,
+                         dtype=np.int64)
+        blocks, inside = np.divmod(rows, self.block_rows)
+        languages = np.empty(len(rows), np.int64)
+        ordinals = np.empty(len(rows), np.int64)
+        for block in np.unique(blocks).tolist():
             assignment, ordinal = self._block(block)
-            language = self.languages[int(assignment[inside])]
-            k = block * self.block_counts[language] + int(ordinal[inside])
-            windows = self.windows[language].count
-            epoch, index = divmod(k, windows)
-            window = int(permute(np.asarray([index]), windows, _key(self.seed, self._language_keys[language], epoch))[0])
-            plan.append((language, epoch, window))
-        return plan
+            here = blocks == block
+            languages[here] = assignment[inside[here]]
+            ordinals[here] = ordinal[inside[here]]
+        counts = np.asarray([self.block_counts[language] for language in self.languages], np.int64)
+        k = blocks * counts[languages] + ordinals  # the row's number among its language's rows
+        sizes = np.asarray([self.windows[language].count for language in self.languages], np.int64)
+        epochs, indices = np.divmod(k, sizes[languages])
+        windows = np.empty(len(rows), np.int64)
+        for language, epoch in {(int(a), int(b)) for a, b in zip(languages, epochs)}:
+            here = (languages == language) & (epochs == epoch)
+            name = self.languages[language]
+            windows[here] = permute(indices[here], int(sizes[language]),
+                                    _key(self.seed, self._language_keys[name], epoch))
+        return languages, epochs, windows
 
     def batch(self, step: int) -> Batch:
         """This process's rows of the global batch at `step`."""
         batch = empty_batch(self.row_stop - self.row_start, self.seq_len, self.pad_id)
-        for row, (language, _, window) in enumerate(self.row_plan(step)):
-            array, start, stop = self.windows[language].window(window)
-            fill_row(batch, row, array, [(start, stop)])
+        languages, _, windows = self._plan(step)
+        for language in np.unique(languages).tolist():
+            rows = np.flatnonzero(languages == language)
+            source = self.windows[self.languages[language]]
+            which, starts, stops = source.locate(windows[rows])
+            for number in np.unique(which).tolist():
+                group = which == number
+                fill_windows(batch, rows[group], source.arrays[number], starts[group], stops[group])
         return batch
 
     def rows_consumed(self, steps: int) -> dict[str, int]:
