@@ -28,6 +28,8 @@ setup(
         "matplotlib",
         "tensorboardX",
         "sacrebleu>=2.4",
+        "zstandard",  # `data tokenize` reads .jsonl.zst / .txt.zst, as web corpora ship
+        "pyarrow",    # `data tokenize` reads Parquet, as web corpora ship
     ],
     extras_require={
         "torch": [TORCH],
@@ -36,6 +38,7 @@ setup(
         # (its own dependencies would compile llama-cpp-python, which is not needed here)
         "smollm2": [TORCH, "gguf", "accelerate"],
         "eval": ["pyarrow"],  # SeaRefuse's Parquet release
+        "bench": ["datasets"],  # benchmarks/data.py: `data tokenize` against Hugging Face datasets
         "test": [TORCH, "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},

@@ -1,5 +1,5 @@
-"""`seallm-jax data ...`: corpus statistics with the real Qwen2 tokenizer, preparing the TFDS dataset
-offline, and building the vocabulary subset of the SFT recipes' CPU variant.
+"""`seallm-jax data ...`: corpus statistics with the real Qwen2 tokenizer, tokenizing text into token stores,
+preparing the TFDS dataset offline, and building the vocabulary subset of the SFT recipes' CPU variant.
 """
 from __future__ import annotations
 
@@ -93,8 +93,28 @@ def _sft_vocabulary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    if not args.files:
+        raise ConfigError("give at least one LANG=PATH, e.g. th=data/th.jsonl")
+    files = parse_data_args(args.files, flag="LANG=PATH")
+    if args.tokenizer:
+        require_dir(args.tokenizer, "--tokenizer")
+    from seallm_jax.data.tokenize import tokenize_files
+
+    store = tokenize_files(files, args.out, tokenizer=args.tokenizer, text_field=args.text_field,
+                           text_unit=args.text_unit, workers=args.workers,
+                           chunk_bytes=int(args.chunk_mb * 1e6), progress=not args.no_progress)
+    print(f"token store {store.path} ({store.fingerprint[:12]}):")
+    print(f"{'language':<9}{'split':<12}{'documents':>11}{'tokens':>14}{'shards':>8}")
+    for language in store.languages:
+        for split, entry in store.splits(language).items():
+            print(f"{language:<9}{split:<12}{entry['documents']:>11}{entry['tokens']:>14}{len(entry['shards']):>8}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="corpus statistics, TFDS preparation, SFT vocabulary subsets")
+    data = subparsers.add_parser("data", help="corpus statistics, tokenizing into token stores, TFDS preparation, "
+                                              "SFT vocabulary subsets")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     commands.required = True
 
@@ -108,6 +128,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="also print the mixture weight per language under this weighting")
     stats.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     stats.set_defaults(func=_stats)
+
+    tokenize = commands.add_parser(
+        "tokenize", help="tokenize text files into a token store (flat uint32 tokens + offsets + manifest)",
+        description="Tokenize text files per language into a token store, in parallel, resumable: rerun after a "
+                    "kill, it finishes the rest and the store is byte-identical. Formats by file name: JSON-lines "
+                    "(.jsonl/.json, also .gz/.zst), Parquet (.parquet), otherwise plain text (also .gz/.zst). "
+                    "See docs/data.md.")
+    tokenize.add_argument("files", nargs="*", metavar="LANG=PATH", help="an input file of a language (repeatable, "
+                          "also for one language)")
+    tokenize.add_argument("--out", required=True, metavar="STORE", help="the token store directory to write")
+    tokenize.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: Qwen2, built offline)")
+    tokenize.add_argument("--text-field", default="text",
+                          help="the text field of JSON-lines records / text column of Parquet files (default: text)")
+    tokenize.add_argument("--text-unit", choices=["line", "paragraph"], default="line",
+                          help="plain text: one document per line (default) or per blank-line separated paragraph")
+    tokenize.add_argument("--workers", type=int, default=None, help="processes encoding in parallel (default: "
+                          "all cores; 1: in this process)")
+    tokenize.add_argument("--chunk-mb", type=float, default=16.0,
+                          help="input per chunk, one shard per chunk and split (default: 16); part of the store's "
+                               "identity: a rerun must use the same value to resume")
+    tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tokenize.set_defaults(func=_tokenize)
 
     tfds_parser = commands.add_parser("build-tfds", help="prepare the sea_corpus TFDS dataset offline")
     tfds_parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")

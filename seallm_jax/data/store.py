@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +41,7 @@ def canonical_json(value: object) -> bytes:
 
 
 def tokenizer_fingerprint(tokenizer: object) -> str:
-    """sha256 of the tokenizer's full definition: its `tokenizer.json` (vocabulary, merges, normalizer,
+    """sha256 of the tokenizer's full definition: its serialised `tokenizer.json` (vocabulary, merges, normalizer,
     pre-tokenizer, added tokens), plus the kept ids of a vocabulary subset. Two tokenizers with the same
     fingerprint give the same ids for every text."""
     from seallm_jax.data.stream import TokenizerAdapter
@@ -58,9 +59,18 @@ def tokenizer_fingerprint(tokenizer: object) -> str:
     if backend is None:
         raise UserError(f"cannot fingerprint a {type(tokenizer).__name__} tokenizer: a token store needs a Hugging "
                         "Face fast tokenizer (a directory with tokenizer.json) or a vocabulary subset")
-    # to_str() holds the added tokens too; re-serialised canonically so key order cannot change the hash.
-    digest.update(canonical_json(json.loads(backend.to_str())))
+    cached = _FINGERPRINTS.get(tokenizer)
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
+    # to_str() is tokenizer.json with the added tokens, serialised in a fixed order (vocabulary by id).
+    digest.update(backend.to_str().encode("utf-8"))
+    _FINGERPRINTS[tokenizer] = (len(tokenizer), digest.hexdigest())
     return digest.hexdigest()
+
+
+# Serialising Qwen2's tokenizer takes a second or more; a tokenizer object is fingerprinted once (again
+# only if tokens were added to it since).
+_FINGERPRINTS: "weakref.WeakKeyDictionary[object, tuple[int, str]]" = weakref.WeakKeyDictionary()
 
 
 def tokenizer_info(tokenizer: object) -> dict:

@@ -1,0 +1,661 @@
+"""`seallm-jax data tokenize`: text files per language -> a token store (store.py), in parallel over
+processes, streaming in fixed-size chunks, resumable after a kill with byte-identical output.
+
+The reading rules (formats, ids, the validation split, errors naming file and line) are corpus.py's.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import time
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from seallm_jax.data.corpus import CORPUS_DIR, check_language, shipped_languages, split_of
+from seallm_jax.data.store import (MANIFEST, OFFSET_DTYPE, STORE_SPLITS, TOKEN_DTYPE, TokenStore, build_manifest,
+                                   canonical_json, file_sha256, tokenizer_info, write_manifest, write_shard)
+from seallm_jax.errors import DataFormatError, MissingDataError, UserError
+from seallm_jax.files import atomic_file, check_output_dir
+
+TextUnit = Literal["line", "paragraph"]
+# Input read per chunk: one chunk is one task for a worker and one shard per split. 16 MB of text is
+# ~3M tokens: a worker's memory stays ~100 MB, and a 100 GB corpus is ~6,000 shards.
+DEFAULT_CHUNK_BYTES = 16_000_000
+# A document longer than this many characters is encoded in pieces (see `split_long_text`).
+DEFAULT_PIECE_CHARS = 100_000
+# Texts handed to the tokenizer at once: bounds the memory of its per-token encodings.
+_ENCODE_BATCH_CHARS = 1 << 20
+PROGRESS_DIR = ".progress"
+# Bump when the bytes tokenize_files writes for the same inputs change, so cached stores are rebuilt.
+_LAYOUT_VERSION = 1
+STORE_ENV_VAR = "SEALLM_JAX_CACHE"
+_JSONL_SUFFIXES = (".jsonl", ".json")
+_COMPRESSIONS = ("", ".gz", ".zst")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeSettings:
+    """What besides the inputs and the tokenizer decides a store's bytes (part of its identity)."""
+
+    text_field: str = "text"
+    text_unit: TextUnit = "line"
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    piece_chars: int = DEFAULT_PIECE_CHARS
+
+    def check(self) -> None:
+        if self.text_unit not in ("line", "paragraph"):
+            raise UserError(f"text unit {self.text_unit!r}: expected 'line' or 'paragraph'")
+        if self.chunk_bytes < 1 or self.piece_chars < 16:
+            raise UserError(f"chunk size {self.chunk_bytes} and piece length {self.piece_chars} must be positive "
+                            "(piece length at least 16 characters)")
+        if not self.text_field:
+            raise UserError("--text-field must not be empty")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One input file of one language."""
+
+    language: str
+    path: str
+    format: str        # "jsonl", "text" or "parquet"
+    compression: str   # "", ".gz" or ".zst"
+    bytes: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def source_format(path: str | os.PathLike) -> tuple[str, str]:
+    """(format, compression) of a file by its name: JSON-lines (`.jsonl`/`.json`), Parquet (`.parquet`),
+    otherwise plain text; `.gz` or `.zst` on top of JSON-lines or text."""
+    name = os.path.basename(os.fspath(path)).lower()
+    compression = next((suffix for suffix in _COMPRESSIONS[1:] if name.endswith(suffix)), "")
+    stem = name[: len(name) - len(compression)] if compression else name
+    if stem.endswith(".parquet"):
+        if compression:
+            raise UserError(f"{path}: a compressed Parquet file; Parquet compresses inside, give the .parquet file")
+        return "parquet", ""
+    return ("jsonl" if stem.endswith(_JSONL_SUFFIXES) else "text"), compression
+
+
+# -- long documents ----------------------------------------------------------------------------------------
+# Cut points where Qwen2-style pre-tokenizers (GPT-2 family regexes: a space joins the word after it, a
+# newline run ends a pre-token) already separate pre-tokens, so the pieces' tokens equal the whole text's:
+# before a space that precedes a non-space, after a newline that precedes a non-space.
+_WHITESPACE_CUT = re.compile(r"(?= \S)|(?<=\n)(?=\S)")
+
+
+def split_long_text(text: str, piece_chars: int = DEFAULT_PIECE_CHARS) -> list[str]:
+    """`text` cut into pieces of at most `piece_chars` characters, so that the Rust tokenizer never
+    gets one huge string. Each cut is at the last suitable place before the limit, in this order:
+    before a space (or after a newline) followed by a non-space; else between a letter and a following
+    punctuation mark or symbol (CJK text without spaces); else at the limit, moved back so a combining
+    mark stays with its base character. The first two give exactly the whole text's tokens (pre-tokens
+    never span them); the last may differ at the cut, in text with no space or punctuation for
+    `piece_chars` characters."""
+    if len(text) <= piece_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = _cut_point(text, start, start + piece_chars)
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _cut_point(text: str, start: int, end: int) -> int:
+    last = None
+    for match in _WHITESPACE_CUT.finditer(text, start + 1, end + 1):
+        last = match.start()
+    if last is not None and last > start:
+        return last
+    for position in range(end - 1, start, -1):
+        if (unicodedata.category(text[position - 1])[0] == "L"
+                and unicodedata.category(text[position])[0] in "PS"):
+            return position
+    position = end
+    while position > start + 1 and unicodedata.category(text[position])[0] == "M":
+        position -= 1
+    return position
+
+
+# -- reading chunks (main process) ------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Chunk:
+    first_record: int        # line number (text, JSON-lines) or row number (Parquet) of its first record
+    payload: bytes | list    # raw lines, or [(row, id, text)] for Parquet
+    raw_position: int        # bytes of the file read so far (for the progress bar)
+
+
+def _open_raw(path: str, compression: str) -> tuple[io.BufferedReader, io.RawIOBase]:
+    """(decompressed byte stream, the underlying file: its position is the progress)."""
+    raw = open(path, "rb")
+    if compression == ".gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    if compression == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raw.close()
+            raise UserError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") \
+                from None
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), raw
+    return raw, raw
+
+
+def _iter_byte_chunks(source: Source, settings: TokenizeSettings) -> Iterator[_Chunk]:
+    """Chunks of whole lines (whole paragraphs in paragraph mode): each ends at the first record end
+    at or after `chunk_bytes` bytes. Where a chunk ends depends only on the file and the settings,
+    never on how the reads happened to return, on timing or on the number of workers."""
+    stream, raw = _open_raw(source.path, source.compression)
+    line, buffer = 1, b""
+    with stream, raw:
+        while True:
+            try:
+                block = stream.read(settings.chunk_bytes)
+            except (OSError, EOFError, ValueError) as error:  # gzip/zstd: truncated or not compressed
+                raise DataFormatError(f"{source.path}: not a readable {source.compression[1:]} file "
+                                      f"({error})") from None
+            buffer += block
+            while len(buffer) >= settings.chunk_bytes or (not block and buffer):
+                # A record longer than a chunk makes a bigger chunk, never a split record.
+                cut = _cut_bytes(buffer, settings)
+                if cut <= 0:
+                    if block:
+                        break
+                    cut = len(buffer)  # the end of the file ends the last record
+                payload, buffer = buffer[:cut], buffer[cut:]
+                yield _Chunk(line, payload, raw.tell())
+                line += payload.count(b"\n")
+            if not block:
+                return
+
+
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+
+
+def _cut_bytes(buffer: bytes, settings: TokenizeSettings) -> int:
+    """Where the chunk starting `buffer` ends: after the first newline at or past `chunk_bytes` (line
+    mode), or after the first line there that a blank line follows (paragraph mode); 0: not read yet."""
+    if settings.text_unit == "line":
+        return buffer.find(b"\n", settings.chunk_bytes - 1) + 1
+    match = _BLANK_LINE.search(buffer, settings.chunk_bytes - 1)
+    return match.start() + 1 if match else 0
+
+
+def _iter_parquet_chunks(source: Source, settings: TokenizeSettings) -> Iterator[_Chunk]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{source.path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        parquet = pq.ParquetFile(source.path)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise DataFormatError(f"{source.path}: not a readable Parquet file ({error})") from None
+    columns = _parquet_columns(source, parquet.schema_arrow, settings.text_field)
+    rows_total = max(parquet.metadata.num_rows, 1)
+    row, rows, size = 1, [], 0
+    first = 1
+    for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+        texts = batch.column(0).to_pylist()
+        ids = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
+        for text, identifier in zip(texts, ids):
+            rows.append((row, identifier, text))
+            size += len(text) if isinstance(text, str) else 0
+            row += 1
+        if size >= settings.chunk_bytes:
+            yield _Chunk(first, rows, source.bytes * (row - 1) // rows_total)
+            rows, size, first = [], 0, row
+    if rows:
+        yield _Chunk(first, rows, source.bytes)
+
+
+def _parquet_columns(source: Source, schema, text_field: str) -> list[str]:
+    import pyarrow as pa
+
+    if text_field not in schema.names:
+        raise DataFormatError(f"{source.path}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
+                              "pass --text-field")
+    if not (pa.types.is_string(schema.field(text_field).type) or pa.types.is_large_string(schema.field(text_field).type)):
+        raise DataFormatError(f"{source.path}: column {text_field!r} holds {schema.field(text_field).type}, "
+                              "not text")
+    return [text_field, "id"] if "id" in schema.names and text_field != "id" else [text_field]
+
+
+def _iter_chunks(source: Source, settings: TokenizeSettings) -> Iterator[_Chunk]:
+    if source.format == "parquet":
+        return _iter_parquet_chunks(source, settings)
+    return _iter_byte_chunks(source, settings)
+
+
+# -- tokenizing a chunk (worker process) ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    store: str
+    language: str
+    number: int              # the chunk's number within its language: its shards' number
+    source_index: int
+    source: Source
+    chunk: _Chunk
+    settings: TokenizeSettings
+    run_key: str
+    eos_id: int
+
+
+_ADAPTER = None  # the worker's tokenizer (TokenizerAdapter), set once per process
+
+
+def _init_worker(tokenizer: object, pooled: bool = True) -> None:
+    if pooled:  # one of N worker processes already: the tokenizer's own thread pool would oversubscribe
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _ADAPTER
+    from seallm_jax.data.stream import as_tokenizer
+
+    _ADAPTER = as_tokenizer(tokenizer)
+
+
+def _documents(task: _Task) -> list[tuple[str, str]]:
+    """(id, text) of each non-empty document of the chunk, with corpus.py's rules: ids from an `id`
+    field or `file:line`, malformed lines raising with file and line."""
+    source, chunk, settings = task.source, task.chunk, task.settings
+    if source.format == "parquet":
+        documents = []
+        for row, identifier, text in chunk.payload:
+            if not isinstance(text, str):
+                raise DataFormatError(f"{source.path}: row {row}: no text in column {settings.text_field!r}")
+            if text.strip():
+                documents.append((str(identifier) if identifier is not None else f"{source.name}:{row}", text))
+        return documents
+    try:
+        text = chunk.payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = chunk.first_record + chunk.payload.count(b"\n", 0, error.start)
+        raise DataFormatError(f"{source.path}:{line}: not UTF-8 text (byte {chunk.payload[error.start]:#04x}): save "
+                              "it as UTF-8, or is it the wrong file?") from None
+    lines = text.split("\n")
+    if source.format == "jsonl":
+        return _jsonl_documents(task, lines)
+    if settings.text_unit == "line":
+        return [(f"{source.name}:{number}", line.strip())
+                for number, line in enumerate(lines, start=chunk.first_record) if line.strip()]
+    documents, paragraph, first = [], [], 0
+    for number, line in enumerate(lines + [""], start=chunk.first_record):
+        if line.strip():
+            if not paragraph:
+                first = number
+            paragraph.append(line)
+        elif paragraph:
+            documents.append((f"{source.name}:{first}", "\n".join(paragraph).strip()))
+            paragraph = []
+    return documents
+
+
+def _jsonl_documents(task: _Task, lines: list[str]) -> list[tuple[str, str]]:
+    source, field = task.source, task.settings.text_field
+    documents = []
+    for number, line in enumerate(lines, start=task.chunk.first_record):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise DataFormatError(f"{source.path}:{number}: malformed JSON line ({error})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{source.path}:{number}: expected a JSON object, got {type(record).__name__}")
+        text = record.get(field)
+        if not isinstance(text, str):
+            raise DataFormatError(f"{source.path}:{number}: missing string field {field!r}"
+                                  + ("" if field != "text" else " (another field: --text-field)"))
+        language = record.get("language")
+        if language is not None and language != task.language:
+            check_language(language, f"{source.path}:{number}")
+            raise DataFormatError(f"{source.path}:{number}: a {language!r} record in a file given as "
+                                  f"{task.language}={source.path}; give each language its own file")
+        if text.strip():
+            documents.append((str(record.get("id", f"{source.name}:{number}")), text))
+    return documents
+
+
+def _encode(adapter, texts: list[str], piece_chars: int) -> list[np.ndarray]:
+    """Each text's token ids; long texts are encoded in pieces, in batches of bounded size."""
+    pieces, owner = [], []
+    for index, text in enumerate(texts):
+        for piece in split_long_text(text, piece_chars):
+            pieces.append(piece)
+            owner.append(index)
+    encoded: list[list[np.ndarray]] = [[] for _ in texts]
+    start = 0
+    while start < len(pieces):
+        stop, chars = start, 0
+        while stop < len(pieces) and (chars < _ENCODE_BATCH_CHARS or stop == start):
+            chars += len(pieces[stop])
+            stop += 1
+        for index, ids in zip(owner[start:stop], adapter.encode_batch(pieces[start:stop])):
+            encoded[index].append(np.asarray(ids, TOKEN_DTYPE))
+        start = stop
+    return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in encoded]
+
+
+def _tokenize_chunk(task: _Task) -> dict:
+    """Encode one chunk, write its shards (one per split that has documents) and then its progress
+    record; returns that record."""
+    documents = _documents(task)
+    tokens = _encode(_ADAPTER, [text for _, text in documents], task.settings.piece_chars)
+    by_split: dict[str, list[np.ndarray]] = {split: [] for split in STORE_SPLITS}
+    separator = np.asarray([task.eos_id], TOKEN_DTYPE)
+    for (identifier, _), ids in zip(documents, tokens):
+        by_split[split_of(identifier)].append(ids)
+    shards = {}
+    for split, docs in by_split.items():
+        if not docs:
+            continue
+        lengths = np.fromiter((len(ids) + 1 for ids in docs), np.int64, len(docs))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(OFFSET_DTYPE)
+        flat = np.concatenate([part for ids in docs for part in (ids, separator)])
+        shards[split] = write_shard(task.store, f"{task.language}/{split}-{task.number:05d}", flat, offsets)
+    record = {"key": task.run_key, "language": task.language, "number": task.number,
+              "source": task.source_index, "documents": len(documents),
+              "tokens": int(sum(len(ids) + 1 for ids in tokens)), "shards": shards}
+    with atomic_file(_progress_path(task.store, task.language, task.number)) as staging:
+        Path(staging).write_text(json.dumps(record), encoding="utf-8")
+    return record
+
+
+# -- the command ------------------------------------------------------------------------------------------
+def _progress_path(store: str, language: str, number: int) -> str:
+    return os.path.join(store, PROGRESS_DIR, f"{language}-{number:05d}.json")
+
+
+def _run_key(fingerprint: str, sources: Mapping[str, Sequence[Mapping]], settings: Mapping) -> str:
+    """A store's identity: the tokenizer, each source's name, size and content, the settings. Paths are
+    left out: the same files moved elsewhere make the same store."""
+    identity = {"tokenizer": fingerprint, "settings": dict(settings),
+                "sources": {language: [[os.path.basename(s["path"]), s["bytes"], s["sha256"]] for s in entries]
+                            for language, entries in sources.items()}}
+    return hashlib.sha256(canonical_json(identity)).hexdigest()
+
+
+def plan_sources(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]]) -> dict[str, list[Source]]:
+    """Check every input before any work (language codes, files exist, not empty, known format) and
+    hash it: {language: [Source]}."""
+    if not files:
+        raise DataFormatError("empty source: no files given")
+    planned: dict[str, list[Source]] = {}
+    for language, paths in files.items():
+        check_language(language)
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not paths:
+            raise DataFormatError(f"empty source: no files given for language {language!r}")
+        for path in paths:
+            path = os.fspath(path)
+            if not os.path.exists(path):
+                raise MissingDataError(f"data file not found: {path}")
+            if os.path.isdir(path):
+                raise UserError(f"{path} is a directory; give the data files themselves")
+            size = os.path.getsize(path)
+            if size == 0:
+                raise DataFormatError(f"{path}: empty source, no documents found (the file is empty)")
+            form, compression = source_format(path)
+            planned.setdefault(language, []).append(Source(language, path, form, compression, size,
+                                                           file_sha256(path)))
+    return planned
+
+
+def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]],
+                   out: str | os.PathLike, *, tokenizer: object | None = None, text_field: str = "text",
+                   text_unit: TextUnit = "line", workers: int | None = None,
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, piece_chars: int = DEFAULT_PIECE_CHARS,
+                   progress: bool | None = None) -> TokenStore:
+    """Tokenize {language: file or [files]} into the token store `out` and open it.
+
+    `tokenizer`: a tokenizer object, a local Hugging Face tokenizer directory, or None (Qwen2).
+    `workers` processes encode chunks in parallel (None: all cores; 1: in this process). Rerun after a
+    kill, it keeps the finished chunks and writes the rest: the store is byte-identical to an
+    uninterrupted run's, whatever the number of workers. `progress` None shows a bar on a terminal only.
+    """
+    settings = TokenizeSettings(text_field, text_unit, int(chunk_bytes), int(piece_chars))
+    settings.check()
+    out = check_output_dir(out, "--out")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from seallm_jax.errors import require_dir
+
+        require_dir(tokenizer, "--tokenizer")
+    sources = plan_sources(files)  # bad input fails here, before the tokenizer loads
+    from seallm_jax.data.stream import as_tokenizer
+
+    adapter = as_tokenizer(tokenizer)
+    entry = tokenizer_info(adapter)
+    source_entries = {language: [{"path": s.path, "bytes": s.bytes, "sha256": s.sha256} for s in planned]
+                      for language, planned in sources.items()}
+    settings_entry = dataclasses.asdict(settings)
+    run_key = _run_key(entry["fingerprint"], source_entries, settings_entry)
+
+    existing = _prepare_output(out, run_key)
+    if existing is not None:
+        return existing
+    workers = len(os.sched_getaffinity(0)) if workers is None else int(workers)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: expected at least 1")
+    try:
+        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], adapter.tokenizer, workers,
+                              progress)
+        for language, planned in sources.items():
+            for index, source in enumerate(planned):
+                if not any(r["documents"] for r in records if r["language"] == language and r["source"] == index):
+                    raise DataFormatError(f"{source.path}: empty source, no documents found")
+    except UserError:
+        shutil.rmtree(out, ignore_errors=True)  # a store that cannot be completed is not left behind
+        raise
+    languages = {}
+    for language, planned in sources.items():
+        ordered = sorted((r for r in records if r["language"] == language), key=lambda r: r["number"])
+        for index, source_entry in enumerate(source_entries[language]):
+            source_entry["documents"] = sum(r["documents"] for r in ordered if r["source"] == index)
+        languages[language] = {"sources": source_entries[language],
+                               "splits": {split: [r["shards"][split] for r in ordered if split in r["shards"]]
+                                          for split in STORE_SPLITS}}
+    write_manifest(out, build_manifest(entry, languages, settings=settings_entry))
+    _clean(out, finished=True)
+    return TokenStore.open(out)
+
+
+def _prepare_output(out: str, run_key: str) -> TokenStore | None:
+    """Make `out` ready: the finished store if it is already this one; else an empty directory or this
+    store's own unfinished work. Anything else in `out` is never overwritten."""
+    root = Path(out)
+    if root.is_dir() and (root / MANIFEST).is_file():
+        try:
+            store = TokenStore.open(out)
+        except UserError as error:
+            raise UserError(f"--out {out} holds a damaged token store ({error}); delete it and run again") from None
+        manifest = store.manifest
+        sources = {language: entry["sources"] for language, entry in manifest["languages"].items()}
+        if _run_key(store.tokenizer_fingerprint, sources, manifest.get("settings", {})) != run_key:
+            raise UserError(f"--out {out} already holds a token store of other files, tokenizer or settings; "
+                            "give another --out, or delete it first")
+        _clean(out, finished=True)  # killed after the manifest, before the clean-up
+        return store
+    run_file = root / PROGRESS_DIR / "run.json"
+    if root.is_dir() and any(root.iterdir()):
+        if not run_file.is_file():
+            raise UserError(f"--out {out} is a non-empty directory that is not a token store; give a new or "
+                            "empty directory")
+        if json.loads(run_file.read_text(encoding="utf-8") or "{}").get("key") != run_key:
+            # An unfinished store of other inputs: nothing in it is reusable.
+            for child in root.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    _clean(out, finished=False)
+    with atomic_file(run_file) as staging:
+        Path(staging).write_text(json.dumps({"key": run_key}), encoding="utf-8")
+    return None
+
+
+def _clean(out: str, *, finished: bool) -> None:
+    """Remove temporary files of writes a kill interrupted, and (finished) the progress records."""
+    root = Path(out)
+    if not root.is_dir():
+        return
+    for directory in [root, *(child for child in root.iterdir() if child.is_dir())]:
+        for child in directory.iterdir():
+            if child.name.startswith(".") and ".tmp-" in child.name:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if finished:
+        shutil.rmtree(root / PROGRESS_DIR, ignore_errors=True)
+
+
+def _load_done(out: str, run_key: str) -> dict[tuple[str, int], dict]:
+    done = {}
+    directory = Path(out) / PROGRESS_DIR
+    for path in directory.glob("*-*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if record.get("key") == run_key:
+            done[(record["language"], record["number"])] = record
+    return done
+
+
+class _Progress:
+    """A tqdm bar over input bytes (MB/s and ETA) with tokens/s beside it."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenize",
+                        disable=None if enabled is None else not enabled, smoothing=0.1, dynamic_ncols=True)
+        self.tokens = 0
+        self.start = time.perf_counter()
+
+    def update(self, raw_bytes: int, tokens: int) -> None:
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.tokens / elapsed / 1e6:.2f}M tokens/s", refresh=False)
+        self.bar.update(raw_bytes)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_chunks(out: str, sources: Mapping[str, Sequence[Source]], settings: TokenizeSettings, run_key: str,
+                eos_id: int, tokenizer: object, workers: int, progress: bool | None) -> list[dict]:
+    """Read every source in chunks and tokenize the chunks not done yet, at most 2 per worker in flight
+    (memory stays bounded whatever the input's size). Returns every chunk's record."""
+    done = _load_done(out, run_key)
+    records: list[dict] = []
+    bar = _Progress(sum(s.bytes for planned in sources.values() for s in planned), progress)
+    executor = None
+    if workers > 1:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(tokenizer,))
+    else:
+        _init_worker(tokenizer, pooled=False)
+    pending: dict[concurrent.futures.Future, int] = {}
+
+    def collect(block: bool) -> None:
+        finished, _ = concurrent.futures.wait(
+            list(pending), return_when=concurrent.futures.FIRST_COMPLETED if block else concurrent.futures.ALL_COMPLETED)
+        for future in finished:
+            raw_bytes = pending.pop(future)
+            record = future.result()
+            records.append(record)
+            bar.update(raw_bytes, record["tokens"])
+
+    try:
+        for language, planned in sources.items():
+            number = 0
+            for index, source in enumerate(planned):
+                position = 0
+                for chunk in _iter_chunks(source, settings):
+                    raw_bytes, position = chunk.raw_position - position, chunk.raw_position
+                    if (language, number) in done:
+                        records.append(done[(language, number)])
+                        bar.update(raw_bytes, 0)
+                    else:
+                        task = _Task(out, language, number, index, source, chunk, settings, run_key, eos_id)
+                        if executor is None:
+                            record = _tokenize_chunk(task)
+                            records.append(record)
+                            bar.update(raw_bytes, record["tokens"])
+                        else:
+                            pending[executor.submit(_tokenize_chunk, task)] = raw_bytes
+                            while len(pending) >= 2 * workers:
+                                collect(block=True)
+                    number += 1
+        while pending:
+            collect(block=False)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return records
+
+
+# -- caches for raw files and the shipped corpus ---------------------------------------------------------------
+def _cache_root() -> Path:
+    root = os.environ.get(STORE_ENV_VAR)
+    return (Path(root) if root else Path.home() / ".cache" / "seallm_jax") / "token_stores"
+
+
+def ensure_store(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], *,
+                 tokenizer: object | None = None, cache_dir: str | os.PathLike | None = None,
+                 text_field: str = "text", text_unit: TextUnit = "line",
+                 workers: int | None = None) -> TokenStore:
+    """A token store of raw files ({language: file or [files]}), tokenized once into a cache under
+    `cache_dir` (default `$SEALLM_JAX_CACHE/token_stores`, else `~/.cache/seallm_jax/token_stores`) and
+    reused while the files (paths, sizes, modification times), the tokenizer and the settings stay the
+    same. Processes that ask at once wait for one of them to write it."""
+    from seallm_jax.data.stream import as_tokenizer
+
+    adapter = as_tokenizer(tokenizer)
+    fingerprint = tokenizer_info(adapter)["fingerprint"]
+    identity = {"tokenizer": fingerprint, "text_field": text_field, "text_unit": text_unit, "files": {},
+                "layout": _LAYOUT_VERSION}
+    for language, paths in files.items():
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        entries = []
+        for path in paths:
+            path = os.fspath(path)
+            if not os.path.isfile(path):
+                raise MissingDataError(f"data file not found: {path}")
+            stat = os.stat(path)
+            entries.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+        identity["files"][language] = entries
+    key = hashlib.sha256(canonical_json(identity)).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir is not None else _cache_root()
+    path = root / key
+    with contextlib.suppress(UserError):
+        if (path / MANIFEST).is_file():
+            return TokenStore.open(path)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be writing this very store
+        return tokenize_files(files, path, tokenizer=adapter.tokenizer, text_field=text_field,
+                              text_unit=text_unit, workers=workers)
+
+
+def shipped_corpus_store(tokenizer: object | None = None, *, cache_dir: str | os.PathLike | None = None,
+                         workers: int | None = 1) -> TokenStore:
+    """The shipped corpus (every language of `seallm_jax/data/corpus`) as a cached token store; its splits
+    are those of `load_corpus`. Small: one process tokenizes it in seconds."""
+    files = {language: [str(CORPUS_DIR / f"{language}.jsonl.gz")] for language in shipped_languages()}
+    return ensure_store(files, tokenizer=tokenizer, cache_dir=cache_dir, workers=workers)
