@@ -11,6 +11,7 @@ import pytest
 from seallm_jax.data.loader import (DataChangedError, SequentialLoader, TokenLoader, fill_row, empty_batch,
                                     permute)
 from seallm_jax.data.store import write_store
+from seallm_jax.data.tokenize import tokenize_files
 from test_lsn_cli import tiny  # noqa: F401 - the tiny model and files of the lsn command tests
 from train_helpers import ROOT, TINY, cli_env, metrics
 
@@ -194,17 +195,6 @@ def test_sequential_documents_keep_each_document_whole_in_one_row():
 
 # ---- training from a store: the run learns the store's text, and bad data is a one-line error -----------
 
-def tokenize_into_store(files, tokenizer, out):
-    """The store a user's JSON-lines files make (train / validation split by document hash)."""
-    from seallm_jax.data.corpus import load_files
-
-    documents = {language: {split: tokenizer.encode_batch([doc.text for doc in docs])
-                            for split in ("train", "validation")
-                            for docs in [load_files({language: paths}, split=split)[language]]}
-                 for language, paths in files.items()}
-    return write_store(out, documents, tokenizer=tokenizer)
-
-
 @pytest.fixture(scope="module")
 def user_data(tmp_path_factory):
     """A user's Thai and Vietnamese JSON-lines files (text the shipped corpus holds), a vocabulary subset
@@ -226,7 +216,7 @@ def user_data(tmp_path_factory):
     texts = [json.loads(line)["text"] for paths in files.values() for line in open(paths[0], encoding="utf-8")]
     VocabularySubset.from_texts(load_tokenizer(), texts).save_pretrained(root / "tokenizer")
     tokenizer = load_tokenizer(root / "tokenizer")
-    store = tokenize_into_store(files, tokenizer, str(root / "store"))
+    store = tokenize_files(files, root / "store", tokenizer=tokenizer, workers=1)
     return {"root": root, "files": files, "tokenizer": str(root / "tokenizer"), "store": store,
             "tokenizer_object": tokenizer}
 
@@ -246,23 +236,26 @@ def tokens_run(workdir, user_data, *overrides):
 
 @pytest.fixture(scope="module")
 def trained(user_data, tmp_path_factory):
-    """`seallm-jax train` from the store for 40 steps, held-out loss every 10."""
+    """`seallm-jax train --config.data.source=corpus --config.data.files=my_th.jsonl --config.data.languages=th`
+    for 40 steps, held-out loss (the file's validation documents) every 10."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    argv = tokens_run(workdir, user_data, "--config.train.steps=40", "--config.train.eval_every=10",
-                      "--config.checkpoint.every=20")
-    process = subprocess.run([sys.executable, "-m", "seallm_jax.cli", *argv], env=cli_env(1), cwd=ROOT,
+    argv = ["train", "--config", TINY, "--workdir", workdir, "--config.train.progress_bar=False",
+            "--config.data.source=corpus", f"--config.data.files={user_data['files']['th'][0]}",
+            "--config.data.languages=th", f"--config.data.tokenizer={user_data['tokenizer']}",
+            "--config.train.steps=40", "--config.train.eval_every=10", "--config.checkpoint.every=20"]
+    process = subprocess.run([sys.executable, "-m", "seallm_jax.cli", *map(str, argv)], env=cli_env(1), cwd=ROOT,
                              capture_output=True, text=True, timeout=900)
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
     return workdir, process.stdout + process.stderr
 
 
-def test_training_from_a_token_store_lowers_the_heldout_loss_of_its_text(trained):
+def test_training_on_a_users_jsonl_file_lowers_the_heldout_loss_of_its_text(trained):
     workdir, out = trained
     records = metrics(workdir)
     held_out = [record["eval_loss"] for record in records if "eval_loss" in record]
     assert len(held_out) == 4 and held_out[-1] < held_out[0] - 0.3, held_out
-    assert "model.vocab_size 256 -> " in out  # the model got an embedding row for every id of the store
-    assert any("data_epochs_vi" in record for record in records)  # vi repeats within 40 steps
+    assert "model.vocab_size 256 -> " in out  # the model got an embedding row for every id of the tokenizer
+    assert any("data_epochs_th" in record for record in records)  # the file repeats within 40 steps
 
 
 @pytest.mark.parametrize("override, culprit", [
@@ -288,23 +281,26 @@ def test_a_store_of_another_tokenizer_is_refused(user_data, tmp_path, capsys):
 def test_resume_with_a_changed_store_names_it(trained, user_data, tmp_path, capsys):
     import shutil
 
+    from seallm_jax.data.tokenize import ensure_store
+
     workdir, _ = trained
+    # The run read the file's cached store: the same store given as --config.data.path resumes
+    # (fingerprints, not paths, identify data) ...
+    cached = ensure_store({"th": user_data["files"]["th"]}, tokenizer=user_data["tokenizer_object"])
     copy = str(tmp_path / "store")
-    shutil.copytree(user_data["store"].path, copy)
+    shutil.copytree(cached.path, copy)
     resumed = tmp_path / "run"
     shutil.copytree(workdir, resumed)
-    argv = tokens_run(resumed, user_data, "--config.train.steps=41", "--config.train.eval_every=0",
-                      f"--config.data.path={copy}")
-    # The same store under another path resumes (fingerprints, not paths, identify data) ...
-    code, err = run_cli(capsys, *argv)
+    argv = tokens_run(resumed, user_data, "--config.train.eval_every=0", "--config.data.languages=th")
+    code, err = run_cli(capsys, *argv, f"--config.data.path={copy}", "--config.train.steps=41")
     assert code == 0, err
     # ... one with other text does not.
-    documents = {language: {split: [doc[:-1].tolist() for doc in user_data["store"].documents(language, split)]
-                            for split in ("train", "validation")} for language in ("th", "vi")}
+    documents = {"th": {split: [doc[:-1].tolist() for doc in cached.documents("th", split)]
+                        for split in ("train", "validation")}}
     documents["th"]["train"] = documents["th"]["train"][:-1]
     shutil.rmtree(copy)
-    write_store(copy, documents, tokenizer_entry=user_data["store"].manifest["tokenizer"])
-    code, err = run_cli(capsys, *argv[:-2], "--config.train.steps=42", f"--config.data.path={copy}")
+    write_store(copy, documents, tokenizer_entry=cached.manifest["tokenizer"])
+    code, err = run_cli(capsys, *argv, f"--config.data.path={copy}", "--config.train.steps=42")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "the token store(s) of th changed" in err and "allow_data_changes" in err
 

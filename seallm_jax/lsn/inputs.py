@@ -25,41 +25,36 @@ def language_batches(language: str, *, tokenizer, split: str | None = "train",
     and text files (read whole); they are read by the token loader's sequential mode
     (`seallm_jax.data.loader.SequentialLoader`), each process building its own rows of every global batch.
     """
-    arrays = store_arrays(language, tokenizer=tokenizer, split=split, files=files) if files else None
-    if arrays is not None:
+    if files:
         from seallm_jax.data.loader import SequentialLoader
 
         index, count = jax.process_index(), jax.process_count()
+        arrays = store_arrays(language, tokenizer=tokenizer, split=split, files=files)
         return SequentialLoader(arrays, seq_len=seq_len, global_batch_size=batch_size * count,
                                 row_start=index * batch_size, row_stop=(index + 1) * batch_size, pack="documents",
                                 pad_id=document_separator_id(tokenizer))
     from seallm_jax.data.stream import pretraining_stream
 
-    corpus = {language: list(files)} if files else None
     return pretraining_stream(
-        languages=[language], split=split if not files else None, seq_len=seq_len, batch_size=batch_size,
-        tokenizer=tokenizer, corpus=corpus, max_epochs=1, split_documents=False, eos_id=document_separator_id(tokenizer),
+        languages=[language], split=split, seq_len=seq_len, batch_size=batch_size,
+        tokenizer=tokenizer, max_epochs=1, split_documents=False, eos_id=document_separator_id(tokenizer),
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
 
 
-def store_arrays(language: str, *, tokenizer, split: str | None, files: Sequence[str]) -> list | None:
+def store_arrays(language: str, *, tokenizer, split: str | None, files: Sequence[str]) -> list:
     """The document arrays of `language` in `files`: a store directory's `split`, a text file's every split
-    (tokenized once into the cached store of `seallm_jax.data.store.ensure_store`). None while text files
-    cannot be cached (no ensure_store): the caller reads them directly."""
+    (tokenized once into the cached store of `seallm_jax.data.tokenize.ensure_store`)."""
     import os
 
     from seallm_jax.data import store as stores
 
     directories = [path for path in files if os.path.isdir(path)]
     texts = [path for path in files if not os.path.isdir(path)]
-    ensure_store = getattr(stores, "ensure_store", None)
-    if texts and ensure_store is None:
-        if directories:
-            raise ConfigError(f"--data {language}: give either token stores or text files for one language")
-        return None
     opened = [stores.TokenStore.open(path) for path in directories]
     if texts:
+        from seallm_jax.data.tokenize import ensure_store
+
         opened.append(ensure_store({language: texts}, tokenizer=tokenizer))
     fingerprint = stores.tokenizer_fingerprint(tokenizer)
     for store in opened:

@@ -162,7 +162,7 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
     if source == "tokens":
         stores = open_stores(config)
     elif source == "corpus" and config.data.get("files"):
-        from seallm_jax.data.store import ensure_store
+        from seallm_jax.data.tokenize import ensure_store
 
         stores = [ensure_store(corpus_files(config), tokenizer=run_tokenizer(config))]
     else:
