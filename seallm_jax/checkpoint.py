@@ -313,5 +313,11 @@ def load_params(ckpt_or_workdir: str | os.PathLike, abstract_params: Any | None 
         metadata = checkpointer.metadata(item_dir).item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
         return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    # Leaves without a sharding go to this process's first device: Orbax would otherwise take the
+    # saved sharding, whose devices (e.g. another process's, in a multi-process run) may not exist here.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda leaf: leaf if getattr(leaf, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_params)
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     return checkpointer.restore(item_dir, args=ocp.args.StandardRestore(abstract_params))
