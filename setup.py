@@ -30,6 +30,11 @@ setup(
         "sacrebleu>=2.4",
         "zstandard",  # `data tokenize` reads .jsonl.zst / .txt.zst, as web corpora ship
         "pyarrow",    # `data tokenize` reads Parquet, as web corpora ship
+        # object storage (seallm_jax/paths.py): gs:// and s3:// workdirs, checkpoints, exports, token stores
+        "etils[epath]",
+        "fsspec",
+        "gcsfs",
+        "s3fs",
     ],
     extras_require={
         "torch": [TORCH],
@@ -39,7 +44,7 @@ setup(
         "smollm2": [TORCH, "gguf", "accelerate"],
         "eval": ["pyarrow"],  # SeaRefuse's Parquet release
         "bench": ["datasets"],  # benchmarks/data.py: `data tokenize` against Hugging Face datasets
-        "test": [TORCH, "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
+        "test": [TORCH, "gcp-storage-emulator", "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},
 )
