@@ -2,7 +2,8 @@
 
 MFU = model FLOPs per token x tokens per second / (`config.train.peak_flops` x number of devices).
 A workdir in object storage gets the same files: written locally, uploaded whole (objects cannot be
-appended to): metrics.jsonl at every write, the TensorBoard events every minute and at close.
+appended to) at most every few seconds (Cloud Storage takes about one update per second of one
+object), at every checkpoint (sync) and at close.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Any
 
 from seallm_jax import paths
 
-# Seconds between uploads of a remote workdir's TensorBoard events (each upload is the whole file).
+# Seconds between uploads of a remote workdir's metrics.jsonl and TensorBoard events (each upload is
+# the whole file); sync() and close() upload at once.
+METRICS_UPLOAD_EVERY = 5.0
 TENSORBOARD_UPLOAD_EVERY = 60.0
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak_flops_per_device: float, num_devices: int) -> float:
@@ -39,7 +42,7 @@ class MetricsWriter:
         if self._mirror is not None and paths.exists(self.remote_path):
             paths.copy_file(self.remote_path, self.path)  # a resumed run continues the same file
         self.tb = None
-        self._tb_uploaded = time.monotonic()
+        self._tb_uploaded = self._metrics_uploaded = time.monotonic()
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(os.path.join(local_workdir, "tensorboard"))
@@ -60,7 +63,8 @@ class MetricsWriter:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        self._upload_metrics()
+        if time.monotonic() - self._metrics_uploaded > METRICS_UPLOAD_EVERY:
+            self._upload_metrics()
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -68,7 +72,14 @@ class MetricsWriter:
             if self.remote_tensorboard and time.monotonic() - self._tb_uploaded > TENSORBOARD_UPLOAD_EVERY:
                 self._upload_tensorboard()
 
+    def sync(self) -> None:
+        """A remote workdir: upload metrics.jsonl now (at a checkpoint: a resumed run keeps every record
+        up to its step). Local: nothing to do."""
+        if self.enabled:
+            self._upload_metrics()
+
     def close(self) -> None:
+        self.sync()
         if self.tb is not None:
             self.tb.close()
             if self.remote_tensorboard:
@@ -78,8 +89,9 @@ class MetricsWriter:
             self._mirror = None
 
     def _upload_metrics(self) -> None:
-        if self._mirror is not None:
+        if self._mirror is not None and os.path.exists(self.path):
             paths.copy_file(self.path, self.remote_path)
+        self._metrics_uploaded = time.monotonic()
 
     def _upload_tensorboard(self) -> None:
         self.tb.flush()
