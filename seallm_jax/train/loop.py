@@ -242,6 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             return
         checkpointer.save(done, params=state.params, opt_state=state.opt_state, rng=state.rng,
                           data_state=source.state())
+        writer.sync()  # a remote workdir's metrics.jsonl holds every step up to the checkpoint
         last_saved = done
 
     # Multi-process: a process that died leaves the others in a collective that fails (gloo) or never
