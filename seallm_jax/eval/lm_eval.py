@@ -212,6 +212,9 @@ class SeallmJaxLM(TemplateLM):
             if not context or not continuation:
                 raise ConfigError(f"{MODEL_NAME}: a request with an empty context or continuation after "
                                   f"tokenization (context {len(context)} tokens, continuation {len(continuation)})")
+            if len(continuation) > self.max_length:
+                raise ConfigError(f"{MODEL_NAME}: a continuation of {len(continuation)} tokens does not fit "
+                                  f"max_length {self.max_length}; raise max_length")
             scored.append(ScoreRequest(list(context) + list(continuation), len(context)))
         results = self.scorer.score(scored, description=description)
         answers = [(score.log_likelihood, score.is_greedy) for score in results]
@@ -292,6 +295,12 @@ def task_manager(names: Sequence[str], include: str | os.PathLike | None = None)
     know (task, group or tag, globs allowed) is a `ConfigError` naming it."""
     from lm_eval.tasks import TaskManager
 
+    if include is not None:
+        # Indexing lm-eval's thousands of own YAML files takes tens of seconds: skip it when `include`
+        # has every task asked for.
+        manager = TaskManager(include_path=os.fspath(include), include_defaults=False)
+        if all(name in set(manager.all_tasks) or manager.match_tasks([name]) for name in names):
+            return manager
     manager = TaskManager(include_path=os.fspath(include) if include is not None else None)
     known = set(manager.all_tasks)
     unknown = [name for name in names if name not in known and not manager.match_tasks([name])]
@@ -303,10 +312,10 @@ def task_manager(names: Sequence[str], include: str | os.PathLike | None = None)
 
 
 def evaluate_tasks(lm: SeallmJaxLM, names: Sequence[str], manager: Any, *, limit: int | float | None = None,
-                   num_fewshot: int | None = None, table_stream: Any = sys.stdout) -> dict[str, Any]:
+                   num_fewshot: int | None = None, print_table: bool = True) -> dict[str, Any]:
     """lm-eval's `simple_evaluate` of `names` on `lm`: its results document (JSON-ready, without the
-    per-sample log), whose `results[task][metric]` are what `lm_eval --output_path` writes; the table
-    lm-eval prints goes to `table_stream`."""
+    per-sample log), whose `results[task][metric]` are what `lm_eval --output_path` writes; lm-eval's
+    table of them is printed to stdout unless `print_table=False`."""
     import json
 
     from lm_eval import simple_evaluate
@@ -316,10 +325,10 @@ def evaluate_tasks(lm: SeallmJaxLM, names: Sequence[str], manager: Any, *, limit
                               num_fewshot=num_fewshot, log_samples=False)
     results = dict(results)
     results.pop("samples", None)
-    if table_stream is not None:
-        print(make_table(results), file=table_stream, flush=True)
+    if print_table:
+        print(make_table(results), flush=True)
         if results.get("groups"):
-            print(make_table(results, "groups"), file=table_stream, flush=True)
+            print(make_table(results, "groups"), flush=True)
     return json.loads(json.dumps(results, default=handle_non_serializable))
 
 

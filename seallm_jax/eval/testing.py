@@ -140,7 +140,8 @@ def write_corpus_tasks(directory: str | os.PathLike, *, languages: tuple[str, ..
 
     - sea_corpus_mc: "English: <en>\\n<Language>:" with the translations of `choices` messages as the
       options, the right one at a rotating position;
-    - sea_corpus_ppl: the target-language texts, scored whole (bits per byte, perplexities);
+    - sea_corpus_ppl: each English text and its translation on the next line, scored whole (bits per
+      byte, perplexities);
     - sea_corpus_gen: the same prompt, completed greedily up to the newline (exact match).
     """
     import json
@@ -165,7 +166,7 @@ def write_corpus_tasks(directory: str | os.PathLike, *, languages: tuple[str, ..
             options.insert(answer, " " + target.text)
             prompt = f"English: {source.text}\n{name}:"
             rows["sea_corpus_mc"].append({"question": prompt, "choices": options, "answer": answer})
-            rows["sea_corpus_ppl"].append({"text": target.text})
+            rows["sea_corpus_ppl"].append({"text": f"{source.text}\n{target.text}"})
             rows["sea_corpus_gen"].append({"prompt": prompt, "target": " " + target.text})
     for task, task_rows in rows.items():
         data = os.path.join(directory, f"{task}.jsonl")
