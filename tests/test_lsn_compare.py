@@ -1,8 +1,12 @@
-"""`seallm-jax lsn compare` on a tiny model: every arm runs, the JSON has its schema, LSN arms move only their neurons."""
+"""`seallm-jax lsn compare` on a tiny model: curves, seeds, intervals and matched gains with the documented
+schema; the deactivation check; LSN arms move only their neurons; a rerun continues without redoing runs."""
 import importlib.util
 import json
+import math
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -12,11 +16,18 @@ from safetensors.numpy import load_file
 from hf_models import save_smollm2_style_tokenizer
 from seallm_jax import cli, hf
 from seallm_jax.errors import ConfigError
-from seallm_jax.lsn.compare import CompareSettings, compare
+from seallm_jax.lsn.compare import CompareSettings, compare, format_table
+from seallm_jax.lsn.compare.score import at_gain, t_interval
 
-RESULT_FIELDS = {"arm", "label", "learning_rate", "trainable_parameters", "trainable_fraction", "optimizer_state_bytes",
-                 "details", "sweep", "loss", "perplexity", "perplexity_change_percent", "summary", "train_seconds",
-                 "sweep_train_seconds", "eval_seconds", "workdir"}
+RESULT_FIELDS = {"arm", "label", "learning_rate", "learning_rate_from", "trainable_parameters", "trainable_fraction",
+                 "optimizer_state_bytes", "details", "sweep", "runs", "final", "matched", "train_seconds",
+                 "sweep_train_seconds", "curve_seconds"}
+GAINS = ("5", "10", "20")
+COMPARE_ARGS = ["--targets", "th", "--languages", "en,th,vi", "--arms", "lape,random,full", "--steps", "2",
+                "--batch-size", "8", "--seq-len", "32", "--seeds", "2", "--eval-every", "1",
+                "--target-gains", ",".join(GAINS), "--lr-neurons", "3e-2", "--lr-full", "1e-3,3e-3",
+                "--top-rate", "0.1", "--stats-tokens", "256", "--eval-tokens", "256", "--sweep-eval-tokens", "128",
+                "--no-progress", "--keep-checkpoints"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +43,106 @@ def tiny_model(tmp_path_factory):
     return str(directory)
 
 
+@pytest.fixture(scope="module")
+def compared(tiny_model, tmp_path_factory):
+    """One `lsn compare --seeds 2 --eval-every 1` run shared by the tests below (output folder, report).
+
+    Every run is its own `train` call; the seeds of an arm compile the same programs, so JAX's persistent
+    compilation cache (on for this module only) loads them instead of compiling again."""
+    names = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+             "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
+    previous = {name: getattr(jax.config, name) for name in names}
+    for name, value in names.items():
+        jax.config.update(name, value)
+    try:
+        out = tmp_path_factory.mktemp("compare") / "out"
+        assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *COMPARE_ARGS]) == 0
+        yield out, json.loads((out / "compare.json").read_text())
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+
+
+def _interval_ok(interval, n):
+    assert interval["n"] == n and len(interval["per_seed"]) == 2
+    if n >= 2:
+        assert interval["low"] <= interval["mean"] <= interval["high"]
+    else:
+        assert interval["low"] is None and interval["high"] is None
+
+
+def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
+    out, report = compared
+    assert report["complete"] and report["schema_version"] == 2
+    for key in ("config", "definitions", "model", "machine", "evaluation", "neurons", "base", "deactivation",
+                "results", "comparisons", "timings"):
+        assert key in report, key
+    assert report["evaluation"]["curve_steps"] == [1, 2]
+    results = report["results"]["th"]
+    assert list(results) == ["lape", "random", "full"]
+    for label, record in results.items():
+        assert RESULT_FIELDS <= set(record), label
+        assert [run["seed"] for run in record["runs"]] == [0, 1]
+        assert [run["data_seed"] for run in record["runs"]] == [0, 1]
+        for run in record["runs"]:
+            assert run["learning_rate"] == record["learning_rate"]
+            assert set(run["curve"]) == {"test", "other_domain"}
+            for points in run["curve"].values():
+                assert [p["step"] for p in points] == [0, 1, 2]
+                assert points[0] == {"step": 0, "target_gain_percent": 0.0, "english": 0.0, "others_mean_abs": 0.0}
+                assert all(np.isfinite(p[k]) for p in points for k in ("target_gain_percent", "english",
+                                                                        "others_mean_abs"))
+        for split in ("test", "other_domain"):
+            final = record["final"][split]
+            assert set(final["change"]) == {"en", "th", "vi"}
+            for interval in [*final["change"].values(), final["target_gain_percent"], final["english"]]:
+                _interval_ok(interval, 2)
+            # The final change is the last curve point's: the log-perplexity ratio of the step-2 losses.
+            for seed, run in enumerate(record["runs"]):
+                ratio = run["losses"]["2"][split]["en"] - report["base"]["loss"][split]["en"]
+                assert math.isclose(final["change"]["en"]["per_seed"][seed], ratio, abs_tol=1e-12)
+                assert math.isclose(run["curve"][split][-1]["english"], ratio, abs_tol=1e-12)
+            assert set(record["matched"][split]) == set(GAINS)
+            for matched in record["matched"][split].values():
+                _interval_ok(matched["english"], matched["seeds_reached"])
+                _interval_ok(matched["others_mean_abs"], matched["seeds_reached"])
+                if matched["seeds_reached"]:
+                    assert 0 < matched["step"]["mean"] <= 2
+    # Every arm reaches the smallest gain on every seed here: matched rows with intervals.
+    assert all(r["matched"]["test"]["5"]["seeds_reached"] == 2 for r in results.values())
+    # Learning rates: full swept its two rates on seed 0 (per target); seed 1 reused the choice.
+    assert len(results["full"]["sweep"]) == 2 and results["full"]["learning_rate"] in (1e-3, 3e-3)
+    assert results["full"]["learning_rate_from"] == "sweep"
+    lape, random = results["lape"], results["random"]
+    # The random arm: a new neuron draw per seed, LAPE's count in every layer, none of LAPE's neurons.
+    files = [run["details"]["neuron_file"] for run in random["runs"]]
+    assert files[0] != files[1]
+    lape_neurons = json.loads(open(lape["details"]["neuron_file"]).read())["languages"]["th"]
+    draws = [json.loads(open(f).read())["languages"]["th"] for f in files]
+    assert draws[0] != draws[1]
+    for draw in draws:
+        assert {k: len(v) for k, v in draw.items()} == {k: len(v) for k, v in lape_neurons.items()}
+        assert all(not set(draw[k]) & set(lape_neurons[k]) for k in draw)
+    assert results["full"]["optimizer_state_bytes"] > lape["optimizer_state_bytes"] > lape["optimizer_state_bytes_lean"] > 0
+    # Comparisons: every pair of arms at every gain, with a paired interval and a verdict.
+    rows = report["comparisons"]["th"]["test"]["5"]["english"]
+    assert {(r["a"], r["b"]) for r in rows} == {("lape", "random"), ("lape", "full"), ("random", "full")}
+    for row in rows:
+        _interval_ok(row["difference"], 2)
+        assert row["beyond_interval"] == (row["difference"]["low"] > 0 or row["difference"]["high"] < 0)
+    # Deactivation check, before training: LAPE's neurons zeroed vs the random arm's draws.
+    check = report["deactivation"]["th"]
+    assert check["split"] == "test" and check["neurons"] == lape["details"]["neurons"]
+    assert set(check["lape"]) == {"en", "th", "vi"}
+    for lang in ("en", "th", "vi"):
+        _interval_ok(check["random"][lang], 2)
+        assert math.isclose(check["lape_minus_random"][lang]["mean"], check["lape"][lang] - check["random"][lang]["mean"],
+                            abs_tol=1e-9)
+    assert (out / "curves.png").stat().st_size > 0 and (out / "deactivation.json").exists()
+    table = format_table(report)
+    assert "deactivation check, target th" in table and "differences larger than their interval" in table
+
+
 def _allowed(name, shape, neurons):
     """HF layout: neuron j is row j of gate/up_proj.weight and column j of down_proj.weight."""
     allowed = np.zeros(shape, bool)
@@ -44,55 +155,60 @@ def _allowed(name, shape, neurons):
     return allowed
 
 
-def test_compare_runs_every_arm_and_lsn_arms_change_only_their_neurons(tiny_model, tmp_path):
-    out = tmp_path / "compare"
-    code = cli.main(["lsn", "compare", "--model", tiny_model, "--targets", "th", "--languages", "en,th",
-                     "--out", str(out), "--steps", "2", "--batch-size", "8", "--seq-len", "32", "--random-seeds", "2",
-                     "--lr-neurons", "3e-2", "--lr-full", "1e-3,3e-3", "--lr-lora", "1e-2", "--top-rate", "0.1",
-                     "--stats-tokens", "256", "--eval-tokens", "256", "--sweep-eval-tokens", "128", "--no-progress",
-                     "--keep-checkpoints"])
-    assert code == 0
-    report = json.loads((out / "compare.json").read_text())
-    assert report["complete"] and report["schema_version"] == 1
-    for key in ("config", "model", "machine", "evaluation", "neurons", "base", "results", "aggregates", "timings"):
-        assert key in report, key
-    results = report["results"]["th"]
-    arms = [r["arm"] for r in results.values()]
-    assert sorted(set(arms)) == ["full", "lape", "lora", "plnd", "random"]
-    assert arms.count("random") == 2 and arms.count("lora") == 2
-    for label, record in results.items():
-        assert RESULT_FIELDS <= set(record), label
-        assert set(record["loss"]) == {"test", "other_domain"}
-        assert set(record["loss"]["test"]) == {"en", "th"}
-        assert set(record["loss"]["other_domain"]) == {"en", "th"}
-        assert record["trainable_parameters"] > 0 and record["optimizer_state_bytes"] > 0
-        assert all(np.isfinite(v) for v in record["perplexity_change_percent"]["other_domain"].values())
-    assert len(results["full"]["sweep"]) == 2 and results["full"]["learning_rate"] in (1e-3, 3e-3)
-    assert results["random_s1"]["learning_rate_from"].startswith("sweep of")
-    lape, plnd = results["lape"], results["plnd"]
-    assert plnd["details"]["neurons"] <= lape["details"]["neurons"]
-    for label in ("random_s0", "random_s1"):
-        assert results[label]["details"]["neurons_per_layer"] == lape["details"]["neurons_per_layer"]
-    assert results["full"]["optimizer_state_bytes"] > lape["optimizer_state_bytes"] > lape["optimizer_state_bytes_lean"] > 0
-    assert results["full"]["optimizer_state_bytes_lean"] is None
-    assert {"lape", "plnd", "random", "full"} <= set(report["aggregates"]["th"])
-    assert report["aggregates"]["th"]["random"]["runs"] == ["random_s0", "random_s1"]
-    assert (out / "tradeoff.png").stat().st_size > 0
-
-    # LSN arms: every exported parameter outside the neuron set is bit-identical to the start.
+def test_lsn_arms_change_only_their_neurons(compared, tiny_model, tmp_path):
+    """Every exported parameter outside a neuron arm's set is bit-identical to the start, for every seed."""
+    _, report = compared
     base = load_file(os.path.join(tiny_model, "model.safetensors"))
-    for label, record in results.items():
-        if record["arm"] not in ("lape", "plnd", "random"):
-            continue
-        export = hf.convert_orbax_to_hf(record["workdir"], str(tmp_path / f"export_{label}"))
-        trained = load_file(os.path.join(export, "model.safetensors"))
-        neurons = json.loads(open(record["details"]["neuron_file"]).read())["languages"]["th"]
-        changed = False
-        for name, before in base.items():
-            allowed = _allowed(name, before.shape, neurons)
-            np.testing.assert_array_equal(before[~allowed], trained[name][~allowed], err_msg=f"{label}: {name}")
-            changed |= bool((before[allowed] != trained[name][allowed]).any())
-        assert changed, label
+    for label in ("lape", "random"):
+        for run in report["results"]["th"][label]["runs"]:
+            export = hf.convert_orbax_to_hf(run["workdir"], str(tmp_path / f"export_{label}_{run['seed']}"))
+            trained = load_file(os.path.join(export, "model.safetensors"))
+            neurons = json.loads(open(run["details"]["neuron_file"]).read())["languages"]["th"]
+            changed = False
+            for name, before in base.items():
+                allowed = _allowed(name, before.shape, neurons)
+                np.testing.assert_array_equal(before[~allowed], trained[name][~allowed], err_msg=f"{label}: {name}")
+                changed |= bool((before[allowed] != trained[name][allowed]).any())
+            assert changed, (label, run["seed"])
+
+
+def test_rerun_continues_without_redoing_finished_runs(compared, tiny_model, monkeypatch):
+    """A rerun of the same command trains only what is missing (here one seed of one arm) and scores nothing
+    twice; the rebuilt report holds the same numbers."""
+    import seallm_jax.train.loop as loop
+
+    out, report = compared
+    shutil.rmtree(out / "runs" / "th" / "random" / "seed1")
+    (out / "compare.json").unlink()
+    calls = []
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda config, workdir, **kw: calls.append(workdir) or real_train(config, workdir, **kw))
+    assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *COMPARE_ARGS]) == 0
+    assert calls == [str(out / "runs" / "th" / "random" / "seed1" / "lr3e-2")]
+    again = json.loads((out / "compare.json").read_text())
+    for label in ("lape", "full"):
+        assert again["results"]["th"][label]["runs"] == report["results"]["th"][label]["runs"]
+    rerun, first = again["results"]["th"]["random"]["runs"][1], report["results"]["th"]["random"]["runs"][1]
+    np.testing.assert_allclose(rerun["losses"]["2"]["test"]["th"], first["losses"]["2"]["test"]["th"], rtol=1e-6)
+    assert again["deactivation"] == report["deactivation"]
+
+
+def test_matched_gain_interpolates_at_the_first_crossing_and_intervals_are_student_t():
+    points = [{"step": 0, "target_gain_percent": 0.0, "english": 0.0, "others_mean_abs": 0.0},
+              {"step": 5, "target_gain_percent": 8.0, "english": -0.02, "others_mean_abs": 0.04},
+              {"step": 10, "target_gain_percent": 16.0, "english": -0.06, "others_mean_abs": 0.08},
+              {"step": 15, "target_gain_percent": 12.0, "english": -0.10, "others_mean_abs": 0.1},
+              {"step": 20, "target_gain_percent": 24.0, "english": -0.2, "others_mean_abs": 0.2}]
+    hit = at_gain(points, 10.0)  # a quarter of the way from step 5 to step 10
+    assert hit == pytest.approx({"step": 6.25, "english": -0.03, "others_mean_abs": 0.05})
+    assert at_gain(points, 20.0)["step"] == pytest.approx(15 + 5 * 8 / 12)  # the gain dipped, then crossed 20%
+    assert at_gain(points, 30.0) is None
+    interval = t_interval([1.0, 2.0, None, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n), s = 1
+    assert interval["mean"] == 2.0 and interval["n"] == 3
+    assert interval["low"] == pytest.approx(2.0 - half) and interval["high"] == pytest.approx(2.0 + half)
+    assert interval["per_seed"] == [1.0, 2.0, None, 3.0]
+    assert t_interval([1.5, None])["low"] is None
 
 
 def test_compare_rejects_bad_settings_before_any_work(tiny_model, tmp_path):
@@ -100,8 +216,17 @@ def test_compare_rejects_bad_settings_before_any_work(tiny_model, tmp_path):
         CompareSettings(model=tiny_model, out=str(tmp_path), targets=("th",), languages=("en", "vi"))
     with pytest.raises(ConfigError, match="unknown arm"):
         CompareSettings(model=tiny_model, out=str(tmp_path), targets=("th",), languages=("en", "th"), arms=("lsn",))
+    with pytest.raises(ConfigError, match="eval_every"):
+        CompareSettings(model=tiny_model, out=str(tmp_path), targets=("th",), languages=("en", "th"), steps=4,
+                        eval_every=5)
+    with pytest.raises(ConfigError, match="target gains"):
+        CompareSettings(model=tiny_model, out=str(tmp_path), targets=("th",), languages=("en", "th"),
+                        target_gains=(120.0,))
     assert cli.main(["lsn", "compare", "--model", str(tmp_path / "nope"), "--targets", "th", "--languages", "en,th",
                      "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["lsn", "compare", "--model", tiny_model, "--targets", "th", "--languages", "en,th",
+                     "--out", str(tmp_path / "o"), "--seeds", "0"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
@@ -115,9 +240,10 @@ def test_reduced_smollm2_comparison_end_to_end(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smollm2_compare")
     model_dir = str(convert_to_hf(root / "smollm2_hf"))
-    report = compare(settings(str(root / "compare"), model_dir, steps=2, batch_size=8, seq_len=32,
+    report = compare(settings(str(root / "compare"), model_dir, steps=2, batch_size=8, seq_len=32, eval_every=1,
                               languages=("en", "vi", "th"), targets=("vi",), eval_tokens=128, stats_tokens=500,
-                              learning_rates={"neurons": (1e-2,), "full": (1e-4,), "lora": (3e-3,)}, progress=False))
+                              seeds=2, learning_rates={"neurons": (1e-2,), "full": (1e-4,), "lora": (3e-3,)},
+                              progress=False))
     assert report["complete"]
     results = report["results"]["vi"]
     assert sorted({r["arm"] for r in results.values()}) == ["full", "lape", "lora", "plnd", "random"]
@@ -125,4 +251,4 @@ def test_reduced_smollm2_comparison_end_to_end(tmp_path_factory):
     assert 0 < lape["trainable_fraction"] < 0.01
     assert results["full"]["trainable_parameters"] == report["model"]["num_parameters"]
     for record in results.values():
-        assert all(np.isfinite(v) for split in record["perplexity_change_percent"].values() for v in split.values())
+        assert all(np.isfinite(v["mean"]) for split in record["final"].values() for v in split["change"].values())

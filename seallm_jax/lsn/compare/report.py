@@ -1,0 +1,178 @@
+"""Reporting for `lsn compare`: compare.json's content (`build_report`), the printed tables (`format_table`)
+and the plot of target gain against English's and the other languages' change (`plot_curves`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from seallm_jax.files import atomic_file
+from seallm_jax.lsn.compare import score
+from seallm_jax.lsn.compare.settings import CONFIDENCE, EVAL_SPLITS
+
+SCHEMA_VERSION = 2
+DEFINITIONS = {
+    "change": "ln(ppl_after / ppl_before) = loss after - loss before, per language (negative = better)",
+    "target_gain_percent": "100 * (1 - ppl_after / ppl_before) of the target language",
+    "others_mean_abs": "mean |change| over the evaluated languages other than the target and English",
+    "interval": f"{CONFIDENCE:.0%} Student-t interval over seeds: mean +- t(n-1) * s / sqrt(n); low/high are "
+                "null with fewer than 2 values; per_seed lists the seeds' values (null: no value)",
+    "matched": "the curve (base at step 0, then every eval_every steps) at the first point where the target gain "
+               "reaches the given %, linear between the two checkpoints around it; a seed that never reaches it "
+               "has no value (seeds_reached counts the others)",
+    "comparisons": "paired differences a - b over the seeds both arms reach the gain with (seeds share data "
+                   "orders); beyond_interval: the interval of the difference excludes 0",
+}
+
+
+def build_report(settings, context, base, deactivation, results, scorer, timings, started,
+                 complete: bool) -> dict[str, Any]:
+    """Everything compare.json holds (schema in docs/lsn.md section 6)."""
+    import jax
+
+    from seallm_jax.data.other_domain import other_domain_manifest
+
+    manifest = other_domain_manifest()["languages"]
+    return {
+        "schema_version": SCHEMA_VERSION, "complete": complete, "config": dataclasses.asdict(settings),
+        "definitions": DEFINITIONS,
+        "model": {"path": os.path.abspath(settings.model), "num_parameters": context.num_parameters,
+                  "hidden_size": context.hidden_size},
+        "machine": {"backend": jax.default_backend(), "devices": jax.device_count(), "cpu_count": os.cpu_count(),
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "evaluation": {"tokens": scorer.tokens, "curve_steps": settings.curve_steps(),
+                       "other_domain_sources": {lang: {k: manifest[lang][k] for k in ("package", "version", "domain", "license")}
+                                                for lang in scorer.batches["other_domain"] if lang in manifest}},
+        "neurons": {"lape_counts": context.lape.counts(),
+                    "statistics_tokens": dict(zip(context.stats.languages, context.stats.token_count.tolist()))},
+        "base": {"loss": base, "perplexity": {s: {lang: math.exp(v) for lang, v in by.items()} for s, by in base.items()}},
+        "deactivation": deactivation,
+        "results": results,
+        "comparisons": {target: score.comparisons(by_label, settings.target_gains)
+                        for target, by_label in results.items() if by_label},
+        "timings": {**timings, "total_seconds": round(time.perf_counter() - started, 2)},
+    }
+
+
+# ---- text -------------------------------------------------------------------------------------------------
+def _interval(value: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not value or value["mean"] is None:
+        return "-"
+    text = f"{scale * value['mean']:+.{digits}f}"
+    if value["low"] is not None:
+        text += f" [{scale * value['low']:+.{digits}f},{scale * value['high']:+.{digits}f}]"
+    return text
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The deactivation check, then per target and split the matched-gain table and the final point, and the
+    differences between arms that are larger than their intervals."""
+    lines = [f"changes are ln(ppl after / ppl before); [low,high] = {CONFIDENCE:.0%} t-interval over seeds"]
+    for target, check in report.get("deactivation", {}).items():
+        lines.append(f"\ndeactivation check, target {target} ({check['neurons']} neurons), {check['split']} split: "
+                     "change when zeroed")
+        lines.append(f"{'language':<10}{'LAPE':>10}{'random':>28}{'LAPE - random':>30}")
+        for lang, value in check["lape"].items():
+            lines.append(f"{lang:<10}{value:>+10.3f}{_interval(check['random'][lang]):>28}"
+                         f"{_interval(check['lape_minus_random'][lang]):>30}")
+    gains = [f"{g:g}" for g in report["config"]["target_gains"]]
+    for target, by_label in report["results"].items():
+        for split in EVAL_SPLITS:
+            if not by_label or split not in next(iter(by_label.values()))["matched"]:
+                continue
+            lines.append(f"\ntarget {target}, {split}: at matched target gain, English's change / others' mean |change| "
+                         "(seeds reaching it)")
+            lines.append(f"{'arm':<10}{'lr':>7}" + "".join(f"{'at ' + g + '%':>52}" for g in gains)
+                         + f"{'final: target gain %':>26}")
+            for label, record in by_label.items():
+                cells = []
+                for g in gains:
+                    m = record["matched"][split][g]
+                    cells.append(f"{_interval(m['english'])} / {_interval(m['others_mean_abs'])} ({m['seeds_reached']})"
+                                 if m["seeds_reached"] else "not reached")
+                final = record["final"][split]["target_gain_percent"]
+                lines.append(f"{label:<10}{record['learning_rate']:>7.0e}" + "".join(f"{c:>52}" for c in cells)
+                             + f"{_interval(final, digits=1):>26}")
+            beyond = [f"  at {g}%, {q}: {row['a']} - {row['b']} = {_interval(row['difference'])}"
+                      for g in gains for q, rows in report.get("comparisons", {}).get(target, {}).get(split, {}).get(g, {}).items()
+                      for row in rows if row["beyond_interval"]]
+            lines.append("differences larger than their interval:" + ("\n" + "\n".join(beyond) if beyond else " none"))
+    return "\n".join(lines)
+
+
+# ---- the plot -----------------------------------------------------------------------------------------------
+ARM_STYLE = {"lape": ("o", "tab:red"), "plnd": ("s", "tab:purple"), "random": ("x", "tab:gray"),
+             "full": ("D", "tab:blue"), "lora": ("^", "tab:green")}
+QUANTITIES = (("english", "English's change"), ("others_mean_abs", "others' mean |change|"))
+
+
+def _band(curves: list[list[Mapping[str, Any]]], quantity: str, grid: np.ndarray):
+    """Mean and interval over seeds of `quantity` along `grid` gains (each seed's first crossing)."""
+    mean, low, high = [], [], []
+    for gain in grid:
+        values = [hit[quantity] if hit and hit[quantity] is not None else None
+                  for hit in (score.at_gain(c, float(gain)) for c in curves)]
+        interval = score.t_interval(values)
+        mean.append(np.nan if interval["mean"] is None else interval["mean"])
+        low.append(np.nan if interval["low"] is None else interval["low"])
+        high.append(np.nan if interval["high"] is None else interval["high"])
+    return np.array(mean), np.array(low), np.array(high)
+
+
+def plot_curves(report: Mapping[str, Any], path: str) -> None:
+    """Per target (rows) and split: target gain (x) against English's change and against the others' mean
+    |change| (y), one curve per arm (mean over seeds) with its interval band, matched-gain points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on pods and CI
+    import matplotlib.pyplot as plt
+
+    targets = [t for t, by_label in report["results"].items() if by_label]
+    columns = [(split, q) for split in EVAL_SPLITS for q in QUANTITIES]
+    fig, axes = plt.subplots(max(len(targets), 1), len(columns), figsize=(4.6 * len(columns), 3.8 * max(len(targets), 1)),
+                             squeeze=False)
+    gains = [float(g) for g in report["config"]["target_gains"]]
+    for row, target in enumerate(targets):
+        for col, (split, (quantity, name)) in enumerate(columns):
+            ax = axes[row][col]
+            for label, record in report["results"][target].items():
+                curves = [run["curve"][split] for run in record["runs"] if split in run["curve"]]
+                if not curves or quantity == "english" and target == "en":
+                    continue
+                top = max(max((p["target_gain_percent"] or 0.0) for p in c) for c in curves)
+                if top <= 0:
+                    continue
+                grid = np.linspace(0.0, top, 40)[1:]
+                mean, low, high = _band(curves, quantity, grid)
+                marker, color = ARM_STYLE.get(record["arm"], ("*", "black"))
+                if record["arm"] == "lora" and not record["details"].get("closest_to_lape", True):
+                    color = "tab:olive"
+                ax.plot(np.r_[0.0, grid], np.r_[0.0, mean], color=color, label=label, lw=1.4)
+                ax.fill_between(grid, low, high, color=color, alpha=0.15, lw=0)
+                for gain in gains:
+                    matched = record["matched"][split][f"{gain:g}"][quantity]
+                    if matched["mean"] is None:
+                        continue
+                    errors = None if matched["low"] is None else [[matched["mean"] - matched["low"]],
+                                                                   [matched["high"] - matched["mean"]]]
+                    ax.errorbar([gain], [matched["mean"]], yerr=errors, marker=marker, color=color, ms=6,
+                                capsize=3, lw=1)
+            for gain in gains:
+                ax.axvline(gain, color="black", lw=0.4, ls=":")
+            ax.axhline(0, color="black", lw=0.5)
+            ax.set_xlabel(f"{target} perplexity reduction % ({split.replace('_', '-')} text)")
+            ax.set_ylabel(f"{name} (ln ppl ratio)")
+            ax.set_title(f"target {target}: {name}, {split.replace('_', '-')}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"mean over seeds, bands: {CONFIDENCE:.0%} t-interval; markers: matched target gains", fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as staging:
+        fig.savefig(staging, dpi=110, format="png")
+    plt.close(fig)
