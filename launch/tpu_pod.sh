@@ -4,9 +4,16 @@
 #   launch/tpu_pod.sh TPU_NAME ZONE -- seallm-jax train --config configs/qwen2_7b.py:tpu \
 #       --workdir gs://BUCKET/runs/qwen2-7b
 #
+#   launch/tpu_pod.sh TPU_NAME ZONE -- seallm-jax train --config configs/qwen2_7b.py:tpu \
+#       --workdir gs://BUCKET/runs/qwen2-7b --config.model.init_from=gs://BUCKET/models/qwen2-7b \
+#       --config.data.source=tokens --config.data.path=gs://BUCKET/stores/sea
+#
 # Every worker runs the same command; JAX finds the other workers itself (jax.distributed.initialize
 # auto-detects the TPU pod), each worker loads its share of the batch, and all take part in
-# checkpoint saves (use a gs:// workdir so every worker sees the same checkpoints).
+# checkpoint saves. A pod has no shared filesystem: the workdir is on gs:// so that every worker sees
+# the same checkpoints; a token store on gs:// is copied once to each worker's local disk
+# (~/.cache/seallm_jax/remote, or $SEALLM_JAX_CACHE/remote). Credentials: the TPU VMs' service
+# account, which needs roles/storage.objectAdmin on the bucket (docs/training.md, "Object storage").
 # Environment: PROJECT (gcloud project, optional), REPO_URL (git URL to clone; default: copy this
 # checkout with `gcloud compute tpus tpu-vm scp`), SETUP=0 to skip installation.
 set -euo pipefail
