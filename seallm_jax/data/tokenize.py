@@ -263,10 +263,38 @@ class _Task:
 _ADAPTER = None  # the worker's tokenizer (TokenizerAdapter), set once per process
 
 
+class _RustEncoder:
+    """The Rust tokenizer alone, as TokenizerAdapter.encode_batch uses it: workers that get only it start
+    without importing `transformers` (seconds and ~200 MB less per worker)."""
+
+    def __init__(self, backend: object):
+        self.backend = backend
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def _worker_tokenizer(tokenizer: object) -> object:
+    """What to send to the worker processes: a Hugging Face fast tokenizer's Rust backend, else the
+    tokenizer itself (a vocabulary subset renumbers ids in Python)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "base_tokenizer", None) is not None:
+        return tokenizer
+    if backend.truncation is not None or backend.padding is not None:
+        # A store holds whole documents: a copy without the tokenizer's truncation/padding settings.
+        backend = type(backend).from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
 def _init_worker(tokenizer: object, pooled: bool = True) -> None:
     if pooled:  # one of N worker processes already: the tokenizer's own thread pool would oversubscribe
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _ADAPTER
+    if type(tokenizer).__module__.startswith("tokenizers"):
+        _ADAPTER = _RustEncoder(tokenizer)
+        return
     from seallm_jax.data.stream import as_tokenizer
 
     _ADAPTER = as_tokenizer(tokenizer)
@@ -455,8 +483,8 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
     if workers < 1:
         raise UserError(f"--workers {workers}: expected at least 1")
     try:
-        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], adapter.tokenizer, workers,
-                              progress)
+        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], _worker_tokenizer(adapter.tokenizer),
+                              workers, progress)
         for language, planned in sources.items():
             for index, source in enumerate(planned):
                 if not any(r["documents"] for r in records if r["language"] == language and r["source"] == index):
