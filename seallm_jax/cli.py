@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from seallm_jax.errors import UserError
+from seallm_jax.errors import UserError, close_progress_bars
 
 # module that registers the command(s) -> command names, imported lazily so that
 # `seallm-jax data stats` does not pay for importing the training stack.
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{command}: interrupted{detail}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - sorted into the user's mistakes and bugs below
+        close_progress_bars()  # the error (or traceback) starts its own line, not the bar's
         message = _user_message(error)
         if message is None:
             raise  # a bug: keep the traceback (exit 1)

@@ -16,6 +16,8 @@ from typing import NoReturn
 import jax
 import numpy as np
 
+from seallm_jax.errors import close_progress_bars
+
 # Explicit settings (what launch/local.py and launch/gpu_node.sh export). JAX itself reads
 # JAX_COORDINATOR_ADDRESS; the process count and id are ours to pass.
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
@@ -126,6 +128,7 @@ def exit_lost_run(line: str) -> NoReturn:
     heartbeat timeout, then abort with a C++ stack trace); checkpoints already written are complete,
     and a half-written one is never resumed from, so nothing is lost by skipping Python's clean-up.
     """
+    close_progress_bars()  # the line starts a line of its own, not the end of the training bar's
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
     os._exit(LOST_PROCESS_EXIT_CODE)

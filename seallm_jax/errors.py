@@ -13,6 +13,7 @@ This module imports nothing heavy: the command line uses it before JAX is loaded
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,6 +74,25 @@ def _local(path: str | os.PathLike, what: str) -> str:
 
         paths.require_local(path, what)
     return path
+
+
+def close_progress_bars() -> None:
+    """Close every live tqdm progress bar, so that what is printed next (an error line) starts a line
+    of its own: a bar rewrites its line with carriage returns and ends it only when it closes, in a
+    terminal and in a log file or pipe alike. A bar left on screen keeps its last state."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    if tqdm_std is None:
+        return  # tqdm never imported: no bar exists
+    bars, classes = set(), [tqdm_std.tqdm]
+    while classes:  # each tqdm subclass (tqdm.auto's included) may keep its own set of live bars
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        bars.update(getattr(cls, "_instances", ()))
+    for bar in sorted(bars, key=lambda bar: -abs(getattr(bar, "pos", 0))):  # nested bars first
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error being reported
+            pass
 
 
 class CheckpointSaveError(CheckpointError):
