@@ -1,6 +1,7 @@
 """Inputs of the LSN commands: per-language packed batches of text.
 
-Text comes from the shipped corpus (default) or user files (`LANG=PATH`), packed by `seallm_jax.data`.
+Text comes from the shipped corpus (default), user files or token stores (`LANG=PATH`), read by the token
+loader's sequential mode through cached stores (`seallm_jax.data.loader`, `seallm_jax.data.tokenize`).
 """
 from __future__ import annotations
 
@@ -18,37 +19,36 @@ from seallm_jax.tokenizer import document_separator_id
 def language_batches(language: str, *, tokenizer, split: str | None = "train",
                      files: Sequence[str] | None = None, seq_len: int = LSN_SEQ_LEN,
                      batch_size: int = LSN_BATCH_SIZE) -> Iterator[Batch]:
-    """One pass (no repetition) over `language`'s documents, packed into `[batch_size, seq_len]` rows.
+    """One pass (no repetition) over `language`'s documents (of `files`, else of the shipped corpus),
+    packed into `[batch_size, seq_len]` rows.
 
     Documents are not split across rows (PLND counts each segment as a document); a document longer than
     a row is cut into row-sized pieces. `files` may name token store directories (their `split` is read)
     and text files (read whole); they are read by the token loader's sequential mode
     (`seallm_jax.data.loader.SequentialLoader`), each process building its own rows of every global batch.
     """
-    if files:
-        from seallm_jax.data.loader import SequentialLoader
+    from seallm_jax.data.loader import SequentialLoader
 
-        index, count = jax.process_index(), jax.process_count()
-        arrays = store_arrays(language, tokenizer=tokenizer, split=split, files=files)
-        return SequentialLoader(arrays, seq_len=seq_len, global_batch_size=batch_size * count,
-                                row_start=index * batch_size, row_stop=(index + 1) * batch_size, pack="documents",
-                                pad_id=document_separator_id(tokenizer))
-    from seallm_jax.data.stream import pretraining_stream
-
-    return pretraining_stream(
-        languages=[language], split=split, seq_len=seq_len, batch_size=batch_size,
-        tokenizer=tokenizer, max_epochs=1, split_documents=False, eos_id=document_separator_id(tokenizer),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    )
+    index, count = jax.process_index(), jax.process_count()
+    arrays = store_arrays(language, tokenizer=tokenizer, split=split, files=files)
+    return SequentialLoader(arrays, seq_len=seq_len, global_batch_size=batch_size * count,
+                            row_start=index * batch_size, row_stop=(index + 1) * batch_size, pack="documents",
+                            pad_id=document_separator_id(tokenizer))
 
 
-def store_arrays(language: str, *, tokenizer, split: str | None, files: Sequence[str]) -> list:
+def store_arrays(language: str, *, tokenizer, split: str | None, files: Sequence[str] | None) -> list:
     """The document arrays of `language` in `files`: a store directory's `split`, a text file's every split
-    (tokenized once into the cached store of `seallm_jax.data.tokenize.ensure_store`)."""
+    (tokenized once into the cached store of `seallm_jax.data.tokenize.ensure_store`); without files, the
+    shipped corpus' `split` (None: all), through its cached store."""
     import os
 
     from seallm_jax.data import store as stores
 
+    if not files:
+        from seallm_jax.data.tokenize import shipped_corpus_store
+
+        corpus = shipped_corpus_store(tokenizer)
+        return [corpus.documents(language, name) for name in ([split] if split else stores.STORE_SPLITS)]
     directories = [path for path in files if os.path.isdir(path)]
     texts = [path for path in files if not os.path.isdir(path)]
     opened = [stores.TokenStore.open(path) for path in directories]

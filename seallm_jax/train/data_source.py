@@ -201,8 +201,9 @@ def fit_vocabulary(config: ml_collections.ConfigDict, log: Any = print) -> None:
 
 
 def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int, row_stop: int,
-                vocab_size: int) -> BatchSource:
-    """The batch source for `split` ('train' or 'eval') of `config.data.source`.
+                vocab_size: int) -> BatchSource | None:
+    """The batch source for `split` ('train' or 'eval') of `config.data.source` (None for 'eval' when the
+    token stores hold no validation documents).
 
     'tokens' (and 'corpus' with `config.data.files`, tokenized once into a cached store) is the
     deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a function of the
@@ -276,7 +277,7 @@ class _ResumableLoader:
 
 
 def _store_source(config: ml_collections.ConfigDict, stores: list[Any], split: str, *, row_start: int,
-                  row_stop: int, vocab_size: int) -> BatchSource:
+                  row_stop: int, vocab_size: int) -> BatchSource | None:
     from seallm_jax.data.loader import parse_weights, resolve_languages, token_loader
 
     data = config.data
@@ -291,8 +292,12 @@ def _store_source(config: ml_collections.ConfigDict, stores: list[Any], split: s
         arrays = resolve_languages(stores, languages, split)
         languages = [language for language, items in arrays.items() if sum(a.num_tokens for a in items) > 1]
         if not languages:
-            raise ConfigError(f"the token store(s) {', '.join(store.path for store in stores)} have no validation "
-                              "text for held-out loss; set --config.train.eval_every=0")
+            # Small files may have no document in the validation share: train on, without held-out loss.
+            import sys
+
+            print(f"warning: the token store(s) {', '.join(store.path for store in stores)} have no validation "
+                  "documents: no held-out loss (config.train.eval_every is ignored)", file=sys.stderr)
+            return None
         weights = {language: weight for language, weight in weights.items() if language in languages}
     loader = token_loader(
         stores, languages=languages, split=split, seq_len=int(config.train.seq_len),
