@@ -263,6 +263,8 @@ def test_training_on_a_users_jsonl_file_lowers_the_heldout_loss_of_its_text(trai
     ("--config.data.weights=th=0.5,lo=0.5", "weight for lo"),
     ("--config.data.path=", "needs --config.data.path=STORE"),
     ("--config.data.path={root}/nowhere", "nowhere' does not exist"),
+    ("--config.data.files=my_th.jsonl", "with source='tokens' give token stores in config.data.path"),
+    ("--config.data.source=corpus", "config.data.path is read by source 'tokens' only"),
 ])
 def test_bad_token_data_is_a_one_line_error(user_data, tmp_path, capsys, override, culprit):
     argv = tokens_run(tmp_path / "run", user_data, override.format(root=tmp_path))

@@ -466,18 +466,23 @@ class SequentialLoader:
         batch = empty_batch(self.row_stop - self.row_start, self.seq_len, self.pad_id)
         placed = False
         first = self.batch_index * self.global_batch_size
+        if self.pack == "windows":
+            indices = np.arange(first, min(first + self.global_batch_size, self.windows.count), dtype=np.int64)
+            if not len(indices):
+                raise StopIteration
+            mine = indices[(indices - first >= self.row_start) & (indices - first < self.row_stop)]
+            which, starts, stops = self.windows.locate(mine)
+            for number in np.unique(which).tolist():
+                group = which == number
+                fill_windows(batch, mine[group] - first - self.row_start, self.arrays[number], starts[group],
+                             stops[group])
+            self.batch_index += 1
+            return batch
         for row in range(self.global_batch_size):
-            if self.pack == "windows":
-                index = first + row
-                if index >= self.windows.count:
-                    break
-                array, start, stop = self.windows.window(index)
-                ranges = [(start, stop)]
-            else:
-                planned = next(self._rows, None)
-                if planned is None:
-                    break
-                array, ranges = planned
+            planned = next(self._rows, None)
+            if planned is None:
+                break
+            array, ranges = planned
             placed = True
             if self.row_start <= row < self.row_stop:
                 fill_row(batch, row - self.row_start, array, ranges)

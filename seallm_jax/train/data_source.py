@@ -118,6 +118,18 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
     from seallm_jax.errors import require_file
 
     data = config.data
+    # A field the chosen source does not read is a mistake, never silently ignored.
+    if data.source == "tokens" and data.get("files"):
+        raise ConfigError("config.data.files is read by source 'corpus' (text files) and 'sft'; with "
+                          "source='tokens' give token stores in config.data.path (`seallm-jax data tokenize` "
+                          "makes them from files)")
+    if data.source != "tokens" and data.get("path"):
+        raise ConfigError(f"config.data.path is read by source 'tokens' only (this run's source is "
+                          f"{data.source!r}); add --config.data.source=tokens")
+    if data.get("weights") and not (data.source == "tokens" or (data.source == "corpus" and data.get("files"))):
+        raise ConfigError(f"config.data.weights is read by source 'tokens' and by 'corpus' with config.data.files "
+                          f"(this run: {data.source!r}{'' if data.get('files') else ' without files'}); use "
+                          "config.data.weighting")
     if data.source == "tokens":
         from seallm_jax.data.loader import parse_weights, resolve_languages
 
@@ -129,7 +141,13 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.data.weights gives a weight for {', '.join(unknown)}, which the run does not "
                               f"read (its languages: {', '.join(arrays)}; stores: {', '.join(store_paths(config))})")
     elif data.source == "corpus" and data.get("files"):
-        corpus_files(config)
+        from seallm_jax.data.loader import parse_weights
+
+        files = corpus_files(config)
+        unknown = sorted(set(parse_weights(list(data.get("weights") or []))) - set(files))
+        if unknown:
+            raise ConfigError(f"config.data.weights gives a weight for {', '.join(unknown)}, which config.data.files "
+                              f"has no file for (it has {', '.join(files)})")
     else:
         for path in data.get("files") or []:
             require_file(path, "config.data.files:")
