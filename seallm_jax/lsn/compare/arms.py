@@ -118,14 +118,16 @@ def build_full(context: Context, target: str, seed: int) -> list[Arm]:
 
 
 def build_lora(context: Context, target: str, seed: int) -> list[Arm]:
-    """LoRA at the rank whose trainable count is closest to LAPE's, and at `lora_larger_factor` x that rank."""
+    """LoRA at the rank whose trainable count is closest to LAPE's, and at `lora_larger_factor` x that rank
+    (a factor of 0 or 1: the matched rank only)."""
     from seallm_jax import lora
 
     targets = tuple(context.settings.lora_targets)
     budget = int(context.lape.mask([target]).sum()) * len(context.settings.matrices) * context.hidden_size
     rank = lora.rank_for_budget(context.abstract_params, budget, targets)
     arms = []
-    for r in dict.fromkeys((rank, rank * max(int(context.settings.lora_larger_factor), 2))):
+    factor = int(context.settings.lora_larger_factor)
+    for r in dict.fromkeys((rank, rank * factor) if factor > 1 else (rank,)):
         settings = lora.LoraSettings(rank=r, targets=targets)
         arms.append(Arm("lora", f"lora_r{r}", "lora", {"lora": {"rank": r, "alpha": 0.0, "targets": list(targets)}},
                         trainable_parameters=lora.trainable_count(context.abstract_params, settings),

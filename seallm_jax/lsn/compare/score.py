@@ -64,9 +64,10 @@ class Scorer:
             if self._evaluator is None:
                 self._evaluator = Evaluator(model)
             self._evaluator.params = nnx.split(model, nnx.Param)[1].to_pure_dict()
-        if step is not None:
-            params = load_params(f"{path}/{CHECKPOINT_SUBDIR}/{step}")
-            self._evaluator.params = jax.device_put(params)
+        if step is not None:  # restored straight onto the devices the current parameters live on
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                    self._evaluator.params)
+            self._evaluator.params = load_params(f"{path}/{CHECKPOINT_SUBDIR}/{step}", abstract)
         self._loaded = (path, step)
 
     def loss(self, path: str, splits: Mapping[str, Sequence[str]], *, step: int | None = None,

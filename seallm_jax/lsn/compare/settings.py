@@ -76,6 +76,8 @@ class CompareSettings:
                             ("seeds", self.seeds), ("eval_tokens", self.eval_tokens)):
             if int(value) < 1:
                 raise ConfigError(f"lsn compare: {name}={value} must be >= 1")
+        if int(self.lora_larger_factor) < 0:
+            raise ConfigError(f"lsn compare: lora_larger_factor={self.lora_larger_factor} must be >= 0")
         if not 0 <= int(self.eval_every) <= int(self.steps):
             raise ConfigError(f"lsn compare: eval_every={self.eval_every} must be between 0 (end only) and "
                               f"the steps ({self.steps})")
