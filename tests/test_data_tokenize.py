@@ -161,7 +161,7 @@ def test_workers_do_not_change_the_store(tmp_path, tokenizer, records):
 
 
 def test_killed_and_rerun_gives_a_byte_identical_store(tmp_path, tokenizer, records):
-    path = write_jsonl(tmp_path / "th.jsonl", records * 6)
+    path = write_jsonl(tmp_path / "th.jsonl", records * 15)  # ~180 chunks: seconds of work to interrupt
     reference = tokenize_files({"th": path}, tmp_path / "reference", workers=1, chunk_bytes=20_000,
                                tokenizer=tokenizer)
     out = tmp_path / "killed"
@@ -171,7 +171,7 @@ def test_killed_and_rerun_gives_a_byte_identical_store(tmp_path, tokenizer, reco
     deadline = time.time() + 240
     progress = out / ".progress"
     while time.time() < deadline and len(list(progress.glob("th-*.json"))) < 3 and process.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)  # the command and its workers, wherever they are
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
@@ -180,7 +180,8 @@ def test_killed_and_rerun_gives_a_byte_identical_store(tmp_path, tokenizer, reco
     assert not (out / "manifest.json").exists()
     with pytest.raises(Exception, match="did not finish"):
         TokenStore.open(out)
-    kept = {file: file.stat().st_mtime_ns for file in (out / "th").glob("*-00000.*")}
+    numbers = [json.loads(record.read_text())["number"] for record in done]
+    kept = {file: file.stat().st_mtime_ns for number in numbers for file in (out / "th").glob(f"*-{number:05d}.*")}
     resumed = tokenize_files({"th": path}, out, workers=1, chunk_bytes=20_000, tokenizer=tokenizer)
     assert store_files(resumed.path) == store_files(reference.path)
     assert kept and all(file.stat().st_mtime_ns == mtime for file, mtime in kept.items())  # not redone
@@ -249,6 +250,10 @@ def test_ensure_store_tokenizes_once_and_follows_file_changes(tmp_path, tokenize
     first = ensure_store({"th": [path]}, cache_dir=tmp_path / "cache", workers=1, tokenizer=tokenizer)
     again = ensure_store({"th": [path]}, cache_dir=tmp_path / "cache", workers=1, tokenizer=tokenizer)
     assert again.path == first.path and again.fingerprint == first.fingerprint
+    shard = Path(first.path) / "th" / "train-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-4])  # a damaged cache entry is rebuilt
+    assert ensure_store({"th": [path]}, cache_dir=tmp_path / "cache", workers=1, tokenizer=tokenizer).path == first.path
+    TokenStore.open(first.path, verify=True)
     write_jsonl(path, records[:41])
     changed = ensure_store({"th": [path]}, cache_dir=tmp_path / "cache", workers=1, tokenizer=tokenizer)
     assert changed.path != first.path and changed.documents("th").num_documents + \

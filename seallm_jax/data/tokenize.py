@@ -677,6 +677,11 @@ def ensure_store(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathL
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be writing this very store
+        if (path / MANIFEST).is_file():
+            try:
+                return TokenStore.open(path)  # written by the process we waited for
+            except UserError:
+                shutil.rmtree(path)  # a damaged cache entry is rebuilt, not reported
         return tokenize_files(files, path, tokenizer=adapter.tokenizer, text_field=text_field,
                               text_unit=text_unit, workers=workers)
 
