@@ -126,10 +126,9 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
     if data.source != "tokens" and data.get("path"):
         raise ConfigError(f"config.data.path is read by source 'tokens' only (this run's source is "
                           f"{data.source!r}); add --config.data.source=tokens")
-    if data.get("weights") and not (data.source == "tokens" or (data.source == "corpus" and data.get("files"))):
-        raise ConfigError(f"config.data.weights is read by source 'tokens' and by 'corpus' with config.data.files "
-                          f"(this run: {data.source!r}{'' if data.get('files') else ' without files'}); use "
-                          "config.data.weighting")
+    if data.get("weights") and data.source not in ("tokens", "corpus"):
+        raise ConfigError(f"config.data.weights is read by sources 'tokens' and 'corpus', not {data.source!r}; "
+                          "use config.data.weighting")
     if data.source == "tokens":
         from seallm_jax.data.loader import parse_weights, resolve_languages
 
@@ -183,6 +182,10 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
         from seallm_jax.data.tokenize import ensure_store
 
         stores = [ensure_store(corpus_files(config), tokenizer=run_tokenizer(config))]
+    elif source == "corpus":
+        from seallm_jax.data.tokenize import shipped_corpus_store
+
+        stores = [shipped_corpus_store(run_tokenizer(config))]
     else:
         return None
     from seallm_jax.data.loader import check_tokenizers
@@ -207,8 +210,6 @@ def fit_vocabulary(config: ml_collections.ConfigDict, log: Any = print) -> None:
     config.model.vocab_size is raised to fit (rounded up to a multiple of 128) when it is smaller."""
     if config.data.source not in ("tokens", "corpus") or config.model.get("init_from"):
         return
-    if config.data.source == "corpus" and not config.data.get("files"):
-        return
     stores = data_stores(config)
     needed = max(store.vocab_size for store in stores)
     if int(config.model.vocab_size) < needed:
@@ -223,11 +224,10 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     """The batch source for `split` ('train' or 'eval') of `config.data.source` (None for 'eval' when the
     token stores hold no validation documents).
 
-    'tokens' (and 'corpus' with `config.data.files`, tokenized once into a cached store) is the
-    deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a function of the
-    step, this process building rows [row_start, row_stop); 'eval' reads the stores' validation split.
-    'corpus' without files is the packing stream over the shipped corpus
-    (`seallm_jax.data.stream.pretraining_stream`), this process reading its own shard of documents.
+    'tokens' and 'corpus' (`config.data.files`, else the shipped corpus, tokenized once into a cached
+    store) are the deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a
+    function of the step, this process building rows [row_start, row_stop); 'eval' reads the stores'
+    validation split.
     'sft' is the chat stream (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines
     conversations) or, when empty, translation conversations from the shipped parallel corpus.
     """
@@ -245,13 +245,6 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     if stores is not None:
         return _store_source(config, stores, data_split, row_start=row_start, row_stop=row_stop, vocab_size=vocab_size)
     languages = list(data.languages) or list(DEFAULT_CORPUS_LANGUAGES)
-    if source == "corpus":
-        from seallm_jax.data.stream import pretraining_stream
-        return pretraining_stream(
-            languages=languages, split=data_split,
-            seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
-            tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
-            weighting=data.weighting, temperature=float(data.temperature))
     if source == "sft":
         from seallm_jax.data.sft import load_conversations, sft_stream
         # User files are split by the same id hash as the shipped corpus, so held-out loss is on
@@ -304,6 +297,8 @@ def _store_source(config: ml_collections.ConfigDict, stores: list[Any], split: s
         raise ConfigError(f"the token store's tokenizer has {needed} ids but the model's vocabulary {vocab_size}: "
                           f"set --config.model.vocab_size={-(-needed // 128) * 128}, or train a model of this tokenizer")
     languages = list(data.languages) or None
+    if data.source == "corpus" and not data.get("files"):
+        languages = languages or list(DEFAULT_CORPUS_LANGUAGES)
     weights = parse_weights(list(data.get("weights") or []))
     if split == "validation":
         # Held-out loss over the languages that have held-out text, mixed by the same rule.
