@@ -83,9 +83,16 @@ def epath(path: str | os.PathLike):  # -> etils.epath.Path
 
 
 def configure_object_storage() -> None:
-    """Point every client at an emulator when one is named: STORAGE_EMULATOR_HOST and
-    TENSORSTORE_GCS_HTTP_URL are made equal; with an emulator, TensorStore is given the test token
-    (emulators take any) and gcsfs skips the Storage Control gRPC API, which emulators lack."""
+    """Listings are never cached. Every client is pointed at an emulator when one is named:
+    STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL are made equal; with an emulator, TensorStore
+    is given the test token (emulators take any) and gcsfs skips the Storage Control gRPC API, which
+    emulators lack."""
+    import fsspec.config
+
+    # No cached directory listings: other processes (and Orbax) add and remove steps in the same
+    # bucket, and a listing cached by this process would not show them.
+    for protocol in ("gcs", "gs", "s3"):
+        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
     gcs = os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get("TENSORSTORE_GCS_HTTP_URL")
     if gcs:
         if "://" not in gcs:
@@ -205,7 +212,10 @@ def rename(source: str | os.PathLike, destination: str | os.PathLike) -> None:
         os.rename(source, destination)
         return
     fs, key = _fs(source)
-    fs.mv(key, _fs(destination)[1], recursive=True)
+    # A server-side copy, then the deletion (gcsfs's mv first tries a move API that only some
+    # buckets, and no emulator, offer).
+    fs.copy(key, _fs(destination)[1], recursive=True)
+    fs.rm(key, recursive=True)
 
 
 def rmtree(path: str | os.PathLike) -> None:

@@ -253,3 +253,52 @@ def test_a_remote_path_where_a_local_one_is_needed_is_one_line(emulator):
     line = one_line_error(["generate", "--model", f"gs://{BUCKET}/model", "--prompt", "hi"], env)
     assert line == (f"seallm-jax generate: error: model directory 'gs://{BUCKET}/model' is in object storage; "
                     "this needs a local path (copy it to local disk first)")
+
+
+def test_damaged_step_on_gs_stops_with_on_damage_error_and_falls_back_by_default(killed_and_rerun):
+    """The newest step loses its meta/metadata: on_damage=error stops naming it and moves nothing; the
+    default moves it aside to STEP.damaged in the bucket and resumes from the step before, which
+    reproduces the same losses (run with one process and 8 devices: the mesh may differ on resume)."""
+    from seallm_jax import paths
+
+    expected, workdir, _ = killed_and_rerun
+    env = dict(cli_env(), STORAGE_EMULATOR_HOST=os.environ["STORAGE_EMULATOR_HOST"])
+    newest = paths.join(workdir, "checkpoints", str(STEPS))
+    paths.rmtree(paths.join(newest, "meta", "metadata"))
+    line = one_line_error(train_command(workdir, *RUN, "--config.checkpoint.on_damage=error")[3:], env)
+    assert line.startswith(f"seallm-jax train: error: checkpoint {newest} cannot be restored (meta/metadata missing)")
+    assert paths.exists(paths.join(newest, "params"))  # nothing moved
+    result = subprocess.run(train_command(workdir, *RUN), env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    previous = STEPS - 4
+    assert (f"checkpoint {newest} cannot be restored (meta/metadata missing); moved it to {newest}.damaged "
+            f"and resuming from step {previous}") in result.stdout
+    assert paths.exists(paths.join(f"{newest}.damaged", "params")) and paths.exists(paths.join(newest, "meta"))
+    resumed = remote_metrics(workdir)
+    np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in expected], rtol=1e-5)
+
+
+def test_outputs_on_gs_appear_whole_or_not_at_all(emulator):
+    from seallm_jax import paths
+    from seallm_jax.files import atomic_directory, atomic_file
+
+    done, failed = remote("out/stats.npz"), remote("out/failed.npz")
+    with atomic_file(done) as staging:
+        assert not paths.is_remote(staging) and staging.endswith(".npz")
+        np.savez(staging, counts=np.arange(3))
+    assert paths.size(done) > 0
+    with pytest.raises(RuntimeError), atomic_file(failed) as staging:
+        np.savez(staging, counts=np.arange(3))
+        raise RuntimeError("the work failed half-way")
+    assert not paths.exists(failed)
+    directory = remote("out/export")
+    with atomic_directory(directory) as staging:
+        os.makedirs(os.path.join(staging, "sub"))
+        for name in ("sub/a.bin", "config.json"):
+            with open(os.path.join(staging, name), "w") as f:
+                f.write(name)
+    assert dict(paths.walk_files(directory)) == {"config.json": len("config.json"), "sub/a.bin": len("sub/a.bin")}
+    with pytest.raises(RuntimeError), atomic_directory(directory) as staging:
+        raise RuntimeError("the export failed")
+    assert paths.read_text(paths.join(directory, "config.json")) == "config.json"  # the old one stays
