@@ -158,3 +158,27 @@ def test_without_lm_eval_the_command_names_the_extra(runs, tmp_path, capsys, mon
     code = main(["eval", "--model", runs["model_dir"], "--lm-eval-tasks", "x", "--out", str(tmp_path / "r.json")])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "pip install 'seallm-jax[lm-eval]'" in line, line
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_mesh_give_the_same_results(runs, tmp_path):
+    """A pod slice in miniature (launch/local.py: 2 processes x 2 CPU devices, one mesh): every process runs
+    the same requests over the shared mesh, process 0 writes lm-eval's results, equal to hf's."""
+    import os
+    import subprocess
+    import sys
+
+    from train_helpers import ROOT, cli_env
+
+    out = tmp_path / "results.json"
+    command = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num-processes", "2",
+               "--devices-per-process", "2", "--", sys.executable, "-m", "seallm_jax.cli", "eval",
+               "--model", runs["model_dir"], "--lm-eval-tasks", ",".join(TASKS), "--lm-eval-include", runs["task_dir"],
+               "--out", str(out), "--mesh", "data=-1", "--batch-size", "4", "--no-progress"]
+    process = subprocess.run(command, env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    for task in TASKS:
+        theirs = runs["hf"]["results"][task]
+        for metric in [key for key in theirs if "," in key and "stderr" not in key]:
+            np.testing.assert_allclose(results[task][metric], theirs[metric], rtol=1e-6, err_msg=f"{task} {metric}")

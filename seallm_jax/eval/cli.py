@@ -151,19 +151,25 @@ def _run_lm_eval(args: argparse.Namespace, mesh_sizes: dict[str, int] | None) ->
 
     manager = task_manager(names, args.lm_eval_include)  # unknown names fail here, before the model loads
     require_model_dir(args.model)
+    from seallm_jax import distributed
     from seallm_jax.eval.lm_eval import SeallmJaxLM
     from seallm_jax.sharding import make_mesh
+
+    # One process of many (a TPU pod slice, SLURM, launch/local.py): all join one mesh and run the same
+    # requests (JAX programs run on every process at once); process 0 writes the results.
+    distributed.initialize()
 
     mesh = make_mesh(mesh_sizes, what=f"--mesh {args.mesh}") if mesh_sizes else None
     lm = SeallmJaxLM(args.model, tokenizer=args.tokenizer, dtype=args.dtype, batch_size=args.batch_size,
                      max_length=args.max_length, max_gen_toks=args.max_new_tokens or 256, mesh=mesh,
                      repetition_penalty=args.repetition_penalty, unroll_layers=args.unroll_layers,
                      show_progress=not args.no_progress)
-    document = evaluate_tasks(lm, names, manager, limit=args.limit, num_fewshot=args.lm_eval_num_fewshot)
-    from seallm_jax.eval.runner import save_results
+    document = evaluate_tasks(lm, names, manager, limit=args.limit, num_fewshot=args.lm_eval_num_fewshot,
+                              print_table=distributed.is_primary())
+    if distributed.is_primary():
+        from seallm_jax.eval.runner import save_results
 
-    path = save_results(args.out, document)
-    print(f"wrote {path}")
+        print(f"wrote {save_results(args.out, document)}")
     return 0
 
 

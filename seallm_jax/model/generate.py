@@ -273,6 +273,10 @@ def generate(
         jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy, unroll_layers=bool(unroll_layers),
         repetition_penalty=jnp.float32(repetition_penalty),
     )
+    if not tokens.is_fully_addressable:  # rows split over a multi-process mesh: every process gets them all
+        from jax.experimental import multihost_utils
+
+        tokens = multihost_utils.process_allgather(tokens, tiled=True)
     return np.asarray(jax.device_get(tokens))
 
 
