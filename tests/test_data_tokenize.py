@@ -187,6 +187,18 @@ def test_killed_and_rerun_gives_a_byte_identical_store(tmp_path, tokenizer, reco
     assert kept and all(file.stat().st_mtime_ns == mtime for file, mtime in kept.items())  # not redone
 
 
+def test_unfinished_store_of_other_inputs_is_replaced(tmp_path, tokenizer, records):
+    path = write_jsonl(tmp_path / "th.jsonl", records[:60])
+    reference = tokenize_files({"th": path}, tmp_path / "reference", workers=1, tokenizer=tokenizer)
+    out = tmp_path / "store"
+    (out / ".progress").mkdir(parents=True)
+    (out / ".progress" / "run.json").write_text(json.dumps({"key": "an older command"}))
+    (out / "th").mkdir()
+    (out / "th" / "train-00099.bin").write_bytes(b"stale")
+    tokenize_files({"th": path}, out, workers=1, tokenizer=tokenizer)
+    assert store_files(out) == store_files(reference.path)
+
+
 def run_cli(argv, capsys):
     code = main(argv)
     return code, capsys.readouterr().err.strip()
