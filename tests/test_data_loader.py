@@ -345,3 +345,33 @@ def test_whole_batches_of_windows_are_packed_like_single_rows(tmp_path):
         fill_windows(got, np.arange(len(starts)), array, starts, stops)
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_a_store_like_one_and_resume_exactly(user_data, tmp_path):
+    """2 processes x 4 devices read their own rows of the store's batches: the losses of 1 process x 8
+    devices, also across a resume of the two-process run."""
+    import os
+
+    def launch(workdir, processes, devices, steps):
+        command = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num-processes", str(processes),
+                   "--devices-per-process", str(devices), "--", sys.executable, "-m", "seallm_jax.cli",
+                   *map(str, tokens_run(workdir, user_data, f"--config.train.steps={steps}",
+                                        "--config.train.log_every=1", "--config.train.eval_every=2",
+                                        "--config.checkpoint.every=2", "--config.optimizer.decay_steps=6"))]
+        return subprocess.Popen(command, env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def finish_all(*processes):
+        for process in processes:
+            out = process.communicate(timeout=900)[0]
+            assert process.returncode == 0, out[-3000:]
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    finish_all(launch(two, 2, 4, steps=4), launch(one, 1, 8, steps=6))
+    finish_all(launch(two, 2, 4, steps=6))
+    two_records, one_records = metrics(two), metrics(one)
+    assert [r["step"] for r in two_records] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([r["loss"] for r in two_records], [r["loss"] for r in one_records], rtol=1e-5)
+    np.testing.assert_allclose([r["eval_loss"] for r in two_records if "eval_loss" in r],
+                               [r["eval_loss"] for r in one_records if "eval_loss" in r], rtol=1e-5)
