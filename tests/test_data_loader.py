@@ -375,3 +375,18 @@ def test_two_processes_train_on_a_store_like_one_and_resume_exactly(user_data, t
     np.testing.assert_allclose([r["loss"] for r in two_records], [r["loss"] for r in one_records], rtol=1e-5)
     np.testing.assert_allclose([r["eval_loss"] for r in two_records if "eval_loss" in r],
                                [r["eval_loss"] for r in one_records if "eval_loss" in r], rtol=1e-5)
+
+
+def test_a_saved_qwen2_tokenizer_reads_stores_of_the_built_in_one(tmp_path):
+    """transformers loads a saved Qwen2 directory without BPE's ignore_merges flag; the ids are the same,
+    so its stores are the model's (a store of another tokenizer still is not)."""
+    from seallm_jax.data.loader import tokenizer_matches
+    from seallm_jax.data.store import tokenizer_fingerprint
+    from seallm_jax.tokenizer import load_tokenizer, save_tokenizer
+
+    built_in = load_tokenizer()
+    save_tokenizer(built_in, tmp_path / "qwen2")
+    saved = load_tokenizer(tmp_path / "qwen2")
+    assert tokenizer_matches(tokenizer_fingerprint(built_in), saved)
+    assert tokenizer_matches(tokenizer_fingerprint(saved), built_in)
+    assert not tokenizer_matches(TOKENIZER["fingerprint"], saved)

@@ -56,9 +56,10 @@ def store_arrays(language: str, *, tokenizer, split: str | None, files: Sequence
         from seallm_jax.data.tokenize import ensure_store
 
         opened.append(ensure_store({language: texts}, tokenizer=tokenizer))
-    fingerprint = stores.tokenizer_fingerprint(tokenizer)
+    from seallm_jax.data.loader import tokenizer_matches
+
     for store in opened:
-        if store.tokenizer_fingerprint != fingerprint:
+        if not tokenizer_matches(store.tokenizer_fingerprint, tokenizer):
             raise ConfigError(f"token store {store.path} was built with another tokenizer "
                               f"({store.manifest['tokenizer'].get('name', '?')}) than the model's; tokenize the text "
                               "again with `seallm-jax data tokenize ... --tokenizer MODEL_DIR`")

@@ -159,7 +159,7 @@ def open_stores(config: ml_collections.ConfigDict) -> list[Any]:
 
 
 _TOKENIZERS: dict[tuple[str, str], Any] = {}
-_FINGERPRINTS: dict[int, str] = {}
+_FINGERPRINTS: dict[tuple[int, str], bool] = {}
 
 
 def run_tokenizer(config: ml_collections.ConfigDict) -> Any:
@@ -188,14 +188,14 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
         stores = [shipped_corpus_store(run_tokenizer(config))]
     else:
         return None
-    from seallm_jax.data.loader import check_tokenizers
-    from seallm_jax.data.store import tokenizer_fingerprint
+    from seallm_jax.data.loader import check_tokenizers, tokenizer_matches
 
     fingerprint = check_tokenizers(stores)
     tokenizer = run_tokenizer(config)
-    if id(tokenizer) not in _FINGERPRINTS:  # hashing a 150k-token tokenizer's definition takes ~0.5 s
-        _FINGERPRINTS[id(tokenizer)] = tokenizer_fingerprint(tokenizer)
-    if _FINGERPRINTS[id(tokenizer)] != fingerprint:
+    key = (id(tokenizer), fingerprint)
+    if key not in _FINGERPRINTS:  # hashing a 150k-token tokenizer's definition takes ~0.5 s
+        _FINGERPRINTS[key] = tokenizer_matches(fingerprint, tokenizer)
+    if not _FINGERPRINTS[key]:
         store = stores[0]
         built = store.manifest.get("tokenizer", {}).get("name", "?")
         model = config.data.get("tokenizer") or config.model.get("init_from") or "the bundled Qwen2 tokenizer"
