@@ -471,6 +471,9 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
     """
     settings = TokenizeSettings(text_field, text_unit, int(chunk_bytes), int(piece_chars))
     settings.check()
+    workers = len(os.sched_getaffinity(0)) if workers is None else int(workers)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: expected at least 1")
     out = check_output_dir(out, "--out")
     if isinstance(tokenizer, (str, os.PathLike)):
         from seallm_jax.errors import require_dir
@@ -489,9 +492,6 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
     existing = _prepare_output(out, run_key)
     if existing is not None:
         return existing
-    workers = len(os.sched_getaffinity(0)) if workers is None else int(workers)
-    if workers < 1:
-        raise UserError(f"--workers {workers}: expected at least 1")
     try:
         records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], _worker_tokenizer(adapter.tokenizer),
                               workers, progress)
