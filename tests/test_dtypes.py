@@ -18,7 +18,8 @@ FORMS = {
     "float16": [("name", "float16"), ("jnp", jnp.float16), ("np_type", np.float16)],
 }
 CASES = [pytest.param(form, name, id=f"{name}-{label}") for name, forms in FORMS.items() for label, form in forms]
-REJECTED = [pytest.param(form, id=repr(form)) for form in ("float64", "fp32", np.float64, jnp.int32, np.dtype("int8"), 3, None)]
+REJECTED = [pytest.param(form, id=repr(form))
+            for form in ("float64", "fp32", np.float64, jnp.int32, np.dtype("int8"), 3, None)]
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     if args.lm_eval_tasks is not None:
         return _run_lm_eval(args, mesh_sizes)
-    for flag, value in (("--lm-eval-include", args.lm_eval_include), ("--lm-eval-num-fewshot", args.lm_eval_num_fewshot)):
+    for flag, value in (("--lm-eval-include", args.lm_eval_include),
+                        ("--lm-eval-num-fewshot", args.lm_eval_num_fewshot)):
         if value is not None:
             raise ConfigError(f"{flag} applies to --lm-eval-tasks, which is not given")
     args.max_length = args.max_length or 2048

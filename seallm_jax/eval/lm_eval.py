@@ -305,7 +305,8 @@ def task_manager(names: Sequence[str], include: str | os.PathLike | None = None)
     known = set(manager.all_tasks)
     unknown = [name for name in names if name not in known and not manager.match_tasks([name])]
     if unknown:
-        where = f" or in {os.fspath(include)}" if include is not None else " (your own YAML files: --lm-eval-include DIR)"
+        where = (f" or in {os.fspath(include)}" if include is not None
+                 else " (your own YAML files: --lm-eval-include DIR)")
         raise ConfigError(f"--lm-eval-tasks: unknown lm-eval task(s) {', '.join(unknown)}: not among lm-eval's "
                           f"{len(known)} tasks{where}; `lm-eval ls tasks` lists them")
     return manager
