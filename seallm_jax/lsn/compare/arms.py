@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from seallm_jax.errors import ConfigError
 from seallm_jax.lsn.compare.settings import RANDOM_NEURON_SEED, CompareSettings
 
 
@@ -63,7 +64,7 @@ def _neuron_arm(context: Context, name: str, label: str, neuron_set: Any, target
 def build_lape(context: Context, target: str, seed: int) -> list[Arm]:
     lape = context.lape.restricted([target])
     if int(lape.mask([target]).sum()) == 0:
-        raise ValueError(f"LAPE selected no neuron for {target}; raise --top-rate")
+        raise ConfigError(f"lsn compare: LAPE selected no neuron for {target}; raise --top-rate")
     return [_neuron_arm(context, "lape", "lape", lape, target, "lape", {"top_rate": context.settings.top_rate})]
 
 

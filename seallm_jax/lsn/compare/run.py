@@ -130,12 +130,12 @@ def score_curve(settings: CompareSettings, scorer: score.Scorer, run_dir: str, s
 
 # ---- before training: does zeroing the target's neurons hurt the target most? -----------------------------
 def deactivation_check(settings: CompareSettings, context: Context, scorer: score.Scorer,
-                       base: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+                       base: Mapping[str, Mapping[str, float]], targets: Sequence[str]) -> dict[str, Any]:
     """LAPE's own test, per target: every language's change on the test split when the target's LAPE neurons
     are zeroed, against random neurons of the same count per layer (the random arm's draws, one per seed)."""
     out = {}
     languages = list(settings.languages)
-    for target in settings.targets:
+    for target in targets:
         lape_mask = context.lape.mask([target])
         lape = score.log_ratios(base, scorer.loss(settings.model, {"test": languages},
                                                   gate_scale=np.where(lape_mask, 0.0, 1.0).astype(np.float32)))["test"]
@@ -205,16 +205,6 @@ def _prepare(settings: CompareSettings, out: str, timings: dict[str, float]):
     return context, tokenizer
 
 
-def _cached(path: str, compute, timings: dict[str, float], name: str) -> Any:
-    if os.path.exists(path):
-        return _read_json(path)
-    t = time.perf_counter()
-    value = compute()
-    _write_json(path, value)
-    timings[name] = round(time.perf_counter() - t, 2)
-    return value
-
-
 def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) -> dict[str, Any]:
     """Run (or resume) the whole comparison into `settings.out`; returns what compare.json holds.
 
@@ -230,12 +220,30 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
         scorer = score.Scorer.from_corpus(settings, tokenizer)
     splits = {"test": list(settings.languages), "other_domain": list(scorer.batches["other_domain"])}
     splits = {split: languages for split, languages in splits.items() if languages}
-    base = _cached(os.path.join(out, "base_eval.json"),
-                   lambda: scorer.loss(settings.model, {**splits, "validation": list(settings.targets)}),
-                   timings, "base_evaluation")
+    # The start model's scores; a rerun that adds targets or languages scores only what is missing.
+    wanted = {**splits, "validation": list(settings.targets)}
+    path = os.path.join(out, "base_eval.json")
+    base = _read_json(path) if os.path.exists(path) else {}
+    missing = {split: [lang for lang in languages if lang not in base.get(split, {})] for split, languages in wanted.items()}
+    missing = {split: languages for split, languages in missing.items() if languages}
+    if missing:
+        t = time.perf_counter()
+        for split, by_lang in scorer.loss(settings.model, missing).items():
+            base.setdefault(split, {}).update(by_lang)
+        _write_json(path, base)
+        timings["base_evaluation"] = round(time.perf_counter() - t, 2)
     _say("deactivation check: the targets' LAPE neurons zeroed vs random neurons of the same count per layer")
-    deactivation = _cached(os.path.join(out, "deactivation.json"),
-                           lambda: deactivation_check(settings, context, scorer, base), timings, "deactivation")
+    # Cached per target: a rerun that adds targets checks only the new ones.
+    path = os.path.join(out, "deactivation.json")
+    deactivation = _read_json(path) if os.path.exists(path) else {}
+    missing = [t for t in settings.targets if t not in deactivation or deactivation[t]["random"][
+        settings.languages[0]]["n"] != settings.seeds or set(deactivation[t]["lape"]) != set(settings.languages)]
+    if missing:
+        t = time.perf_counter()
+        deactivation.update(deactivation_check(settings, context, scorer, base, missing))
+        _write_json(path, deactivation)
+        timings["deactivation"] = round(time.perf_counter() - t, 2)
+    deactivation = {t: deactivation[t] for t in settings.targets}
 
     # arms[target][seed] -> [Arm]; labels keep the order of the first seed's arms.
     arms = {target: [[arm for name in settings.arms for arm in ARM_BUILDERS[name](context, target, seed)]
