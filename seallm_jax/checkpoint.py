@@ -125,12 +125,12 @@ class Checkpointer:
             # The step's directory is made before save() returns: a directory that cannot be written
             # fails the save at once, instead of leaving Orbax's writer threads waiting for it.
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
-        # Orbax's default array layout is OCDBT (a few large files per process). The Cloud Storage
-        # emulators do not implement the conditional writes it commits with (gcp-storage-emulator:
-        # 'Malformed StorageGeneration'; fake-gcs-server: the write never returns), so against an
-        # emulator the steps use the plain zarr layout (one object per array chunk); real GCS and
-        # S3 keep OCDBT. Restores read either layout.
-        use_ocdbt = not paths.emulated(self.directory)
+        # Orbax's default array layout is OCDBT (a few large files per process). gcp-storage-emulator
+        # does not implement the conditional writes it commits with ('Malformed StorageGeneration'),
+        # so against an emulator the steps use the plain zarr layout (one object per array chunk)
+        # unless SEALLM_JAX_EMULATOR_OCDBT=1 (fake-gcs-server); real GCS and S3 keep OCDBT.
+        # Restores read either layout.
+        use_ocdbt = paths.ocdbt_supported(self.directory)
         handlers = {name: ocp.StandardCheckpointHandler(use_ocdbt=use_ocdbt) for name in ("params", "opt_state")}
         handlers["meta"] = ocp.JsonCheckpointHandler()
         self.manager = ocp.CheckpointManager(paths.epath(self.directory), options=options, item_names=ITEMS,

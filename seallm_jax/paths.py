@@ -110,6 +110,13 @@ def emulated(path: str | os.PathLike) -> bool:
         os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get("TENSORSTORE_GCS_HTTP_URL"))
 
 
+def ocdbt_supported(path: str | os.PathLike) -> bool:
+    """Whether Orbax may write its default OCDBT layout at `path`: everywhere but a Cloud Storage
+    emulator, unless SEALLM_JAX_EMULATOR_OCDBT=1 says the emulator implements the conditional writes
+    OCDBT commits with (fake-gcs-server does; gcp-storage-emulator does not)."""
+    return not emulated(path) or os.environ.get("SEALLM_JAX_EMULATOR_OCDBT", "") == "1"
+
+
 def _fs(path: str):
     """The fsspec filesystem and the scheme-less key of a remote path."""
     import fsspec

