@@ -123,7 +123,8 @@ def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
     for draw in draws:
         assert {k: len(v) for k, v in draw.items()} == {k: len(v) for k, v in lape_neurons.items()}
         assert all(not set(draw[k]) & set(lape_neurons[k]) for k in draw)
-    assert results["full"]["optimizer_state_bytes"] > lape["optimizer_state_bytes"] > lape["optimizer_state_bytes_lean"] > 0
+    assert (results["full"]["optimizer_state_bytes"] > lape["optimizer_state_bytes"]
+            > lape["optimizer_state_bytes_lean"] > 0)
     # Comparisons: every pair of arms at every gain, with a paired interval and a verdict.
     rows = report["comparisons"]["th"]["test"]["5"]["english"]
     assert {(r["a"], r["b"]) for r in rows} == {("lape", "random"), ("lape", "full"), ("random", "full")}
@@ -136,8 +137,8 @@ def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
     assert set(check["lape"]) == {"en", "th", "vi"}
     for lang in ("en", "th", "vi"):
         _interval_ok(check["random"][lang], 2)
-        assert math.isclose(check["lape_minus_random"][lang]["mean"], check["lape"][lang] - check["random"][lang]["mean"],
-                            abs_tol=1e-9)
+        assert math.isclose(check["lape_minus_random"][lang]["mean"],
+                            check["lape"][lang] - check["random"][lang]["mean"], abs_tol=1e-9)
     assert (out / "curves.png").stat().st_size > 0 and (out / "deactivation.json").exists()
     table = format_table(report)
     assert "deactivation check, target th" in table and "differences larger than their interval" in table
@@ -182,7 +183,8 @@ def test_rerun_continues_without_redoing_finished_runs(compared, tiny_model, mon
     (out / "compare.json").unlink()
     calls = []
     real_train = loop.train
-    monkeypatch.setattr(loop, "train", lambda config, workdir, **kw: calls.append(workdir) or real_train(config, workdir, **kw))
+    monkeypatch.setattr(loop, "train",
+                        lambda config, workdir, **kw: calls.append(workdir) or real_train(config, workdir, **kw))
     assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *COMPARE_ARGS]) == 0
     assert calls == [str(out / "runs" / "th" / "random" / "seed1" / "lr3e-2")]
     again = json.loads((out / "compare.json").read_text())

@@ -45,7 +45,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--matrices", default="gate_proj,up_proj,down_proj", help="FFN matrices the neuron arms train")
     parser.add_argument("--lean", action="store_true",
                         help="neuron arms keep optimizer state on their neurons only (config.lsn.lean)")
-    parser.add_argument("--lora-larger-factor", type=int, default=4, help="the larger LoRA rank = this x the matched one (0: matched rank only)")
+    parser.add_argument("--lora-larger-factor", type=int, default=4,
+                        help="the larger LoRA rank = this x the matched one (0: matched rank only)")
     parser.add_argument("--stats-tokens", type=int, default=20_000)
     parser.add_argument("--eval-tokens", type=int, default=4_096, help="tokens per language and split")
     parser.add_argument("--sweep-eval-tokens", type=int, default=2_048)

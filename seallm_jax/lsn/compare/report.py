@@ -47,11 +47,13 @@ def build_report(settings, context, base, deactivation, results, scorer, timings
         "machine": {"backend": jax.default_backend(), "devices": jax.device_count(), "cpu_count": os.cpu_count(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "evaluation": {"tokens": scorer.tokens, "curve_steps": settings.curve_steps(),
-                       "other_domain_sources": {lang: {k: manifest[lang][k] for k in ("package", "version", "domain", "license")}
-                                                for lang in scorer.batches["other_domain"] if lang in manifest}},
+                       "other_domain_sources": {
+                           lang: {k: manifest[lang][k] for k in ("package", "version", "domain", "license")}
+                           for lang in scorer.batches["other_domain"] if lang in manifest}},
         "neurons": {"lape_counts": context.lape.counts(),
                     "statistics_tokens": dict(zip(context.stats.languages, context.stats.token_count.tolist()))},
-        "base": {"loss": base, "perplexity": {s: {lang: math.exp(v) for lang, v in by.items()} for s, by in base.items()}},
+        "base": {"loss": base,
+                 "perplexity": {s: {lang: math.exp(v) for lang, v in by.items()} for s, by in base.items()}},
         "deactivation": deactivation,
         "results": results,
         "comparisons": {target: score.comparisons(by_label, settings.target_gains)
@@ -86,8 +88,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         for split in EVAL_SPLITS:
             if not by_label or split not in next(iter(by_label.values()))["matched"]:
                 continue
-            lines.append(f"\ntarget {target}, {split}: at matched target gain, English's change / others' mean |change| "
-                         "(seeds reaching it)")
+            lines.append(f"\ntarget {target}, {split}: at matched target gain, English's change / others' "
+                         "mean |change| (seeds reaching it)")
             lines.append(f"{'arm':<10}{'lr':>7}" + "".join(f"{'at ' + g + '%':>52}" for g in gains)
                          + f"{'final: target gain %':>26}")
             for label, record in by_label.items():
@@ -99,8 +101,9 @@ def format_table(report: Mapping[str, Any]) -> str:
                 final = record["final"][split]["target_gain_percent"]
                 lines.append(f"{label:<10}{record['learning_rate']:>7.0e}" + "".join(f"{c:>52}" for c in cells)
                              + f"{_interval(final, digits=1):>26}")
+            by_gain = report.get("comparisons", {}).get(target, {}).get(split, {})
             beyond = [f"  at {g}%, {q}: {row['a']} - {row['b']} = {_interval(row['difference'])}"
-                      for g in gains for q, rows in report.get("comparisons", {}).get(target, {}).get(split, {}).get(g, {}).items()
+                      for g in gains for q, rows in by_gain.get(g, {}).items()
                       for row in rows if row["beyond_interval"]]
             lines.append("differences larger than their interval:" + ("\n" + "\n".join(beyond) if beyond else " none"))
     return "\n".join(lines)
@@ -135,8 +138,8 @@ def plot_curves(report: Mapping[str, Any], path: str) -> None:
 
     targets = [t for t, by_label in report["results"].items() if by_label]
     columns = [(split, q) for split in EVAL_SPLITS for q in QUANTITIES]
-    fig, axes = plt.subplots(max(len(targets), 1), len(columns), figsize=(4.6 * len(columns), 3.8 * max(len(targets), 1)),
-                             squeeze=False)
+    rows = max(len(targets), 1)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(4.6 * len(columns), 3.8 * rows), squeeze=False)
     gains = [float(g) for g in report["config"]["target_gains"]]
     for row, target in enumerate(targets):
         for col, (split, (quantity, name)) in enumerate(columns):

@@ -51,13 +51,13 @@ def train_config(settings: CompareSettings, target: str, arm: Arm, learning_rate
 
     config = base_config()
     config.model.init_from = os.path.abspath(settings.model)
-    config.data.update(source="corpus", languages=[target], tokenizer=settings.tokenizer or os.path.abspath(settings.model),
-                       seed=settings.seed + seed)
+    config.data.update(source="corpus", languages=[target], seed=settings.seed + seed,
+                       tokenizer=settings.tokenizer or os.path.abspath(settings.model))
     config.train.update(steps=settings.steps, global_batch_size=settings.batch_size, seq_len=settings.seq_len,
                         seed=settings.seed + seed, log_every=max(1, settings.steps // 5), eval_every=0,
                         progress_bar=settings.progress)
-    config.optimizer.update(learning_rate=float(learning_rate), warmup_steps=min(settings.warmup_steps, settings.steps - 1),
-                            schedule="cosine", weight_decay=0.0)
+    config.optimizer.update(learning_rate=float(learning_rate), schedule="cosine", weight_decay=0.0,
+                            warmup_steps=min(settings.warmup_steps, settings.steps - 1))
     config.checkpoint.update(every=int(settings.eval_every), keep=len(settings.curve_steps()), async_save=False)
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     config.distributed.mode = "none"
@@ -140,7 +140,8 @@ def deactivation_check(settings: CompareSettings, context: Context, scorer: scor
         lape = score.log_ratios(base, scorer.loss(settings.model, {"test": languages},
                                                   gate_scale=np.where(lape_mask, 0.0, 1.0).astype(np.float32)))["test"]
         draws = [score.log_ratios(base, scorer.loss(settings.model, {"test": languages}, gate_scale=np.where(
-            random_mask(context, target, seed), 0.0, 1.0).astype(np.float32)))["test"] for seed in range(settings.seeds)]
+            random_mask(context, target, seed), 0.0, 1.0).astype(np.float32)))["test"]
+            for seed in range(settings.seeds)]
         out[target] = {
             "split": "test", "neurons": int(lape_mask.sum()),
             "lape": lape,
@@ -224,7 +225,8 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
     wanted = {**splits, "validation": list(settings.targets)}
     path = os.path.join(out, "base_eval.json")
     base = _read_json(path) if os.path.exists(path) else {}
-    missing = {split: [lang for lang in languages if lang not in base.get(split, {})] for split, languages in wanted.items()}
+    missing = {split: [lang for lang in languages if lang not in base.get(split, {})]
+               for split, languages in wanted.items()}
     missing = {split: languages for split, languages in missing.items() if languages}
     if missing:
         t = time.perf_counter()
@@ -259,7 +261,8 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
     for target in order:
         for position, first in enumerate(arms[target][0]):
             results[target][first.label] = _run_arm(
-                settings, context, scorer, base, splits, target, [arms[target][s][position] for s in range(settings.seeds)],
+                settings, context, scorer, base, splits, target,
+                [arms[target][s][position] for s in range(settings.seeds)],
                 sweep_target=target if target in sweep_targets else sweep_targets[0], chosen=chosen,
                 progress=(state, total_runs))
             report = reporting.build_report(settings, context, base, deactivation, results, scorer, timings, started,
@@ -317,8 +320,10 @@ def _run_arm(settings: CompareSettings, context: Context, scorer: score.Scorer, 
         # Neuron arms: dense masked AdamW keeps moments over the whole gate/up/down kernels; lean keeps them on
         # the selected neurons only (the same parameters to rounding).
         "optimizer_state_bytes": optimizer_state_bytes(config, context.abstract_params),
-        "optimizer_state_bytes_dense": optimizer_state_bytes(config, context.abstract_params, lean=False) if lsn else None,
-        "optimizer_state_bytes_lean": optimizer_state_bytes(config, context.abstract_params, lean=True) if lsn else None,
+        "optimizer_state_bytes_dense": (optimizer_state_bytes(config, context.abstract_params, lean=False)
+                                        if lsn else None),
+        "optimizer_state_bytes_lean": (optimizer_state_bytes(config, context.abstract_params, lean=True)
+                                       if lsn else None),
         "details": first.details, "sweep": sweep, "runs": runs, **summary,
         "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
         "sweep_train_seconds": round(sum(r["train_seconds"] for r in sweep), 2),

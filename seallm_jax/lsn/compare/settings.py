@@ -63,7 +63,8 @@ class CompareSettings:
             raise ConfigError("lsn compare: give at least one target language")
         missing = [t for t in self.targets if t not in self.languages]
         if missing:
-            raise ConfigError(f"lsn compare: target(s) {missing} must be among --languages ({','.join(self.languages)})")
+            raise ConfigError(f"lsn compare: target(s) {missing} must be among --languages "
+                              f"({','.join(self.languages)})")
         if len(self.languages) < 2:
             raise ConfigError("lsn compare: LAPE needs the target and at least one other language")
         if self.sweep_targets is not None and (not self.sweep_targets or set(self.sweep_targets) - set(self.targets)):
