@@ -131,6 +131,18 @@ def test_dtype_forms_reach_the_backend(runs):
     assert SeallmJaxLM(runs["model_dir"], dtype=np.dtype("float32")).model.config.dtype == "float32"
 
 
+def test_repetition_penalty_defaults_to_the_models_generation_config_as_hf_decodes(runs, tmp_path):
+    import shutil
+
+    from seallm_jax.eval.lm_eval import SeallmJaxLM
+
+    assert SeallmJaxLM(runs["model_dir"]).generator.config.repetition_penalty == 1.0
+    model_dir = shutil.copytree(runs["model_dir"], tmp_path / "chat")
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": 256, "repetition_penalty": 1.05}))
+    assert SeallmJaxLM(model_dir).generator.config.repetition_penalty == 1.05
+    assert SeallmJaxLM(model_dir, repetition_penalty=1.0).generator.config.repetition_penalty == 1.0
+
+
 @pytest.mark.parametrize("argv, message", [
     # An unknown name makes lm-eval index its own thousands of tasks (tens of seconds): slow.
     pytest.param(["--lm-eval-tasks", "no_such_task_xyz"], "--lm-eval-tasks: unknown lm-eval task(s) no_such_task_xyz",

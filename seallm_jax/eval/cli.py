@@ -50,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-shots", type=int, default=3, metavar="K", help="shots for multiple choice")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="cap on generated tokens for every generative task (default: per task)")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+    parser.add_argument("--repetition-penalty", type=float, metavar="R",
                         help="divide the logits of tokens already seen by R in every generative task "
-                             "(> 1 discourages repeats; 1.0 = off), as `seallm-jax generate`")
+                             "(> 1 discourages repeats; 1.0 = off), as `seallm-jax generate`; default 1.0, "
+                             "with --lm-eval-tasks the model's generation_config.json (as lm-eval's hf backend)")
     parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16")
     parser.add_argument("--unroll-layers", action=argparse.BooleanOptionalAction, default=True,
                         help="decode with the layers unrolled over a copy of the weights (default, fastest); "
@@ -80,7 +81,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     check_dtype(args.dtype)
     from seallm_jax.model.generate import check_sampling  # the same check as `seallm-jax generate`
 
-    check_sampling(1, 0.0, 0, 1.0, args.repetition_penalty)
+    if args.repetition_penalty is not None:
+        check_sampling(1, 0.0, 0, 1.0, args.repetition_penalty)
     mesh_sizes = parse_mesh(args.mesh)
     languages = parse_languages(args.languages)
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--max-length", args.max_length),
@@ -108,7 +110,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     tasks = parse_tasks(args.tasks or DEFAULT_TASKS)
     scoring = ScoringConfig(batch_size=args.batch_size, max_length=args.max_length, show_progress=not args.no_progress)
     generation = GenerationConfig(batch_size=args.batch_size, max_prompt_length=args.max_length,
-                                  unroll_layers=args.unroll_layers, repetition_penalty=args.repetition_penalty,
+                                  unroll_layers=args.unroll_layers, repetition_penalty=args.repetition_penalty or 1.0,
                                   show_progress=not args.no_progress)
     config = EvalConfig(scoring=scoring, generation=generation, limit=args.limit, num_shots=args.num_shots)
     if args.max_new_tokens is not None:

@@ -78,7 +78,8 @@ class SeallmJaxLM(TemplateLM):
     an object); `tokenizer` a directory (default: the model's own); `dtype` (float32, bfloat16, jnp.bfloat16,
     ...); `batch_size` rows per batch; `max_length` the longest sequence (default: the config's
     max_position_embeddings, as `hf`); `max_gen_toks`; `mesh` (`data=-1`, `data=2+fsdp=4`);
-    `repetition_penalty`; `unroll_layers`; `show_progress`.
+    `repetition_penalty` (default: the model's generation_config.json, else 1.0, as `hf` decodes);
+    `unroll_layers`; `show_progress`.
     """
 
     backend = "causal"
@@ -87,7 +88,7 @@ class SeallmJaxLM(TemplateLM):
                  tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None, dtype: DTypeLike = "float32",
                  batch_size: int | str | None = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                  max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, mesh: str | Mesh | None = None,
-                 repetition_penalty: float = 1.0, unroll_layers: bool = True, show_progress: bool = True,
+                 repetition_penalty: float | None = None, unroll_layers: bool = True, show_progress: bool = True,
                  add_bos_token: bool | None = None, prefix_token_id: int | None = None, **ignored: Any):
         super().__init__()
         from seallm_jax.eval.generation import BatchGenerator, GenerationConfig
@@ -110,6 +111,10 @@ class SeallmJaxLM(TemplateLM):
             batch_size = DEFAULT_BATCH_SIZE  # fixed shapes: one compilation per bucket, never a search
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
+        if repetition_penalty is None:
+            # As `hf` decodes: transformers' generate applies the model's generation_config.json (Qwen2 chat
+            # checkpoints ship 1.05) unless told otherwise.
+            repetition_penalty = _generation_config(pretrained).get("repetition_penalty", 1.0)
         check_sampling(1, 0.0, 0, 1.0, float(repetition_penalty))
         if isinstance(mesh, Mesh):
             self.mesh: Mesh | None = mesh
@@ -282,6 +287,21 @@ if __name__ != "__main__":
     for _alias in (MODEL_NAME, "seallm_jax"):
         if _alias not in model_registry:
             model_registry.register(_alias)(SeallmJaxLM)
+
+
+def _generation_config(directory: str | os.PathLike | None) -> dict[str, Any]:
+    """The model directory's generation_config.json ({} without one)."""
+    import json
+
+    path = os.path.join(os.fspath(directory), "generation_config.json") if directory is not None else ""
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} is not a readable JSON file: {error}") from None
+    return config if isinstance(config, dict) else {}
 
 
 def _config_eos_ids(config: Any) -> list[int]:
