@@ -111,10 +111,11 @@ class SeallmJaxLM(TemplateLM):
             batch_size = DEFAULT_BATCH_SIZE  # fixed shapes: one compilation per bucket, never a search
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
+        # As `hf` decodes: transformers' generate applies the model's generation_config.json (Qwen2 chat
+        # checkpoints ship repetition_penalty 1.05 and two EOS ids) unless told otherwise.
+        self.generation_defaults = _generation_config(pretrained)
         if repetition_penalty is None:
-            # As `hf` decodes: transformers' generate applies the model's generation_config.json (Qwen2 chat
-            # checkpoints ship 1.05) unless told otherwise.
-            repetition_penalty = _generation_config(pretrained).get("repetition_penalty", 1.0)
+            repetition_penalty = self.generation_defaults.get("repetition_penalty", 1.0)
         check_sampling(1, 0.0, 0, 1.0, float(repetition_penalty))
         if isinstance(mesh, Mesh):
             self.mesh: Mesh | None = mesh
@@ -254,7 +255,8 @@ class SeallmJaxLM(TemplateLM):
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
         eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        stop_ids = sorted({self.eot_token_id, *_config_eos_ids(self.model.config)})
+        stop_ids = sorted({self.eot_token_id, *_eos_ids(self.model.config.eos_token_id),
+                           *_eos_ids(self.generation_defaults.get("eos_token_id"))})
         groups: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(repr(sorted(request.args[1].items(), key=str)), []).append(index)
@@ -304,9 +306,8 @@ def _generation_config(directory: str | os.PathLike | None) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def _config_eos_ids(config: Any) -> list[int]:
-    """The config's EOS id(s): `transformers`' generate stops on these too."""
-    eos = config.eos_token_id
+def _eos_ids(eos: int | Sequence[int] | None) -> list[int]:
+    """A config's EOS id(s) as a list: `transformers`' generate stops on these too."""
     return [] if eos is None else [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
 
 
