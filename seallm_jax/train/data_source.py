@@ -182,10 +182,6 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
         from seallm_jax.data.tokenize import ensure_store
 
         stores = [ensure_store(corpus_files(config), tokenizer=run_tokenizer(config))]
-    elif source == "corpus":
-        from seallm_jax.data.tokenize import shipped_corpus_store
-
-        stores = [shipped_corpus_store(run_tokenizer(config))]
     else:
         return None
     from seallm_jax.data.loader import check_tokenizers, tokenizer_matches
@@ -211,7 +207,8 @@ def fit_vocabulary(config: ml_collections.ConfigDict, log: Any = print) -> None:
     if config.data.source not in ("tokens", "corpus") or config.model.get("init_from"):
         return
     stores = data_stores(config)
-    needed = max(store.vocab_size for store in stores)
+    # The shipped corpus without files is still read by the packing stream: its tokenizer's ids.
+    needed = max(store.vocab_size for store in stores) if stores is not None else len(run_tokenizer(config))
     if int(config.model.vocab_size) < needed:
         fitted = -(-needed // 128) * 128
         log(f"model.vocab_size {int(config.model.vocab_size)} -> {fitted}: the token store's tokenizer has "
@@ -224,10 +221,13 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     """The batch source for `split` ('train' or 'eval') of `config.data.source` (None for 'eval' when the
     token stores hold no validation documents).
 
-    'tokens' and 'corpus' (`config.data.files`, else the shipped corpus, tokenized once into a cached
-    store) are the deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a
-    function of the step, this process building rows [row_start, row_stop); 'eval' reads the stores'
-    validation split.
+    'tokens' and 'corpus' with `config.data.files` (tokenized once into a cached store) are the
+    deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a function of the
+    step, this process building rows [row_start, row_stop); 'eval' reads the stores' validation split.
+    'corpus' without files is still the packing stream over the shipped corpus
+    (`seallm_jax.data.stream.pretraining_stream`), this process reading its own shard of documents: the
+    notebook's fast settings (60 pretraining steps) select no Thai neuron after pretraining through the
+    loader, so that move waits for the notebook to be re-tuned.
     'sft' is the chat stream (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines
     conversations) or, when empty, translation conversations from the shipped parallel corpus.
     """
@@ -245,6 +245,13 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     if stores is not None:
         return _store_source(config, stores, data_split, row_start=row_start, row_stop=row_stop, vocab_size=vocab_size)
     languages = list(data.languages) or list(DEFAULT_CORPUS_LANGUAGES)
+    if source == "corpus":
+        from seallm_jax.data.stream import pretraining_stream
+        return pretraining_stream(
+            languages=languages, split=data_split,
+            seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
+            tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
+            weighting=data.weighting, temperature=float(data.temperature))
     if source == "sft":
         from seallm_jax.data.sft import load_conversations, sft_stream
         # User files are split by the same id hash as the shipped corpus, so held-out loss is on
