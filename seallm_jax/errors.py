@@ -24,6 +24,14 @@ class UserError(Exception):
     """Bad input the user can fix; the message names the culprit and, where it helps, the fix."""
 
 
+REMOTE_SCHEMES = ("gs://", "s3://")  # object storage (seallm_jax.paths reads and writes it)
+
+
+class RemotePathError(UserError):
+    """A gs:// or s3:// path that cannot be used: no such bucket, no credentials, or a command that
+    needs a local path."""
+
+
 class ConfigError(UserError, ValueError):
     """A model or training config that cannot be used (unknown key, unsupported value, bad mesh)."""
 
@@ -46,7 +54,7 @@ class UnknownLanguageError(UserError, ValueError):
 
 def require_file(path: str | os.PathLike, what: str) -> str:
     """`path` as a string if it is a non-empty regular file; otherwise a `UserError` naming `what`."""
-    path = _local(path, what)
+    path = require_local(path, what)
     if not os.path.exists(path):
         raise MissingDataError(f"{what} {path!r} does not exist")
     if os.path.isdir(path):
@@ -58,21 +66,11 @@ def require_file(path: str | os.PathLike, what: str) -> str:
 
 def require_dir(path: str | os.PathLike, what: str) -> str:
     """`path` as a string if it is an existing directory; otherwise a `UserError` naming `what`."""
-    path = _local(path, what)
+    path = require_local(path, what)
     if not os.path.exists(path):
         raise MissingDataError(f"{what} {path!r} does not exist")
     if not os.path.isdir(path):
         raise UserError(f"{what} {path!r} is a file, not a directory")
-    return path
-
-
-def _local(path: str | os.PathLike, what: str) -> str:
-    """`path` as a string; a gs:// or s3:// path is a one-line error where a local one is read."""
-    path = os.fspath(path)
-    if path.startswith(("gs://", "s3://")):
-        from seallm_jax import paths
-
-        paths.require_local(path, what)
     return path
 
 
@@ -105,34 +103,10 @@ class DamagedCheckpointError(CheckpointError):
     restores at all; the message lists every step tried and why it failed."""
 
 
-def require_model_dir(path: str | os.PathLike, *, remote_ok: bool = False) -> str:
-    """`path` as a string if it looks like a model directory seallm-jax reads (a Hugging Face
-    directory, an Orbax checkpoint or a training workdir: all hold a config.json); otherwise a
-    `UserError` that says what is there. Cheap: run it before importing JAX.
-    `remote_ok`: the command reads gs:// and s3:// directories too (seallm_jax.paths); without it a
-    remote path is a one-line error asking for a local one."""
-    from seallm_jax import paths
-
-    if paths.is_remote(path):
-        if not remote_ok:
-            paths.require_local(path, "model directory")
-        path = paths.check_bucket(path, "model directory")
-        if not paths.isfile(paths.join(path, "config.json")):
-            raise MissingDataError(f"model directory {path!r} has no config.json (or does not exist); expected "
-                                   "an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir")
-        return path
-    path = require_dir(path, "model directory")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        found = sorted(os.listdir(path))
-        shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "nothing"
-        raise MissingDataError(f"model directory {path!r} has no config.json (it holds: {shown}); expected a Hugging "
-                               "Face model directory, an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir")
-    return path
-
-
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # What a dtype argument takes: "bfloat16", jnp.bfloat16 (a scalar type), np.float32, np.dtype("float32").
 DTypeLike = "str | type | np.dtype"
+
 
 
 def check_dtype(dtype: DTypeLike, what: str = "--dtype") -> str:
@@ -155,3 +129,12 @@ def _dtype_name(dtype: object) -> str | None:
         return (inner if isinstance(inner, np.dtype) else np.dtype(dtype)).name  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def require_local(path: str | os.PathLike, what: str) -> str:
+    """`path` if it is local; a RemotePathError naming it where only a local path will do."""
+    path = os.fspath(path)
+    if path.startswith(REMOTE_SCHEMES):
+        raise RemotePathError(f"{what} {path!r} is in object storage; this needs a local path "
+                              "(copy it to local disk first)")
+    return path

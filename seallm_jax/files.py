@@ -7,13 +7,14 @@ Also the checks on output paths that the command line runs before any work start
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from seallm_jax import paths
-from seallm_jax.errors import UserError
+from seallm_jax.errors import RemotePathError, UserError
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output file") -> str:
@@ -131,3 +132,54 @@ def _remote_staging(path: str) -> Iterator[str]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """The whole file at once: locally through a temporary sibling and a rename; remotely one object
+    upload (an object appears whole or not at all)."""
+    with atomic_file(path) as staging, open(staging, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def local_copy(url: str, *, cache_dir: str | None = None, only: Sequence[str] | None = None) -> str:
+    """A local directory holding the remote directory `url`, copied once per host and reused.
+
+    The copy lives in CACHE/remote/<sha256(url)[:16]>-<name> (CACHE: `cache_dir`, else paths.cache_root()).
+    It is made whole or not at all (atomic_directory, if_exists='keep': processes of one host racing
+    for it keep one copy), and every file's size is checked against the object's. A cached copy is
+    reused while every remote object still has its size; a changed directory is copied again.
+    `only`: copy just these files (names relative to `url`), e.g. ("config.json",).
+    A local `url` is returned as it is.
+    """
+    if not paths.is_remote(url):
+        return url
+    url = paths.check_bucket(url, "remote directory")
+    if only is not None:
+        listing = {name: paths.size(paths.join(url, name)) for name in only if paths.isfile(paths.join(url, name))}
+    else:
+        listing = dict(paths.walk_files(url))
+    if not listing:
+        wanted = f" ({', '.join(only)})" if only else ""
+        raise RemotePathError(f"remote directory {url}: no such directory, or it holds none of the files "
+                              f"needed{wanted}")
+    key = url if only is None else f"{url}\n{sorted(only)}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    target = os.path.join(cache_dir or os.path.join(paths.cache_root(), "remote"), f"{digest}-{paths.basename(url)}")
+    if os.path.isdir(target) and dict(paths.walk_files(target)) == listing:
+        return target
+    if os.path.isdir(target):  # stale: the remote directory changed since it was copied
+        shutil.rmtree(target)
+    fs, key = paths._fs(url)
+    with atomic_directory(target, if_exists="keep") as staging:
+        for name, expected in listing.items():
+            local = os.path.join(staging, *name.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            fs.get_file(f"{key.rstrip('/')}/{name}", local)
+            if os.path.getsize(local) != expected:
+                raise RemotePathError(f"copying {url}/{name}: got {os.path.getsize(local)} bytes, the object "
+                                      f"has {expected}; rerun to copy it again")
+    return target

@@ -18,9 +18,10 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from seallm_jax.errors import CheckpointError, DTypeLike, require_model_dir
-from seallm_jax import paths
+from seallm_jax import files, paths
+from seallm_jax.errors import CheckpointError, DTypeLike
 from seallm_jax.files import atomic_directory
+from seallm_jax.paths import require_model_dir
 from seallm_jax.model.config import Qwen2Config, read_config_json
 from seallm_jax.model.qwen2 import Qwen2ForCausalLM
 from seallm_jax.sharding import place_host_arrays
@@ -311,7 +312,7 @@ def load_orbax(ckpt_dir: str | os.PathLike, **config_overrides: Any) -> tuple[Qw
     """(config, params) from a `convert hf-to-orbax` directory or a training workdir (latest step),
     local or in object storage (Orbax reads the arrays from the bucket)."""
     ckpt_dir = paths.resolve(ckpt_dir)
-    hf_config = (read_config_json(paths.local_copy(ckpt_dir, only=("config.json",))) if paths.is_remote(ckpt_dir)
+    hf_config = (read_config_json(files.local_copy(ckpt_dir, only=("config.json",))) if paths.is_remote(ckpt_dir)
                  else read_config_json(ckpt_dir))
     stored_dtype = hf_config.get("torch_dtype") or "float32"
     config_overrides.setdefault("param_dtype", stored_dtype)

@@ -18,19 +18,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from seallm_jax.errors import UserError
+from seallm_jax.errors import REMOTE_SCHEMES, MissingDataError, RemotePathError, require_dir, require_local
 
 # Before any remote epath call: its backend choice is cached on first use.
 os.environ["EPATH_USE_TF"] = "false"
 
-SCHEMES = ("gs://", "s3://")
+SCHEMES = REMOTE_SCHEMES
 # Where local_copy() keeps remote directories (one copy per host, reused by every run on it).
 CACHE_ENV = "SEALLM_JAX_CACHE"
-
-
-class RemotePathError(UserError):
-    """A gs:// or s3:// path that cannot be used: no such bucket, no credentials, or a command that
-    needs a local path."""
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -182,19 +177,6 @@ def read_text(path: str | os.PathLike) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """The whole file at once: locally through a temporary sibling and a rename; remotely one object
-    upload (an object appears whole or not at all)."""
-    from seallm_jax.files import atomic_file
-
-    with atomic_file(path) as staging, open(staging, "wb") as f:
-        f.write(data)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
-
-
 def copy_file(source: str | os.PathLike, destination: str | os.PathLike) -> None:
     """One file, any side local or remote."""
     source, destination = os.fspath(source), os.fspath(destination)
@@ -261,15 +243,6 @@ def upload_directory(local: str, remote: str) -> None:
 
 # ---- checks before work starts --------------------------------------------------------------------
 
-def require_local(path: str | os.PathLike, what: str) -> str:
-    """`path` if it is local; a RemotePathError naming it where only a local path will do."""
-    path = os.fspath(path)
-    if is_remote(path):
-        raise RemotePathError(f"{what} {path!r} is in object storage; this needs a local path "
-                              "(copy it to local disk first)")
-    return path
-
-
 def check_bucket(path: str | os.PathLike, what: str = "path") -> str:
     """The normalised `path` once its bucket is known to exist and to be reachable with the
     credentials at hand; a one-line RemotePathError naming the path otherwise. Local paths pass."""
@@ -330,48 +303,30 @@ def cache_root() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "seallm_jax")
 
 
-def local_copy(url: str, *, cache_dir: str | None = None, only: Sequence[str] | None = None) -> str:
-    """A local directory holding the remote directory `url`, copied once per host and reused.
-
-    The copy lives in CACHE/remote/<sha256(url)[:16]>-<name> (CACHE: `cache_dir`, else cache_root()).
-    It is made whole or not at all (atomic_directory, if_exists='keep': processes of one host racing
-    for it keep one copy), and every file's size is checked against the object's. A cached copy is
-    reused while every remote object still has its size; a changed directory is copied again.
-    `only`: copy just these files (names relative to `url`), e.g. ("config.json",).
-    A local `url` is returned as it is.
-    """
-    from seallm_jax.files import atomic_directory
-
-    if not is_remote(url):
-        return url
-    url = check_bucket(url, "remote directory")
-    if only is not None:
-        listing = {name: size(join(url, name)) for name in only if isfile(join(url, name))}
-    else:
-        listing = dict(walk_files(url))
-    if not listing:
-        wanted = f" ({', '.join(only)})" if only else ""
-        raise RemotePathError(f"remote directory {url}: no such directory, or it holds none of the files "
-                              f"needed{wanted}")
-    key = url if only is None else f"{url}\n{sorted(only)}"
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    target = os.path.join(cache_dir or os.path.join(cache_root(), "remote"), f"{digest}-{basename(url)}")
-    if os.path.isdir(target) and dict(walk_files(target)) == listing:
-        return target
-    if os.path.isdir(target):  # stale: the remote directory changed since it was copied
-        shutil.rmtree(target)
-    fs, key = _fs(url)
-    with atomic_directory(target, if_exists="keep") as staging:
-        for name, expected in listing.items():
-            local = os.path.join(staging, *name.split("/"))
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            fs.get_file(f"{key.rstrip('/')}/{name}", local)
-            if os.path.getsize(local) != expected:
-                raise RemotePathError(f"copying {url}/{name}: got {os.path.getsize(local)} bytes, the object "
-                                      f"has {expected}; rerun to copy it again")
-    return target
-
-
 def local_staging(prefix: str = "seallm-jax-") -> str:
     """A fresh local temporary directory (for files made here, then uploaded)."""
     return tempfile.mkdtemp(prefix=prefix)
+
+
+def require_model_dir(path: str | os.PathLike, *, remote_ok: bool = False) -> str:
+    """`path` as a string if it looks like a model directory seallm-jax reads (a Hugging Face
+    directory, an Orbax checkpoint or a training workdir: all hold a config.json); otherwise a
+    `UserError` that says what is there. Cheap: run it before importing JAX.
+    `remote_ok`: the command reads gs:// and s3:// directories too (seallm_jax.paths); without it a
+    remote path is a one-line error asking for a local one."""
+    if is_remote(path):
+        if not remote_ok:
+            require_local(path, "model directory")
+        path = check_bucket(path, "model directory")
+        if not isfile(join(path, "config.json")):
+            raise MissingDataError(f"model directory {path!r} has no config.json (or does not exist); expected "
+                                   "an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir")
+        return path
+    path = require_dir(path, "model directory")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        found = sorted(os.listdir(path))
+        shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "nothing"
+        raise MissingDataError(f"model directory {path!r} has no config.json (it holds: {shown}); expected a Hugging "
+                               "Face model directory, an Orbax checkpoint (`convert hf-to-orbax`) or a training workdir")
+    return path
+

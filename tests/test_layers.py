@@ -3,7 +3,8 @@ below it, and no modules or packages import each other in a circle.
 
 The layers, lowest first (`LAYERS`; a unit is `seallm_jax.<unit>` and everything under it):
 
-  foundation  errors, files, defaults, languages, trees,  no imports of the package (files uses errors)
+  foundation  errors, paths, files, defaults, languages,  no imports of the package but each other
+              trees,                                      (files uses paths, paths uses errors)
               _lazy
   model       model                                       the architecture, its config and logical axes
   io          tokenizer, hf, sharding, checkpoint,        what turns the model and text into arrays on a
@@ -36,7 +37,7 @@ PACKAGE = "seallm_jax"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("errors", "files", "defaults", "languages", "trees", "_lazy")),
+    ("foundation", ("errors", "paths", "files", "defaults", "languages", "trees", "_lazy")),
     ("model", ("model",)),
     ("io", ("tokenizer", "hf", "sharding", "checkpoint", "distributed")),
     ("data", ("data",)),

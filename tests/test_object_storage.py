@@ -170,7 +170,7 @@ def test_export_of_the_gs_checkpoint_to_gs_loads_in_transformers(killed_and_reru
     import torch
     from transformers import AutoModelForCausalLM
 
-    from seallm_jax import paths
+    from seallm_jax import files, paths
     from seallm_jax.checkpoint import load_params
 
     _, workdir, _ = killed_and_rerun
@@ -180,7 +180,7 @@ def test_export_of_the_gs_checkpoint_to_gs_loads_in_transformers(killed_and_reru
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"config.json", "model.safetensors"} <= set(paths.listdir(export))
-    local = paths.local_copy(export, cache_dir=str(tmp_path / "cache"))
+    local = files.local_copy(export, cache_dir=str(tmp_path / "cache"))
     model = AutoModelForCausalLM.from_pretrained(local, torch_dtype=torch.float32)
     params = load_params(workdir)  # host arrays of the latest step, read from the bucket
     embedding = params["model"]["embed_tokens"]["embedding"]

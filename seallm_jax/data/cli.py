@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from seallm_jax.cli_args import parse_data_args, parse_languages
+from seallm_jax.cli_args import parse_languages
 from seallm_jax.data.corpus import SPLITS, Document, load_corpus, load_files
 from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, mixture_weights
 from seallm_jax.errors import ConfigError, UserError, require_dir
@@ -43,6 +43,8 @@ def _stats(args: argparse.Namespace) -> int:
     if args.tokenizer:
         require_dir(args.tokenizer, "--tokenizer")
     if args.files:
+        from seallm_jax.data.store import parse_data_args
+
         corpus = load_files(parse_data_args(args.files, flag="--file"), split=split)
     else:
         corpus = load_corpus(split, args.languages)
@@ -96,6 +98,8 @@ def _sft_vocabulary(args: argparse.Namespace) -> int:
 def _tokenize(args: argparse.Namespace) -> int:
     if not args.files:
         raise ConfigError("give at least one LANG=PATH, e.g. th=data/th.jsonl")
+    from seallm_jax.data.store import parse_data_args
+
     files = parse_data_args(args.files, flag="LANG=PATH")
     if args.tokenizer:
         require_dir(args.tokenizer, "--tokenizer")

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seallm_jax.errors import DataFormatError, MissingDataError, UnknownLanguageError, UserError
+from seallm_jax import files
+from seallm_jax.errors import (ConfigError, DataFormatError, MissingDataError, UnknownLanguageError, UserError,
+                               require_file)
 from seallm_jax.files import atomic_file
 from seallm_jax.languages import LANGUAGES
 
@@ -344,13 +346,13 @@ class TokenStore:
 
         if paths.is_remote(path):
             # A store in object storage (gs://, s3://) is read from this host's copy of it, made once
-            # and size-checked (paths.local_copy; cache: $SEALLM_JAX_CACHE/remote); only a finished
+            # and size-checked (files.local_copy; cache: $SEALLM_JAX_CACHE/remote); only a finished
             # store (its manifest is written last) is copied.
             path = paths.check_bucket(path, "token store")
             if not paths.isfile(paths.join(path, MANIFEST)):
                 raise DataFormatError(f"token store {path!r} has no {MANIFEST}: it does not exist, or the "
                                       "tokenization writing it did not finish")
-            path = paths.local_copy(path)
+            path = files.local_copy(path)
         root = Path(path)
         if not root.exists():
             raise MissingDataError(f"token store {path!r} does not exist")
@@ -440,3 +442,29 @@ def _check_shard(root: Path, shard: Mapping, verify: bool) -> None:
         if verify and file_sha256(file) != shard["sha256"][extension]:
             raise DataFormatError(f"{file}: sha256 does not match the manifest (corrupted token file); "
                                   "tokenize the text again")
+
+
+def parse_data_args(items: Sequence[str] | None, languages: Sequence[str] | None = None,
+                    flag: str = "--data", stores: bool = False) -> dict[str, list[str]]:
+    """`["th=a.jsonl", "th=b.txt"]` -> {"th": ["a.jsonl", "b.txt"]}; each file must exist and not be
+    empty, and (given `languages`) each language must be one of them. With `stores`, a PATH may also be
+    a token store directory (`seallm-jax data tokenize`) that holds the language."""
+    from seallm_jax.data.corpus import check_language
+
+    files: dict[str, list[str]] = {}
+    for item in items or []:
+        language, sep, path = (part.strip() for part in item.partition("="))
+        if not sep or not language or not path:
+            raise ConfigError(f"{flag} {item!r}: expected LANG=PATH, e.g. th=data/th.jsonl")
+        check_language(language, f"{flag} {item}")
+        if stores and os.path.isdir(path):
+            TokenStore.open(path).documents(language)  # a complete store that holds the language
+        else:
+            require_file(path, f"{flag} {language}:")
+        files.setdefault(language, []).append(path)
+    if languages is not None:
+        unused = sorted(set(files) - set(languages))
+        if unused:
+            raise ConfigError(f"{flag} is given for {', '.join(unused)}, which --languages does not list "
+                              f"({', '.join(languages)}); add it there or drop the {flag}")
+    return files

@@ -12,8 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from seallm_jax.cli_args import parse_languages, parse_mesh
-from seallm_jax.errors import ConfigError, check_dtype, require_dir, require_file, require_model_dir
+from seallm_jax.cli_args import parse_languages
+from seallm_jax.defaults import parse_mesh
+from seallm_jax.errors import ConfigError, check_dtype, require_dir, require_file
+from seallm_jax.paths import require_model_dir
 from seallm_jax.files import check_output_file
 
 DEFAULT_TASKS = "ppl,chrf"  # the two that need no downloaded benchmark: they run on the shipped corpus

@@ -63,7 +63,7 @@ def _positive_int(value: Any, name: str) -> int:
 def parse_mesh_arg(spec: str | None) -> dict[str, int] | None:
     """`mesh=data=2+fsdp=4` (lm-eval's `--model_args` already splits on commas, so axes are joined by
     `+` or `;` there) -> {"data": 2, "fsdp": 4}; the `--mesh` syntax with commas works too."""
-    from seallm_jax.cli_args import parse_mesh
+    from seallm_jax.defaults import parse_mesh
 
     if spec is None or spec == "":
         return None

@@ -11,12 +11,13 @@ import os
 import sys
 import time
 
-from seallm_jax.cli_args import parse_data_args, parse_languages, parse_mesh
+from seallm_jax.cli_args import parse_languages
+from seallm_jax.defaults import parse_mesh
 from seallm_jax.data.corpus import check_languages, shipped_languages
 from seallm_jax.defaults import LSN_BATCH_SIZE, LSN_SEQ_LEN
-from seallm_jax.errors import (ConfigError, UnknownLanguageError, check_dtype, require_dir, require_file,
-                               require_model_dir)
+from seallm_jax.errors import ConfigError, UnknownLanguageError, check_dtype, require_dir, require_file
 from seallm_jax.files import check_output_file
+from seallm_jax.paths import require_model_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate.add_argument("--plot", default=None, help="heatmap PNG (default: OUT with .png)")
     ablate.set_defaults(func=run_ablate)
 
-    from seallm_jax.lsn.compare import register as register_compare
+    from seallm_jax.lsn.compare.cli import register as register_compare
     register_compare(commands)  # lsn compare: LSN against random neurons, full fine-tuning and LoRA
 
 
@@ -129,6 +130,8 @@ def _check_inputs(args: argparse.Namespace, languages: list[str]) -> dict[str, l
     for flag, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size), ("--max-tokens", args.max_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: expected a positive integer")
+    from seallm_jax.data.store import parse_data_args
+
     files = parse_data_args(args.data, languages, stores=True)
     from_corpus = [language for language in languages if language not in files]
     check_languages(from_corpus, shipped_languages(), where="the shipped corpus (give --data LANG=PATH for others)")

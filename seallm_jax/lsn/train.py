@@ -149,7 +149,7 @@ def train_neurons(model: Qwen2ForCausalLM | str | os.PathLike, neurons: NeuronSe
     """
     from seallm_jax import hf
     from seallm_jax.data.corpus import check_languages, shipped_languages
-    from seallm_jax.errors import require_model_dir
+    from seallm_jax.paths import require_model_dir
     from seallm_jax.lsn.optim import WRAPPER
     from seallm_jax.model.qwen2 import Qwen2ForCausalLM
     from seallm_jax.tokenizer import has_tokenizer_files

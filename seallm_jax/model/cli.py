@@ -9,7 +9,8 @@ import argparse
 import json
 
 from seallm_jax.defaults import DEFAULT_MAX_NEW_TOKENS
-from seallm_jax.errors import check_dtype, require_dir, require_model_dir
+from seallm_jax.errors import check_dtype, require_dir
+from seallm_jax.paths import require_model_dir
 from seallm_jax.files import check_output_dir
 
 

@@ -99,7 +99,7 @@ def store_paths(config: ml_collections.ConfigDict) -> list[str]:
 def corpus_files(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
     """config.data.files of source 'corpus' as {language: [paths]}: LANG=PATH items, or plain paths when
     config.data.languages names exactly one language."""
-    from seallm_jax.cli_args import parse_data_args
+    from seallm_jax.data.store import parse_data_args
 
     items = [str(item) for item in config.data.get("files") or []]
     languages = list(config.data.get("languages") or [])

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from seallm_jax import distributed, paths
+from seallm_jax import distributed, files, paths
 from seallm_jax import sharding as shd
 from seallm_jax.checkpoint import CHECKPOINT_SUBDIR, Checkpointer, describe_error
 from seallm_jax.train.data_source import fit_vocabulary, make_source
@@ -91,7 +91,7 @@ def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> Train
         host_params, kind = jax.device_get(restored), "Orbax checkpoint"
     else:
         # A Hugging Face directory in object storage is read from this host's copy of it.
-        host_params = hf.read_params(paths.local_copy(init_from), trainer.model_config, trainer.abstract_params)
+        host_params = hf.read_params(files.local_copy(init_from), trainer.model_config, trainer.abstract_params)
         kind = "Hugging Face checkpoint"
     params = shd.place_host_arrays(host_params, trainer.param_shardings)
     _log(f"initialised from {kind} {init_from}")
@@ -101,8 +101,8 @@ def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> Train
 def _write_run_files(workdir: str, config: ml_collections.ConfigDict, model_config: Any) -> None:
     """train_config.json (the full run config) and, for `seallm-jax convert orbax-to-hf WORKDIR`,
     the model's Hugging Face config.json plus the tokenizer files of `init_from` (or of `data.tokenizer`)."""
-    paths.write_text(paths.join(workdir, TRAIN_CONFIG_FILE), config.to_json(indent=2))
-    paths.write_text(paths.join(workdir, "config.json"), json.dumps(model_config.to_hf(), indent=2))
+    files.write_text(paths.join(workdir, TRAIN_CONFIG_FILE), config.to_json(indent=2))
+    files.write_text(paths.join(workdir, "config.json"), json.dumps(model_config.to_hf(), indent=2))
     from seallm_jax import hf
     # The tokenizer of the model started from, else the run's own tokenizer directory (e.g. a
     # vocabulary subset), so that the workdir is a complete model for the next stage or an export.

@@ -12,7 +12,7 @@ languages' mean |change|, compared across arms at matched target gains (10/20/30
 seeds. Writes OUT/compare.json, OUT/curves.png and prints the tables; a rerun continues where it stopped.
 
 Modules: `settings` (CompareSettings), `arms` (ARM_BUILDERS), `run` (training and the orchestration),
-`score` (Scorer, changes, curves, intervals), `report` (compare.json, tables, plot), `cli` (flags).
+`score` (Scorer, changes, curves, intervals), `report` (compare.json, tables, plot), `cli` (flags; `register` for `seallm-jax lsn`).
 """
 from seallm_jax.lsn.compare.settings import (CONFIDENCE, DEFAULT_ARMS, DEFAULT_LEARNING_RATES,  # noqa: F401
                                              DEFAULT_TARGET_GAINS, EVAL_SPLITS, CompareSettings)
@@ -20,4 +20,3 @@ from seallm_jax.lsn.compare.arms import ARM_BUILDERS, Arm, Context, random_neuro
 from seallm_jax.lsn.compare.score import Scorer  # noqa: F401,E402
 from seallm_jax.lsn.compare.report import SCHEMA_VERSION, format_table, plot_curves  # noqa: F401,E402
 from seallm_jax.lsn.compare.run import compare, train_config  # noqa: F401,E402
-from seallm_jax.lsn.compare.cli import register, run_compare, settings_from_args  # noqa: F401,E402

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from seallm_jax.errors import ConfigError
-from seallm_jax.lsn.compare.settings import RANDOM_NEURON_SEED, CompareSettings
+from seallm_jax.lsn.compare.settings import DEFAULT_ARMS, RANDOM_NEURON_SEED, CompareSettings
 
 
 @dataclasses.dataclass
@@ -140,3 +140,5 @@ def build_lora(context: Context, target: str, seed: int) -> list[Arm]:
 ArmBuilder = Callable[[Context, str, int], list[Arm]]
 ARM_BUILDERS: dict[str, ArmBuilder] = {"lape": build_lape, "plnd": build_plnd, "random": build_random,
                                        "full": build_full, "lora": build_lora}
+if tuple(ARM_BUILDERS) != DEFAULT_ARMS:  # settings checks arm names against DEFAULT_ARMS
+    raise ImportError(f"ARM_BUILDERS {tuple(ARM_BUILDERS)} and settings.DEFAULT_ARMS {DEFAULT_ARMS} differ")

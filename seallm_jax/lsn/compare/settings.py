@@ -8,7 +8,7 @@ import dataclasses
 
 from seallm_jax.errors import ConfigError
 
-DEFAULT_ARMS = ("lape", "plnd", "random", "full", "lora")
+DEFAULT_ARMS = ("lape", "plnd", "random", "full", "lora")  # every arm; arms.ARM_BUILDERS builds each
 # Learning-rate grids per arm kind (neuron arms share one); the first look used 2e-3 for LSN, 5e-5 full.
 DEFAULT_LEARNING_RATES = {"neurons": (1e-3, 3e-3, 1e-2), "full": (1e-5, 3e-5, 1e-4), "lora": (3e-4, 1e-3, 3e-3)}
 DEFAULT_TARGET_GAINS = (10.0, 20.0, 30.0)  # target perplexity reductions (%) the arms are compared at
@@ -57,8 +57,6 @@ class CompareSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from seallm_jax.lsn.compare.arms import ARM_BUILDERS
-
         if not self.targets:
             raise ConfigError("lsn compare: give at least one target language")
         missing = [t for t in self.targets if t not in self.languages]
@@ -70,9 +68,9 @@ class CompareSettings:
         if self.sweep_targets is not None and (not self.sweep_targets or set(self.sweep_targets) - set(self.targets)):
             raise ConfigError(f"lsn compare: sweep targets {list(self.sweep_targets)} must be a non-empty subset "
                               f"of the targets ({','.join(self.targets)})")
-        unknown = [a for a in self.arms if a not in ARM_BUILDERS]
+        unknown = [a for a in self.arms if a not in DEFAULT_ARMS]  # every arm there is (arms.ARM_BUILDERS)
         if unknown:
-            raise ConfigError(f"lsn compare: unknown arm(s) {unknown}; known: {sorted(ARM_BUILDERS)}")
+            raise ConfigError(f"lsn compare: unknown arm(s) {unknown}; known: {sorted(DEFAULT_ARMS)}")
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("seq_len", self.seq_len),
                             ("seeds", self.seeds), ("eval_tokens", self.eval_tokens)):
             if int(value) < 1:
