@@ -193,19 +193,27 @@ def load_documents(path: str | os.PathLike, language: str | None = None, *, text
     return documents
 
 
-def load_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], *,
-               split: str | None = None, on_error: OnError = "raise",
-               report: LoadReport | None = None, **kwargs) -> dict[str, list[Document]]:
-    """A user corpus given as {language: file or [files]}; `split` filters by `split_of(id)`."""
-    _check_split(split)
+def files_by_language(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]]) -> dict[str, list[str]]:
+    """{language: file or [files]} as {language: [paths]}, every code known and every language given a file."""
     if not files:
         raise DataFormatError("empty source: no files given")
-    corpus: dict[str, list[Document]] = {}
+    by_language: dict[str, list[str]] = {}
     for language, paths in files.items():
         check_language(language)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
             raise DataFormatError(f"empty source: no files given for language {language!r}")
+        by_language[language] = [os.fspath(path) for path in paths]
+    return by_language
+
+
+def load_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], *,
+               split: str | None = None, on_error: OnError = "raise",
+               report: LoadReport | None = None, **kwargs) -> dict[str, list[Document]]:
+    """A user corpus given as {language: file or [files]}; `split` filters by `split_of(id)`."""
+    _check_split(split)
+    corpus: dict[str, list[Document]] = {}
+    for language, paths in files_by_language(files).items():
         documents = [doc for path in paths
                      for doc in load_documents(path, language, on_error=on_error, report=report, **kwargs)]
         if split is not None:

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from seallm_jax.data.corpus import CORPUS_DIR, check_language, shipped_languages, split_of
+from seallm_jax.data.corpus import CORPUS_DIR, check_language, files_by_language, shipped_languages, split_of
 from seallm_jax.data.store import (MANIFEST, OFFSET_DTYPE, STORE_SPLITS, TOKEN_DTYPE, TokenStore, build_manifest,
                                    canonical_json, file_sha256, tokenizer_info, write_manifest, write_shard)
 from seallm_jax.errors import DataFormatError, MissingDataError, UserError
@@ -434,16 +434,9 @@ def _run_key(fingerprint: str, sources: Mapping[str, Sequence[Mapping]], setting
 def plan_sources(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]]) -> dict[str, list[Source]]:
     """Check every input before any work (language codes, files exist, not empty, known format) and
     hash it: {language: [Source]}."""
-    if not files:
-        raise DataFormatError("empty source: no files given")
     planned: dict[str, list[Source]] = {}
-    for language, paths in files.items():
-        check_language(language)
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        if not paths:
-            raise DataFormatError(f"empty source: no files given for language {language!r}")
+    for language, paths in files_by_language(files).items():
         for path in paths:
-            path = os.fspath(path)
             if not os.path.exists(path):
                 raise MissingDataError(f"data file not found: {path}")
             if os.path.isdir(path):
