@@ -33,6 +33,11 @@ from seallm_jax.errors import DataFormatError, MissingDataError, UserError
 from seallm_jax.files import atomic_file, check_output_dir
 
 TextUnit = Literal["line", "paragraph"]
+Encoder = Literal["auto", "fast", "hf"]
+ENCODERS = ("auto", "fast", "hf")
+# "auto" takes the tiktoken encoder (seallm_jax.tokenizer.fast_bpe) from this much input on: checking that a
+# tokenizer qualifies reads its whole definition (~1-2 s for Qwen2), more than it saves on less text.
+FAST_MIN_BYTES = 32_000_000
 # Input read per chunk: one chunk is one task for a worker and one shard per split. 16 MB of text is
 # ~3M tokens: a worker's memory stays ~100 MB, and a 100 GB corpus is ~6,000 shards.
 DEFAULT_CHUNK_BYTES = 16_000_000
@@ -268,6 +273,8 @@ class _RustEncoder:
     """The Rust tokenizer alone, as TokenizerAdapter.encode_batch uses it: workers that get only it start
     without importing `transformers` (seconds and ~200 MB less per worker)."""
 
+    name = "hf"
+
     def __init__(self, backend: object):
         self.backend = backend
 
@@ -275,9 +282,20 @@ class _RustEncoder:
         return [encoding.ids for encoding in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
 
-def _worker_tokenizer(tokenizer: object) -> object:
-    """What to send to the worker processes: a Hugging Face fast tokenizer's Rust backend, else the
-    tokenizer itself (a vocabulary subset renumbers ids in Python)."""
+def _worker_tokenizer(tokenizer: object, encoder: Encoder = "hf", total_bytes: int = 0) -> object:
+    """What to send to the worker processes: the tiktoken encoder that gives the tokenizer's exact ids
+    (`encoder` "fast", or "auto" on at least FAST_MIN_BYTES of input, when the tokenizer qualifies);
+    else a Hugging Face fast tokenizer's Rust backend, else the tokenizer itself (a vocabulary subset
+    renumbers ids in Python). Every choice writes the same bytes."""
+    if encoder == "fast" or (encoder == "auto" and total_bytes >= FAST_MIN_BYTES):
+        from seallm_jax.tokenizer.fast_bpe import fast_encoder, fast_encoder_refusal
+
+        fast = fast_encoder(tokenizer)
+        if fast is not None:
+            return fast
+        if encoder == "fast":
+            raise UserError(f"--encoder fast: this tokenizer has no exact fast encoder "
+                            f"({fast_encoder_refusal(tokenizer)}); use --encoder hf or auto")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(tokenizer, "base_tokenizer", None) is not None:
         return tokenizer
@@ -304,6 +322,11 @@ def _init_worker(tokenizer: object, pooled: bool = True) -> None:
     global _ADAPTER
     if type(tokenizer).__module__.startswith("tokenizers"):
         _ADAPTER = _RustEncoder(tokenizer)
+        return
+    from seallm_jax.tokenizer.fast_bpe import FastBPE
+
+    if isinstance(tokenizer, FastBPE):
+        _ADAPTER = tokenizer
         return
     from seallm_jax.data.stream import as_tokenizer
 
@@ -454,19 +477,25 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
                    out: str | os.PathLike, *, tokenizer: object | None = None, text_field: str = "text",
                    text_unit: TextUnit = "line", workers: int | None = None,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, piece_chars: int = DEFAULT_PIECE_CHARS,
-                   progress: bool | None = None) -> TokenStore:
+                   progress: bool | None = None, encoder: Encoder = "auto") -> TokenStore:
     """Tokenize {language: file or [files]} into the token store `out` and open it.
 
     `tokenizer`: a tokenizer object, a local Hugging Face tokenizer directory, or None (Qwen2).
     `workers` processes encode chunks in parallel (None: all cores; 1: in this process). Rerun after a
     kill, it keeps the finished chunks and writes the rest: the store is byte-identical to an
     uninterrupted run's, whatever the number of workers. `progress` None shows a bar on a terminal only.
+    `encoder`: "fast" encodes with tiktoken where that gives exactly the tokenizer's ids (byte-level BPE
+    tokenizers such as Qwen2's, `seallm_jax.tokenizer.fast_bpe`; an error for others), "hf" with the
+    tokenizer itself, "auto" fast on large inputs when the tokenizer qualifies. The store's bytes are
+    the same whichever encodes.
     """
     settings = TokenizeSettings(text_field, text_unit, int(chunk_bytes), int(piece_chars))
     settings.check()
     workers = len(os.sched_getaffinity(0)) if workers is None else int(workers)
     if workers < 1:
         raise UserError(f"--workers {workers}: expected at least 1")
+    if encoder not in ENCODERS:
+        raise UserError(f"--encoder {encoder!r}: expected one of {', '.join(ENCODERS)}")
     out = check_output_dir(out, "--out")
     if isinstance(tokenizer, (str, os.PathLike)):
         from seallm_jax.errors import require_dir
@@ -482,12 +511,14 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
     settings_entry = dataclasses.asdict(settings)
     run_key = _run_key(entry["fingerprint"], source_entries, settings_entry)
 
+    # Chosen (and a refused --encoder fast reported) before `out` is touched.
+    worker_tokenizer = _worker_tokenizer(adapter.tokenizer, encoder,
+                                         sum(source.bytes for planned in sources.values() for source in planned))
     existing = _prepare_output(out, run_key)
     if existing is not None:
         return existing
     try:
-        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], _worker_tokenizer(adapter.tokenizer),
-                              workers, progress)
+        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], worker_tokenizer, workers, progress)
         for language, planned in sources.items():
             for index, source in enumerate(planned):
                 if not any(r["documents"] for r in records if r["language"] == language and r["source"] == index):
@@ -573,10 +604,10 @@ def _load_done(out: str, run_key: str) -> dict[tuple[str, int], dict]:
 class _Progress:
     """A tqdm bar over input bytes (MB/s and ETA) with tokens/s beside it."""
 
-    def __init__(self, total: int, enabled: bool | None):
+    def __init__(self, total: int, enabled: bool | None, desc: str = "tokenize"):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenize",
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
                         disable=None if enabled is None else not enabled, smoothing=0.1, dynamic_ncols=True)
         self.tokens = 0
         self.start = time.perf_counter()
@@ -597,7 +628,8 @@ def _run_chunks(out: str, sources: Mapping[str, Sequence[Source]], settings: Tok
     (memory stays bounded whatever the input's size). Returns every chunk's record."""
     done = _load_done(out, run_key)
     records: list[dict] = []
-    bar = _Progress(sum(s.bytes for planned in sources.values() for s in planned), progress)
+    encoder = "tiktoken" if type(tokenizer).__name__ == "FastBPE" else "tokenizer"
+    bar = _Progress(sum(s.bytes for planned in sources.values() for s in planned), progress, f"tokenize ({encoder})")
     executor = None
     if workers > 1:
         executor = concurrent.futures.ProcessPoolExecutor(
