@@ -106,7 +106,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     from seallm_jax.data.tokenize import tokenize_files
 
     store = tokenize_files(files, args.out, tokenizer=args.tokenizer, text_field=args.text_field,
-                           text_unit=args.text_unit, workers=args.workers,
+                           text_unit=args.text_unit, workers=args.workers, encoder=args.encoder,
                            chunk_bytes=int(args.chunk_mb * 1e6), progress=not args.no_progress)
     print(f"token store {store.path} ({store.fingerprint[:12]}):")
     print(f"{'language':<9}{'split':<12}{'documents':>11}{'tokens':>14}{'shards':>8}")
@@ -152,6 +152,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokenize.add_argument("--chunk-mb", type=float, default=16.0,
                           help="input per chunk, one shard per chunk and split (default: 16); part of the store's "
                                "identity: a rerun must use the same value to resume")
+    tokenize.add_argument("--encoder", choices=["auto", "fast", "hf"], default="auto",
+                          help="fast: tiktoken with exactly the tokenizer's ids (byte-level BPE such as Qwen2's; "
+                          "an error for others); hf: the tokenizer itself; auto (default): fast on inputs of "
+                          "32 MB or more when the tokenizer qualifies. The store is the same either way")
     tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
     tokenize.set_defaults(func=_tokenize)
 
