@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,22 @@ from seallm_jax import paths
 # the whole file); sync() and close() upload at once.
 METRICS_UPLOAD_EVERY = 5.0
 TENSORBOARD_UPLOAD_EVERY = 60.0
+
+
+def _summary_writer(logdir: str) -> Any:
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch wherever it is
+    installed (about 2 CPU-seconds at every start of `seallm-jax train`) only to accept torch tensors
+    too, and only Python numbers are logged here."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir)
+
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak_flops_per_device: float, num_devices: int) -> float:
     """Model FLOPs utilisation; 0 when no peak is configured."""
@@ -44,8 +61,7 @@ class MetricsWriter:
         self.tb = None
         self._tb_uploaded = self._metrics_uploaded = time.monotonic()
         if enabled and tensorboard:
-            from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(local_workdir, "tensorboard"))
+            self.tb = _summary_writer(os.path.join(local_workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after `step` (a resumed run logs them again)."""
