@@ -1,7 +1,7 @@
 """lm-evaluation-harness requests per second, side by side in one run: the `seallm-jax` backend and
 lm-eval's own `hf` backend (transformers, torch, CPU) on the same model and the same local tasks.
 
-    python -m benchmarks.lm_eval                                  # Qwen2-0.5B shape, th/vi/id, 3 repeats
+    python -m benchmarks.lm_eval --out lm_eval.json               # Qwen2-0.5B shape, th/vi/id, 3 repeats
     python -m benchmarks.lm_eval --num-hidden-layers 4 --repeats 1   # a quick look
     python -m benchmarks.lm_eval --tasks sea_corpus_mc             # one task
 
@@ -13,17 +13,23 @@ batch size for both. Each repeat times one full lm-eval evaluation per backend (
 model already loaded); seallm-jax's first repeat includes its XLA compilations (one per length bucket
 used), later repeats reuse them, as a second task of a real run would. Metrics must agree between
 backends (printed), so the comparison is of the same work.
+
+The machine probe (`benchmarks.machine`) is printed first and stored under "machine" in `--out`; the
+scoring requests' rate is also given as model FLOP/s (2 x parameters x every request's context and
+continuation tokens, the work `hf` does) and as a share of the probe's JAX matmul rate.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import add_model_args, matmul_flops, model_config
+from benchmarks.common import add_model_args, model_config
+from benchmarks.machine import probe, probe_text, share_of_matmul
 
 
 def _make_model(directory: str, args: argparse.Namespace) -> str:
@@ -41,8 +47,18 @@ def _make_model(directory: str, args: argparse.Namespace) -> str:
 METHODS = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
 
-def _count_requests(lm) -> dict[str, float]:
-    """Count the requests lm-eval hands `lm`, and the seconds spent answering them, per request type."""
+def _request_tokens(tokenizer, method: str, requests) -> int:
+    """Tokens a plain forward pass reads for these scoring requests (context + continuation, or the text)."""
+    if method == "loglikelihood":
+        return sum(len(tokenizer.encode(context + continuation)) for context, continuation in
+                   (request.args for request in requests))
+    if method == "loglikelihood_rolling":
+        return sum(len(tokenizer.encode(request.args[0])) for request in requests)
+    return 0
+
+
+def _count_requests(lm, tokenizer) -> dict[str, float]:
+    """Count the requests lm-eval hands `lm`, their tokens and the seconds spent answering them, per type."""
     counts = {}
     for method in METHODS:
         def counted(requests, *rest, _original=getattr(lm, method), _method=method, **options):
@@ -50,6 +66,8 @@ def _count_requests(lm) -> dict[str, float]:
             answers = _original(requests, *rest, **options)
             counts[_method] = counts.get(_method, 0) + len(requests)
             counts[_method + " s"] = counts.get(_method + " s", 0.0) + time.perf_counter() - start
+            counts[_method + " tokens"] = counts.get(_method + " tokens", 0) + _request_tokens(tokenizer, _method,
+                                                                                                requests)
             return answers
         setattr(lm, method, counted)
     return counts
@@ -74,6 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", default="seallm-jax,hf")
+    parser.add_argument("--out", help="also write the figures (and the machine probe) to this JSON file")
     args = parser.parse_args()
 
     import jax
@@ -84,8 +103,14 @@ def main() -> None:
     from seallm_jax.eval.lm_eval import SeallmJaxLM
     from seallm_jax.eval.testing import write_corpus_tasks
 
-    print(f"devices: {jax.devices()}; torch threads {torch.get_num_threads()}; cpus {os.cpu_count()}")
-    print(f"matmul probe: JAX {matmul_flops(1024) / 1e9:.1f} GFLOP/s (1024^3 float32)")
+    machine = probe()
+    print(probe_text(machine))
+    print(f"devices: {jax.devices()}; torch threads {torch.get_num_threads()}; cpus {os.cpu_count()}", flush=True)
+    config = model_config(args)
+    # Model FLOPs per token of a forward pass: every matmul weight (the embedding lookup is not one;
+    # a tied embedding is also the LM head, which is).
+    embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    flops_per_token = 2 * (config.num_parameters() - embedding)
     with tempfile.TemporaryDirectory() as directory:
         model_dir = _make_model(directory, args)
         task_dir = os.path.join(directory, "tasks")
@@ -100,10 +125,12 @@ def main() -> None:
         if "hf" in backends:
             lms["hf"] = get_model("hf")(pretrained=model_dir, dtype="float32", device="cpu",
                                         batch_size=args.batch_size)
-        counts = {name: _count_requests(lm) for name, lm in lms.items()}
+        tokenizer = next(iter(lms.values())).tokenizer
+        counts = {name: _count_requests(lm, tokenizer) for name, lm in lms.items()}
         print(f"model: {model_config(args).num_parameters() / 1e6:.0f}M parameters; tasks {tasks}; "
               f"batch size {args.batch_size}")
         rates: dict[str, list[float]] = {name: [] for name in lms}
+        runs = []
         for repeat in range(args.repeats):
             metrics = {}
             for name, lm in lms.items():
@@ -111,8 +138,19 @@ def main() -> None:
                 rates[name].append(requests / seconds)
                 by_type = "; ".join(f"{m} {int(counts[name][m])} in {counts[name][m + ' s']:.1f} s"
                                     for m in METHODS if m in counts[name])
+                scoring = [m for m in METHODS[:2] if m in counts[name]]
+                scoring_seconds = sum(counts[name][m + " s"] for m in scoring)
+                scoring_flops = flops_per_token * sum(counts[name][m + " tokens"] for m in scoring)
+                share = ""
+                if scoring_seconds > 0:
+                    rate = scoring_flops / scoring_seconds
+                    share = (f"; scoring {rate / 1e9:.1f} model GFLOP/s = "
+                             f"{100 * share_of_matmul(rate, machine):.0f}% of the probe's matmul rate")
                 print(f"repeat {repeat + 1} {name:>10}: {requests} requests in {seconds:.1f} s = "
-                      f"{requests / seconds:.2f} requests/s ({by_type})", flush=True)
+                      f"{requests / seconds:.2f} requests/s ({by_type}{share})", flush=True)
+                runs.append({"repeat": repeat + 1, "backend": name, "requests": requests, "seconds": seconds,
+                             "requests_per_second": requests / seconds, "by_type": dict(counts[name]),
+                             "scoring_model_flops": scoring_flops})
             for task in tasks:
                 row = {name: {k: round(v, 4) for k, v in metrics[name][task].items()
                               if isinstance(v, float) and "stderr" not in k} for name in lms}
@@ -121,9 +159,16 @@ def main() -> None:
                 print(f"  ratio seallm-jax / hf: {rates['seallm-jax'][-1] / rates['hf'][-1]:.2f}x", flush=True)
         for name, values in rates.items():
             print(f"{name}: requests/s per repeat {', '.join(f'{v:.2f}' for v in values)}")
+        ratios = []
         if len(lms) == 2:
-            ratios = np.asarray(rates["seallm-jax"]) / np.asarray(rates["hf"])
+            ratios = (np.asarray(rates["seallm-jax"]) / np.asarray(rates["hf"])).tolist()
             print(f"ratio per repeat: {', '.join(f'{r:.2f}x' for r in ratios)}")
+        if args.out:
+            from seallm_jax.files import write_text
+
+            write_text(args.out, json.dumps({"machine": machine, "args": vars(args), "tasks": tasks,
+                                             "requests_per_second": rates, "ratio_per_repeat": ratios,
+                                             "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ class GenerationConfig:
     """Greedy decoding shapes: fixed batch size, prompt-length buckets, a cap on prompt length."""
 
     batch_size: int = 8
-    # Prompts are left-padded to a power of two at least this long (one compile per bucket).
-    min_prompt_bucket: int = 64
+    # Prompts are left-padded to a power of two at least this long (one compile per bucket): the
+    # prefill computes every padded position, so a short floor (a 20-token prompt pads to 32, not 64).
+    min_prompt_bucket: int = 16
     # Longer prompts keep their last `max_prompt_length` tokens (the question sits at the end).
     max_prompt_length: int = 2048
     # False: decode through the layer scan, holding no second copy of the weights (`generate`), slower.

@@ -45,9 +45,9 @@ MODEL_NAME = "seallm-jax"
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_MAX_GEN_TOKS = 256
 DEFAULT_BATCH_SIZE = 8
-# Scored sequences are padded to the smallest of these lengths that holds them (then to max_length + 1):
-# steps of 1.5x or less keep padding waste near 20% at a handful of compilations per task.
-LENGTH_BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# Scoring rows are the smallest of these lengths that holds the longest sequence (and about two average
+# ones: rows are packed), up to max_length + 1; steps of 1.5x keep a row's tail short.
+LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 def _positive_int(value: Any, name: str) -> int:
