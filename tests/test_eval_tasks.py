@@ -1,11 +1,13 @@
 """Each evaluation task on its fixture files with a tiny random model, the results JSON, tables and
 plot, and the `seallm-jax eval` command end to end."""
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from seallm_jax.cli import main
+from seallm_jax.errors import UserError
 from seallm_jax.eval.core import EvalConfig, EvalContext, MissingDataError
 from seallm_jax.eval.generation import GenerationConfig
 from seallm_jax.eval.runner import format_table, load_results, results_document, save_results
@@ -44,6 +46,31 @@ def test_perplexity_on_custom_text_and_held_out_corpus(ctx):
     corpus = results["ppl/corpus-test"]
     assert set(corpus.by_language) == {"en", "th", "vi", "id"}
     assert all(row["n"] == 2 for row in corpus.by_language.values())
+
+
+def test_perplexity_of_a_token_store_scores_its_held_out_documents(ctx, tmp_path):
+    import dataclasses
+
+    from seallm_jax.data.store import write_store
+
+    texts = {"train": ["never scored"], "validation": ["สวัสดีครับ", "ภาษาไทย"], "test": ["ข้อความทดสอบ"]}
+    tokenizer = ctx.tokenizer
+    write_store(tmp_path / "ppl" / "mine", {"th": {split: [tokenizer.encode(text) for text in items]
+                                                   for split, items in texts.items()}}, tokenizer=tokenizer)
+    scored = dataclasses.replace(ctx, data_dir=tmp_path, languages=["th"],
+                                 config=dataclasses.replace(CONFIG, limit=None))
+    results = by_key(TASKS["ppl"](scored))
+    row = results["ppl/store-mine"].by_language["th"]
+    held_out = texts["validation"] + texts["test"]
+    # Byte tokenizer, first token scored after end-of-text: one scored token per byte of held-out text.
+    assert row["n"] == 3 and row["tokens"] == sum(len(text.encode()) for text in held_out)
+    # ... so bits per byte (bytes of the decoded documents) is log2 of the token perplexity.
+    assert row["bits_per_byte"] == pytest.approx(math.log2(row["perplexity"]))
+
+    write_store(tmp_path / "other" / "ppl" / "theirs", {"th": {"validation": [[1, 2, 3]]}},
+                tokenizer_entry={"fingerprint": "0" * 64, "name": "another", "vocab_size": 300, "eos_id": 0})
+    with pytest.raises(UserError, match="theirs was built with another tokenizer"):
+        TASKS["ppl"](dataclasses.replace(scored, data_dir=tmp_path / "other"))
 
 
 def test_multiple_choice_m3exam_and_seaexam(ctx):

@@ -1,16 +1,24 @@
-"""Perplexity per language: the shipped corpus' held-out split by default, or any text under
---data-dir/ppl/{language}.txt (one document per line) or {language}.jsonl (a "text" field).
+"""Perplexity per language, read through token stores: the shipped corpus' held-out split by default, any
+text under --data-dir/ppl/{language}.txt (one document per line) or {language}.jsonl (a "text" field), and
+any token store directory under --data-dir/ppl/ (`seallm-jax data tokenize`: its held-out splits).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from seallm_jax.data.corpus import load_corpus, shipped_languages
+import numpy as np
+
+from seallm_jax.data.corpus import shipped_languages
+from seallm_jax.errors import ConfigError
 from seallm_jax.eval.core import EvalContext, MissingDataError, TaskResult
-from seallm_jax.eval.formats import read_records
 from seallm_jax.eval.metrics import bits_per_byte, perplexity
 from seallm_jax.eval.scoring import ScoreRequest
 from seallm_jax.tokenizer import document_separator_id
+
+# A user's store is scored on the documents its training never reads (the loader trains on "train").
+STORE_HELD_OUT_SPLITS = ("validation", "test")
 
 
 def document_requests(tokens: list[int], window: int, first_token_context: int | None) -> list[ScoreRequest]:
@@ -30,30 +38,43 @@ def document_requests(tokens: list[int], window: int, first_token_context: int |
     return requests
 
 
-def evaluate_documents(ctx: EvalContext, benchmark: str, documents: dict[str, list[str]]) -> TaskResult:
-    """Token perplexity and bits per UTF-8 byte for each language's documents."""
+def store_documents(ctx: EvalContext, arrays: Sequence[Any]) -> tuple[list[list[int]], int]:
+    """The documents of some store arrays (at most --limit, in store order), each without its trailing
+    separator, and their UTF-8 bytes: the decoded text's (byte-level BPE decodes to the text it encoded)."""
+    documents = []
+    for array in arrays:
+        for index in range(int(array.num_documents)):
+            if ctx.config.limit is not None and len(documents) >= ctx.config.limit:
+                break
+            documents.append(np.asarray(array.document(index))[:-1].tolist())
+    texts = ctx.tokenizer.batch_decode(documents) if documents else []
+    return documents, sum(len(text.encode("utf-8")) for text in texts)
+
+
+def evaluate_documents(ctx: EvalContext, benchmark: str,
+                       documents: dict[str, tuple[list[list[int]], int]]) -> TaskResult:
+    """Token perplexity and bits per UTF-8 byte of each language's (token documents, bytes)."""
     eos = document_separator_id(ctx.tokenizer) if ctx.config.score_first_token else None
     window = ctx.scorer.buckets[-1]
     with ctx.measure() as stats:
         requests, owners = [], []
-        for language, texts in documents.items():
-            for text in texts:
-                for request in document_requests(ctx.tokenizer.encode(text, add_special_tokens=False), window, eos):
+        for language, (token_documents, _) in documents.items():
+            for tokens in token_documents:
+                for request in document_requests(tokens, window, eos):
                     requests.append(request)
                     owners.append(language)
         scores = ctx.scorer.score(requests, description=f"ppl {benchmark}")
     by_language = {}
-    for language, texts in documents.items():
+    for language, (token_documents, num_bytes) in documents.items():
         mine = [score for score, owner in zip(scores, owners) if owner == language]
         log_likelihood = sum(score.log_likelihood for score in mine)
         tokens = sum(score.num_tokens for score in mine)
-        num_bytes = sum(len(text.encode("utf-8")) for text in texts)
         if tokens == 0:
             continue
         by_language[language] = {
             "perplexity": perplexity(log_likelihood, tokens),
             "bits_per_byte": bits_per_byte(log_likelihood, num_bytes),
-            "tokens": tokens, "n": len(texts),
+            "tokens": tokens, "n": len(token_documents),
         }
     return TaskResult(
         task="ppl", benchmark=benchmark, primary_metric="perplexity", by_language=by_language,
@@ -62,32 +83,52 @@ def evaluate_documents(ctx: EvalContext, benchmark: str, documents: dict[str, li
     )
 
 
-def _read_text_file(path: Path) -> list[str]:
-    if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    return [str(row["text"]) for row in read_records(path) if str(row.get("text", "")).strip()]
+def _checked(ctx: EvalContext, store: Any) -> Any:
+    from seallm_jax.data.loader import tokenizer_matches
+
+    if not tokenizer_matches(store.tokenizer_fingerprint, ctx.tokenizer):
+        raise ConfigError(f"token store {store.path} was built with another tokenizer "
+                          f"({store.manifest.get('tokenizer', {}).get('name', '?')}) than the model's; tokenize the "
+                          "text again with `seallm-jax data tokenize ... --tokenizer MODEL_DIR`")
+    return store
 
 
 def run(ctx: EvalContext) -> list[TaskResult]:
-    """`ppl/` under --data-dir when present, and always the shipped corpus' held-out split."""
+    """`ppl/` under --data-dir when present (text files, token stores), and always the shipped corpus'
+    held-out split; all read as token stores (text tokenized once into a cache)."""
+    from seallm_jax.data.store import STORE_SPLITS, TokenStore
+    from seallm_jax.data.tokenize import ensure_store, shipped_corpus_store
+
     results = []
     custom = ctx.data_path("ppl") if ctx.data_dir is not None else None
     if custom is not None and custom.is_dir():
-        documents = {}
+        files: dict[str, Path] = {}
         for path in sorted([*custom.glob("*.txt"), *custom.glob("*.jsonl")]):
-            if ctx.wants(path.stem) and path.stem not in documents:
-                documents[path.stem] = ctx.limited(_read_text_file(path))
-        if documents:
-            results.append(evaluate_documents(ctx, "custom", documents))
+            if ctx.wants(path.stem) and path.stem not in files:
+                files[path.stem] = path
+        if files:
+            # A text file is scored whole: every split of its cached store.
+            store = ensure_store({language: [str(path)] for language, path in files.items()}, tokenizer=ctx.tokenizer)
+            results.append(evaluate_documents(ctx, "custom", {
+                language: store_documents(ctx, [store.documents(language, split) for split in STORE_SPLITS])
+                for language in files}))
+        for directory in sorted(path for path in custom.iterdir() if (path / "manifest.json").is_file()):
+            store = _checked(ctx, TokenStore.open(directory))
+            documents = {language: store_documents(ctx, [store.documents(language, split)
+                                                         for split in STORE_HELD_OUT_SPLITS])
+                         for language in store.languages if ctx.wants(language)}
+            if documents:
+                results.append(evaluate_documents(ctx, f"store-{directory.name}", documents))
     available = shipped_languages()
     languages = [lang for lang in (ctx.languages or available) if lang in available]
     if languages:
-        corpus = load_corpus(ctx.config.corpus_split, languages)
-        documents = {language: ctx.limited([doc.text for doc in docs]) for language, docs in corpus.items()}
-        results.append(evaluate_documents(ctx, f"corpus-{ctx.config.corpus_split}", documents))
+        corpus = shipped_corpus_store(ctx.tokenizer)
+        split = ctx.config.corpus_split
+        documents = {language: store_documents(ctx, [corpus.documents(language, split)]) for language in languages}
+        results.append(evaluate_documents(ctx, f"corpus-{split}", documents))
     if not results:
         raise MissingDataError(
             f"no perplexity text for languages {ctx.languages}: the shipped corpus has {', '.join(available)}; "
-            "put other languages' text in --data-dir/ppl/{language}.txt"
+            "put other languages' text in --data-dir/ppl/{language}.txt, or a token store in --data-dir/ppl/"
         )
     return results
