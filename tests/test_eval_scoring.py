@@ -53,6 +53,22 @@ def test_scores_match_direct_computation(model, scorer):
         assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
 
 
+def test_shared_contexts_packed_rows_and_mixed_requests_match_direct_computation(model, scorer):
+    """Contexts shared by 2 and by 18 continuations (more than one context row's worth), requests of
+    their own, one with nothing to score, in one call: packed rows and the context cache change nothing."""
+    rng = np.random.default_rng(3)
+    shared, big = list(rng.integers(0, 256, 30)), list(rng.integers(0, 256, 7))
+    requests = ([ScoreRequest(shared + list(rng.integers(0, 256, n)), 30) for n in (1, 12)]
+                + [ScoreRequest(big + list(rng.integers(0, 256, 1 + i % 5)), 7) for i in range(18)]
+                + [ScoreRequest(list(rng.integers(0, 256, n)), s) for n, s in [(25, 10), (3, 1), (6, 6)]])
+    scores = scorer.score(requests)
+    direct = direct_log_likelihoods(model, [(r.tokens, r.score_from) for r in requests])
+    for request, score, expected in zip(requests, scores, direct):
+        assert score.num_tokens == len(request.tokens) - request.score_from
+        assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
+    assert scores[-1].log_likelihood == 0.0 and scores[-1].is_greedy
+
+
 def test_greedy_flag(model, scorer):
     prompt = [5, 6, 7]
     greedy_token = int(jnp.argmax(model(jnp.asarray([prompt]))[0, -1]))

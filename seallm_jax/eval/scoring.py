@@ -203,11 +203,13 @@ class LoglikelihoodScorer:
         return self._compiles
 
     def _traced_scores(self, params: Any, batch: dict[str, Array]) -> tuple[Array, Array]:
-        """(log p(target), target is the argmax) at every continuation-row position [rows, length]."""
+        """(log p(target), target is the argmax) [scored] at the continuation-row positions `scored`
+        (flat indices into [rows * length]) whose next tokens are `targets`."""
         self._compiles += 1  # runs only while tracing
         model = nnx.merge(self.evaluator.graphdef, params)
         with shd.activation_sharding(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-            return self._position_scores(model, self._hidden(model, batch), batch["targets"])
+            hidden = self._hidden(model, batch)
+            return self._position_scores(model, hidden, batch["scored"], batch["targets"])
 
     @staticmethod
     def _hidden(model: nnx.Module, batch: dict[str, Array]) -> Array:
@@ -228,36 +230,40 @@ class LoglikelihoodScorer:
         hidden, _, _ = model.model(batch["input_ids"], batch["positions"], batch["segment_ids"], cache, None, None)
         return hidden
 
-    def _position_scores(self, model: nnx.Module, hidden: Array, targets: Array) -> tuple[Array, Array]:
-        rows, length, _ = hidden.shape
-        chunk = min(length, max(1, self.evaluator.chunk_tokens // rows))
-        padded = -(-length // chunk) * chunk
-        if padded != length:
-            hidden = jnp.pad(hidden, ((0, 0), (0, padded - length), (0, 0)))
-            targets = jnp.pad(targets, ((0, 0), (0, padded - length)))
-
-        def by_chunk(x: Array) -> Array:  # [rows, padded, ...] -> [chunks, rows, chunk, ...]
-            return jnp.moveaxis(x.reshape(rows, padded // chunk, chunk, *x.shape[2:]), 1, 0)
+    def _position_scores(self, model: nnx.Module, hidden: Array, scored: Array,
+                         targets: Array) -> tuple[Array, Array]:
+        # The head only where a scored token is predicted: hidden states are gathered first, so neither
+        # contexts, nor padding, nor a sequence's last position reach the [positions, vocab] projection.
+        hidden = jnp.take(hidden.reshape(-1, hidden.shape[-1]), scored, axis=0)
+        count = scored.shape[0]
+        chunk = min(count, self.evaluator.chunk_tokens)
+        padded = -(-count // chunk) * chunk
+        if padded != count:
+            hidden = jnp.pad(hidden, ((0, padded - count), (0, 0)))
+            targets = jnp.pad(targets, (0, padded - count))
 
         def one_chunk(inputs: tuple[Array, Array]) -> tuple[Array, Array]:
             hidden_chunk, target_chunk = inputs
-            logits = model.logits(hidden_chunk)  # float32 [rows, chunk, vocab]
-            target_logit = jnp.take_along_axis(logits, target_chunk[..., None], axis=-1)[..., 0]
+            logits = model.logits(hidden_chunk[None])[0]  # float32 [chunk, vocab]
+            target_logit = jnp.take_along_axis(logits, target_chunk[:, None], axis=-1)[:, 0]
             return (target_logit - jax.nn.logsumexp(logits, axis=-1),
                     jnp.argmax(logits, axis=-1) == target_chunk)
 
-        log_p, greedy = jax.lax.map(one_chunk, (by_chunk(hidden), by_chunk(targets)))
-        unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, padded)[:, :length]  # noqa: E731
-        return unchunk(log_p), unchunk(greedy)
+        log_p, greedy = jax.lax.map(one_chunk, (hidden.reshape(padded // chunk, chunk, -1),
+                                                targets.reshape(padded // chunk, chunk)))
+        return log_p.reshape(-1)[:count], greedy.reshape(-1)[:count]
 
     def _put(self, arrays: dict[str, np.ndarray]) -> dict[str, Array]:
         if self.mesh is None:
             return {key: jnp.asarray(value) for key, value in arrays.items()}
-        # Every process builds the same batch; context and continuation rows are two batches of their own.
+        # Every process builds the same batch; context and continuation rows are two batches of their own,
+        # the scored positions (indices into the rows of any one process's copy) are replicated.
         out = {}
         for key, value in arrays.items():
-            rows = value.shape[0] * jax.process_count()
-            out.update(shd.shard_batch({key: value}, self.mesh, rows))
+            if key in ("scored", "targets"):
+                out[key] = jax.make_array_from_process_local_data(shd.replicated(self.mesh), value, value.shape)
+            else:
+                out.update(shd.shard_batch({key: value}, self.mesh, value.shape[0] * jax.process_count()))
         return out
 
     def score(self, requests: Sequence[ScoreRequest], description: str = "scoring") -> list[Score]:
@@ -268,26 +274,33 @@ class LoglikelihoodScorer:
         plan = _plan(requests, self.buckets)
         batches = [plan.units[start:start + self.batch_size]
                    for start in range(0, len(plan.units), self.batch_size)]
+        built = [self._batch(requests, plan, units) for units in batches]
+        # One count of scored positions for the call (a multiple of 64): one head shape, any batch.
+        scored = max(1, max(len(arrays["scored"]) for arrays, _ in built))
+        scored = -(-scored // 64) * 64
         pending = []
-        for units in tqdm(batches, desc=description, disable=not self.config.show_progress, leave=False):
-            arrays, spans = self._batch(requests, plan, units)
+        for arrays, spans in tqdm(built, desc=description, disable=not self.config.show_progress, leave=False):
+            for key in ("scored", "targets"):
+                arrays[key] = np.pad(np.asarray(arrays[key], np.int32), (0, scored - len(arrays[key])))
             pending.append((self._scores(self.evaluator.params, self._put(arrays)), spans))
         results: list[Score | None] = [None] * len(requests)
         for (log_p, greedy), spans in pending:  # collected after every batch was dispatched
             log_p, greedy = np.asarray(jax.device_get(log_p), np.float64), np.asarray(jax.device_get(greedy))
-            for index, row, start, stop in spans:
-                results[index] = Score(float(np.sum(log_p[row, start:stop])), stop - start,
-                                       bool(np.all(greedy[row, start:stop])))
+            for index, start, stop in spans:
+                results[index] = Score(float(np.sum(log_p[start:stop])), stop - start,
+                                       bool(np.all(greedy[start:stop])))
         return results  # type: ignore[return-value]
 
     def _batch(self, requests: Sequence[ScoreRequest], plan: _Plan,
-               units: list[_Unit]) -> tuple[dict[str, np.ndarray], list[tuple[int, int, int, int]]]:
-        """The arrays of one batch of units, and per request (index, row, first, last + 1) of the
-        positions whose targets are its scored tokens."""
+               units: list[_Unit]) -> tuple[dict[str, Any], list[tuple[int, int, int]]]:
+        """The arrays of one batch of units (`scored`/`targets` as lists, padded by the caller), and per
+        request (index, first, last + 1) of its scored positions in them."""
         count = -(-len(units) // self.evaluator.batch_divisor) * self.evaluator.batch_divisor
         rows, length = count * plan.group, plan.row_length
-        arrays = {name: np.zeros((rows, length), np.int32)
-                  for name in ("input_ids", "positions", "segment_ids", "targets")}
+        arrays: dict[str, Any] = {name: np.zeros((rows, length), np.int32)
+                                  for name in ("input_ids", "positions", "segment_ids")}
+        scored: list[int] = []
+        targets: list[int] = []
         context = {name: np.zeros((count, plan.context_length), np.int32)
                    for name in ("context_ids", "context_positions", "context_segments")}
         spans = []
@@ -306,9 +319,11 @@ class LoglikelihoodScorer:
                 arrays["input_ids"][row, start:end] = tokens
                 arrays["positions"][row, start:end] = np.arange(skip, skip + len(tokens))
                 arrays["segment_ids"][row, start:end] = segment
-                arrays["targets"][row, start:end - 1] = tokens[1:]
                 # Position p predicts token p + 1: the scored tokens are predicted from score_from - 1 on.
-                spans.append((index, row, start + request.score_from - 1 - skip, end - 1))
-        arrays.update(context)
+                first = request.score_from - 1 - skip
+                spans.append((index, len(scored), len(scored) + len(tokens) - 1 - first))
+                scored += range(row * length + start + first, row * length + end - 1)
+                targets += tokens[first + 1:]
+        arrays.update(context, scored=scored, targets=targets)
         arrays["unit"] = np.repeat(np.arange(count, dtype=np.int32), plan.group)
         return arrays, spans
