@@ -195,7 +195,7 @@ def set_agreement(ours: dict[int, np.ndarray], theirs: dict[int, list[int]]) -> 
 # ---- the check ---------------------------------------------------------------------------------------------
 def run_check(out: str | os.PathLike, *, languages=DEFAULT_LANGUAGES, max_tokens: int = 20000,
               eval_tokens: int = 4000, seq_len: int = 256, batch_size: int = 8, eval_batch_size: int = 4,
-              progress: bool = True) -> dict:
+              progress: bool = True, machine: dict | None = None) -> dict:
     import torch
 
     from seallm_jax import hf
@@ -249,6 +249,7 @@ def run_check(out: str | os.PathLike, *, languages=DEFAULT_LANGUAGES, max_tokens
     ablation.save(out / "ablation.json")
     ablation.plot(out / "ablation.png", title="SmolLM2-135M: perplexity change, LAPE neurons deactivated")
     report = {
+        "machine": machine,
         "tokens_per_language": dict(zip(merged.languages, merged.token_count.tolist())),
         "activation_counts": {"max_abs_difference": int(count_difference.max()),
                               "entries_differing": int((count_difference > 0).sum()),
@@ -281,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=4, help="rows per ablation batch")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    run_check(args.out, languages=[lang for lang in args.languages.split(",") if lang],
+    from benchmarks.machine import announce
+
+    machine = announce()
+    run_check(args.out, machine=machine, languages=[lang for lang in args.languages.split(",") if lang],
               max_tokens=args.max_tokens, eval_tokens=args.eval_tokens, seq_len=args.seq_len,
               batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, progress=not args.no_progress)
     return 0

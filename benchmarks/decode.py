@@ -12,7 +12,9 @@ Greedy unless `--temperature` > 0, float32, random weights, no stop token (every
 `--new-tokens`). Each path runs once per repeat; a host timestamp is taken whenever a step's logits are ready (`jax.debug.callback`
 in the JAX programs, a logits processor in `transformers`), so the decoding rate -- tokens/s from the
 first generated token to the last -- is measured inside the same run as the prefill, not by subtracting
-two noisy runs. JAX programs are compiled before timing. Ratios compare the decoding rates.
+two noisy runs. JAX programs are compiled before timing. Ratios compare the decoding rates. The machine
+probe (`benchmarks/machine.py`) is printed first; a decoding step reads every weight once, so each decoding
+rate is also given as weight bytes per second, a share of the probe's copy bandwidth (`--json` stores it all).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import add_model_args, model_config, torch_config
+from benchmarks.machine import announce, write_json
 from seallm_jax import Qwen2ForCausalLM
 from seallm_jax.model import generate as generate_module
 from seallm_jax.model.attention import segment_causal_mask
@@ -186,7 +189,9 @@ def main() -> None:
     parser.add_argument("--paths", default=None,
                         help="comma list of new, scan, old, transformers "
                              "(default: new,old,transformers; new,transformers when sampling)")
+    parser.add_argument("--json", help="also write the results (with the machine probe) to this file")
     args = parser.parse_args()
+    machine = announce()
     sampled = args.temperature > 0
     paths = [name for name in (args.paths or ("new,transformers" if sampled else "new,old,transformers")).split(",")
              if name]
@@ -229,12 +234,17 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.2f}", flush=True)
         del run
 
+    # Each decoding step streams every weight once (float32 here): its floor is the copy bandwidth.
+    weight_bytes = 4 * config.num_parameters()
+    for r in results.values():
+        r["weight_gbps"] = weight_bytes * r["decoding"] / batch / 1e9
+        r["share_of_copy_bandwidth"] = r["weight_gbps"] / machine["copy_gbps"]
     print(f"\n| path | prefill (s) | decoding {new_tokens - 1} steps (s) | total (s) | end-to-end tokens/s "
-          "| decoding tokens/s |")
-    print("|---|---|---|---|---|---|")
+          "| decoding tokens/s | weights read GB/s (share of the probe's copy rate) |")
+    print("|---|---|---|---|---|---|---|")
     for path, r in results.items():
         print(f"| {path} | {r['prefill']:.2f} | {r['decode']:.2f} | {r['total']:.2f} | {r['end_to_end']:.1f} "
-              f"| {r['decoding']:.1f} |")
+              f"| {r['decoding']:.1f} | {r['weight_gbps']:.1f} ({100 * r['share_of_copy_bandwidth']:.0f}%) |")
     if "new" in results:
         for other in ("scan", "old", "transformers"):
             if other in results:
@@ -243,6 +253,7 @@ def main() -> None:
     for other in ("scan", "old"):  # same weights and key: the same tokens (transformers has its own weights)
         if "new" in tokens and other in tokens:
             print(f"tokens equal, new vs {other}: {float(np.mean(tokens['new'] == tokens[other])):.1%}")
+    write_json(args.json, {"machine": machine, "config": vars(args), "weight_bytes": weight_bytes, "results": results})
 
 
 if __name__ == "__main__":

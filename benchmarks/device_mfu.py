@@ -8,12 +8,12 @@ MFU = model FLOPs per token (`Qwen2Config.flops_per_token`: 6 x matmul params + 
 no remat recompute counted) x tokens/s / the device's peak bf16 dense FLOP/s (table below by
 `device_kind`; `--peak-flops` overrides). A bf16 matmul's FLOP/s measured in the same run is reported
 beside it (what this device really reaches). Random weights and tokens; the first step (compile) is
-not timed; the median of `--steps` timed steps is.
+not timed; the median of `--steps` timed steps is. The machine probe (`benchmarks/machine.py`, float32) is
+printed first and stored under "machine".
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import matmul_flops  # noqa: E402
+from benchmarks.machine import announce, share_of_matmul, write_json  # noqa: E402
 from seallm_jax.model.config import PRESETS  # noqa: E402
 
 # Published bf16 dense peak per JAX device (substring of device_kind, lower case -> FLOP/s).
@@ -113,10 +114,11 @@ def main(argv=None) -> dict:
         args.shapes, args.batch, args.seq, args.steps, args.matmul_size = "smoke", 2, 64, 2, 512
     import jax
 
+    machine = announce()
     device = jax.devices()[0]
     peak = args.peak_flops or peak_flops(device.device_kind)
     measured = matmul_flops(args.matmul_size, "bfloat16")
-    result = {"device_kind": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+    result = {"machine": machine, "device_kind": device.device_kind, "platform": device.platform, "jax": jax.__version__,
               "peak_bf16_flops": peak or None, "peak_source": "--peak-flops" if args.peak_flops else "table by device_kind",
               "measured_bf16_matmul_flops": measured, "matmul_size": args.matmul_size, "runs": []}
     print(f"{device.device_kind} ({device.platform}): peak {peak / 1e12:.0f} TFLOP/s bf16 (table), "
@@ -127,14 +129,13 @@ def main(argv=None) -> dict:
         run = bench_shape(name, args.batch, args.seq, args.steps, args.remat, args.attention_impl)
         run["mfu"] = run["model_flops_per_s"] / peak if peak else None
         run["fraction_of_measured_matmul"] = run["model_flops_per_s"] / measured
+        run["share_of_matmul"] = share_of_matmul(run["model_flops_per_s"], machine)  # the float32 probe's rate
         result["runs"].append(run)
         mfu = f"{100 * run['mfu']:5.1f}%" if run["mfu"] is not None else "   n/a"
         print(f"{name:6s} {run['parameters'] / 1e6:7.0f}M {args.batch:5d} x {args.seq:<5d} {run['tokens_per_s']:10.0f} "
               f"{run['model_flops_per_s'] / 1e12:8.2f} {mfu} {100 * run['fraction_of_measured_matmul']:8.1f}%",
               flush=True)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.json, result)
     return result
 
 

@@ -4,13 +4,15 @@
     python benchmarks/forward.py --num-hidden-layers 4 --batch 4   # a quicker look
     python benchmarks/forward.py --num-hidden-layers 4 --batch 1 --length 4096 --compare xla   # long context
 
-Prints tokens/s of each and the ratio (seallm-jax / transformers). `--attention-impl` picks the
+Prints the machine probe (`benchmarks/machine.py`) first, then tokens/s of each, the ratio (seallm-jax /
+transformers) and each rate's FLOP/s as a share of the probe's matmul rate; `--json PATH` stores all of it. `--attention-impl` picks the
 kernel (default `auto`: `flash` beyond 128 tokens); `--compare xla` also times the old dense path in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ import transformers
 from flax import nnx
 
 from benchmarks.common import add_model_args, model_config, time_it, torch_config
+from benchmarks.machine import announce, share_of_matmul, share_text, write_json
 from seallm_jax import Qwen2ForCausalLM
 
 
@@ -42,7 +45,9 @@ def main() -> None:
                         help="seallm-jax attention kernel (model.attention_impl; default: the library's, auto)")
     parser.add_argument("--compare", default="", help="comma list of other attention kernels to time too, e.g. xla")
     parser.add_argument("--scan-unroll", type=int, default=1)
+    parser.add_argument("--json", help="also write the results (with the machine probe) to this file")
     args = parser.parse_args()
+    machine = announce()
     config = model_config(args).replace(scan_unroll=args.scan_unroll)
     tokens = args.batch * args.length
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (args.batch, args.length)).astype(np.int32)
@@ -60,10 +65,21 @@ def main() -> None:
             return reference(torch_ids).logits
 
     torch_seconds = time_it(torch_forward, warmup=args.warmup, iterations=args.iterations)
+    # Forward FLOPs: every matmul (LM head included) and the causal attention scores (a third of a training step).
+    flops = tokens * config.flops_per_token(args.length) / 3
     for name, seconds in jax_seconds.items():
         print(f"seallm-jax {name:8s}: {tokens / seconds:10.1f} tokens/s ({seconds * 1e3:.0f} ms/forward), "
-              f"ratio to transformers {torch_seconds / seconds:.2f}x")
-    print(f"transformers       : {tokens / torch_seconds:10.1f} tokens/s ({torch_seconds * 1e3:.0f} ms/forward)")
+              f"ratio to transformers {torch_seconds / seconds:.2f}x; {share_text(flops / seconds, machine)}")
+    print(f"transformers       : {tokens / torch_seconds:10.1f} tokens/s ({torch_seconds * 1e3:.0f} ms/forward); "
+          f"{share_text(flops / torch_seconds, machine)}")
+    write_json(args.json, {
+        "machine": machine, "config": vars(args), "tokens": tokens, "flops_per_forward": flops,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seallm_jax_seconds": jax_seconds, "transformers_seconds": torch_seconds,
+        "ratio": {name: torch_seconds / seconds for name, seconds in jax_seconds.items()},
+        "share_of_matmul": {name: share_of_matmul(flops / seconds, machine) for name, seconds in jax_seconds.items()}
+        | {"transformers": share_of_matmul(flops / torch_seconds, machine)},
+    })
 
 
 if __name__ == "__main__":

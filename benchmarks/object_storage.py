@@ -5,7 +5,8 @@
 A store of random documents (uint32 tokens) is written locally and uploaded to the emulator. Each run
 measures, in tokens per second of the whole store: reading every 1,025-token window from the local
 store; opening the gs:// store for the first time on this host (the copy to the local cache, then the
-same reads); opening it again (the cached copy, size-checked against the bucket, then the reads).
+same reads); opening it again (the cached copy, size-checked against the bucket, then the reads). The
+machine probe (`benchmarks/machine.py`) is printed first.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    from benchmarks.machine import announce
+
+    announce()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

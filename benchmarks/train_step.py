@@ -9,12 +9,12 @@ fraction of a matmul peak measured in the same run.
         --layers 4 --batch 1 --seq 4096 --steps 2
 
 Both frameworks see the same batch, the same model shape and float32; rounds alternate between
-the two so that a shared machine's load affects both alike, and the median round is reported.
+the two so that a shared machine's load affects both alike, and the median round is reported. The machine
+probe (`benchmarks/machine.py`) is printed first and stored under "machine" in `--json`'s file.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import matmul_flops, random_batch  # noqa: E402
+from benchmarks.machine import announce, share_of_matmul, share_text, write_json  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -123,6 +124,7 @@ def main(argv=None) -> dict:
 
     from seallm_jax.model.attention import resolve_implementation
 
+    machine = announce()
     batch = random_batch(args.batch, args.seq, args.vocab)
 
     jax_step, torch_step = JaxStep(args, batch), TorchStep(args, batch)
@@ -138,12 +140,14 @@ def main(argv=None) -> dict:
     flops_per_token = jax_step.model_config.flops_per_token(args.seq)
     achieved = flops_per_token * jax_tps
     result = {
-        "config": vars(args) | {"parameters": jax_step.model_config.num_parameters()},
+        "machine": machine, "config": vars(args) | {"parameters": jax_step.model_config.num_parameters()},
         "device": str(jax.devices()[0].device_kind), "torch_threads": torch.get_num_threads(),
         "seallm_jax_tokens_per_s": jax_tps, "transformers_tokens_per_s": torch_tps,
         "ratio": jax_tps / torch_tps,
         "flops_per_token": flops_per_token, "seallm_jax_flops_per_s": achieved,
         "matmul_peak_flops_per_s": peak, "fraction_of_matmul_peak": achieved / peak,
+        "share_of_matmul": share_of_matmul(achieved, machine),
+        "transformers_share_of_matmul": share_of_matmul(flops_per_token * torch_tps, machine),
     }
     print(f"model: {result['config']['parameters'] / 1e6:.2f}M params, batch {args.batch} x {args.seq}, float32, "
           f"{result['device']}; seallm-jax attention {args.attention_impl} "
@@ -153,11 +157,10 @@ def main(argv=None) -> dict:
     print(f"{'seallm-jax (jit)':24s}{jax_tps:12.0f}")
     print(f"{'transformers + AdamW':24s}{torch_tps:12.0f}")
     print(f"ratio seallm-jax / transformers: {result['ratio']:.2f}x")
-    print(f"seallm-jax achieved {achieved / 1e9:.1f} GFLOP/s = {100 * result['fraction_of_matmul_peak']:.1f}% of the "
-          f"measured float32 matmul peak ({peak / 1e9:.1f} GFLOP/s, {args.matmul_size}^3)")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+    print(f"seallm-jax: {share_text(achieved, machine)} ({100 * result['fraction_of_matmul_peak']:.1f}% of a "
+          f"{args.matmul_size}^3 matmul timed after the rounds, {peak / 1e9:.1f} GFLOP/s); "
+          f"transformers: {share_text(flops_per_token * torch_tps, machine)}")
+    write_json(args.json, result)
     return result
 
 

@@ -77,6 +77,24 @@ def test_statistics_equal_numpy(tiny_model):
     assert (stats.topk_count[0].sum(axis=1) == documents * TOP_K).all()
 
 
+def test_lape_only_pass_counts_the_same_and_refuses_plnd_selection(tiny_model, tmp_path):
+    """`plnd=False` (`lsn stats --lape-only`): the same LAPE counts, and a saved file that PLND selection refuses."""
+    from seallm_jax.errors import ConfigError
+    from seallm_jax.lsn.select import select_plnd
+
+    batches = packed_batches(seed=0)
+    full = StatisticsPass(tiny_model, top_k=TOP_K)(batches, "th")
+    lape = StatisticsPass(tiny_model, top_k=TOP_K, plnd=False)(batches, "th")
+    np.testing.assert_array_equal(lape.active_count, full.active_count)
+    np.testing.assert_array_equal(lape.token_count, full.token_count)
+    assert full.has_plnd and not lape.has_plnd and not lape.topk_count.any()
+    lape.save(tmp_path / "lape.npz")
+    loaded = NeuronStats.load(tmp_path / "lape.npz")
+    assert not loaded.has_plnd and not full.merge(loaded).has_plnd
+    with pytest.raises(ConfigError, match="--lape-only"):
+        select_plnd(loaded)
+
+
 def test_padding_is_ignored(tiny_model):
     """Appending all-padding rows changes nothing."""
     batch = packed_batches(seed=1, num_batches=1)[0]

@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_data_arguments(stats, default_split="train")
     stats.add_argument("--top-k", type=int, default=None,
                        help="PLND: neurons kept per document and layer (default: 5%% of intermediate_size)")
+    stats.add_argument("--lape-only", action="store_true",
+                       help="compute the LAPE counts only (no PLND importance or top-k): a faster pass")
     stats.add_argument("--out", required=True, help="statistics file to write (.npz)")
     stats.set_defaults(func=run_stats)
 
@@ -167,7 +169,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
     model, mesh, streams, sources = _prepare(args, languages, files)
     statistics_pass = StatisticsPass(
-        model, top_k=args.top_k, mesh=mesh,
+        model, top_k=args.top_k, mesh=mesh, plnd=not args.lape_only,
         metadata={"model": os.path.abspath(args.model), "seq_len": args.seq_len, "dtype": args.dtype,
                   "data": sources},
     )
@@ -184,7 +186,7 @@ def run_stats(args: argparse.Namespace) -> int:
     print(merged.summary())
     total = int(merged.token_count.sum())
     print(f"{total:,} tokens in {elapsed:.1f} s ({total / max(elapsed, 1e-9):,.0f} tokens/s); "
-          f"PLND top_k={merged.top_k}; wrote {args.out}")
+          f"{'LAPE only' if args.lape_only else f'PLND top_k={merged.top_k}'}; wrote {args.out}")
     return 0
 
 

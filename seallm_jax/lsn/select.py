@@ -135,6 +135,9 @@ def select_lape(stats: NeuronStats, config: LapeConfig = LapeConfig()) -> Neuron
 
 def select_plnd(stats: NeuronStats, config: PlndConfig = PlndConfig()) -> NeuronSet:
     """PLND selection from per-document top-k membership counts."""
+    if not stats.has_plnd:
+        raise ConfigError("these statistics were computed without PLND (`lsn stats --lape-only`): "
+                          "select with --method lape, or recompute them without --lape-only")
     empty = [lang for lang, docs in zip(stats.languages, stats.document_count) if docs <= 0]
     if empty:
         raise UnknownLanguageError(f"statistics have no documents for language(s) {empty}")

@@ -70,6 +70,11 @@ class NeuronStats:
                 raise ValueError(f"NeuronStats: {name} must have one entry per language ({num_languages})")
 
     @property
+    def has_plnd(self) -> bool:
+        """Whether the PLND arrays were computed (statistics of a LAPE-only pass have them zero)."""
+        return bool(self.metadata.get("plnd", True))
+
+    @property
     def num_layers(self) -> int:
         return int(self.active_count.shape[1])
 
@@ -129,6 +134,7 @@ class NeuronStats:
             merged.token_count[rows] += source.token_count
             merged.document_count[rows] += source.document_count
         merged.metadata["token_count"] = dict(zip(languages, merged.token_count.tolist()))
+        merged.metadata["plnd"] = self.has_plnd and other.has_plnd
         return merged
 
     # ---- file format: one .npz, metadata as a JSON string (no pickle) ---------------------------------
@@ -202,8 +208,10 @@ def default_top_k(intermediate_size: int) -> int:
     return max(1, int(round(intermediate_size * DEFAULT_TOP_K_FRACTION)))
 
 
-def make_ffn_probe(token_mask: jax.Array, segment_ids: jax.Array, top_k: int, num_segments: int) -> Callable:
-    """The per-layer FFN probe: counts, importance sums and per-document top-k membership over real tokens.
+def make_ffn_probe(token_mask: jax.Array, segment_ids: jax.Array, top_k: int, num_segments: int,
+                   plnd: bool = True) -> Callable:
+    """The per-layer FFN probe: counts, importance sums and per-document top-k membership over real tokens
+    (with `plnd=False`, the LAPE counts only).
 
     token_mask [B, T] (True = real token); segment_ids [B, T] (1..num_segments are documents, 0 = padding).
     """
@@ -217,6 +225,8 @@ def make_ffn_probe(token_mask: jax.Array, segment_ids: jax.Array, top_k: int, nu
         intermediate = gate_activation.shape[-1]
         # LAPE: tokens on which silu(gate) > 0 (int32 per batch; the host accumulates in int64).
         active = jnp.sum((gate_activation > 0) & valid, axis=(0, 1), dtype=jnp.int32)
+        if not plnd:
+            return {"active": active}
         # PLND: zeroing neuron j changes the FFN output by h_j * W_down[j, :], whose norm is |h_j| * ||W_down[j]||.
         down_norm = jnp.sqrt(jnp.sum(jnp.square(down_kernel.astype(jnp.float32)), axis=-1))  # [I]
         importance = jnp.where(valid, jnp.abs(hidden_mlp.astype(jnp.float32)) * down_norm, 0.0)  # [B, T, I]
@@ -233,11 +243,11 @@ def make_ffn_probe(token_mask: jax.Array, segment_ids: jax.Array, top_k: int, nu
 
 
 def _batch_statistics(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], *, top_k: int,
-                      num_segments: int) -> dict[str, jax.Array]:
+                      num_segments: int, plnd: bool = True) -> dict[str, jax.Array]:
     model = nnx.merge(graphdef, params)
     input_ids, segment_ids = batch["input_ids"], batch["segment_ids"]
     token_mask = segment_ids > 0
-    probe = make_ffn_probe(token_mask, segment_ids, top_k, num_segments)
+    probe = make_ffn_probe(token_mask, segment_ids, top_k, num_segments, plnd)
     _, probes = model.hidden_states(input_ids, positions=batch.get("positions"), segment_ids=segment_ids,
                                     ffn_probe=probe)
     # Documents in this batch: distinct (row, segment) pairs, each segment id counted where it starts.
@@ -257,10 +267,12 @@ class StatisticsPass:
 
     With a mesh, each batch is split over the mesh's batch axes and the parameters are placed, both as in
     training (`sharding.shard_batch`, `sharding.place_params`); on one device it runs unsharded.
+    `plnd=False` computes the LAPE counts only (the PLND arrays stay zero and the statistics say so in
+    `metadata["plnd"]`, which `select_plnd` checks): the pass is then the forward and one comparison per neuron.
     """
 
     def __init__(self, model: nnx.Module, *, top_k: int | None = None, mesh: Mesh | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, plnd: bool = True):
         config = model.config
         self.num_layers = config.num_hidden_layers
         self.intermediate_size = config.intermediate_size
@@ -268,6 +280,7 @@ class StatisticsPass:
         if not 1 <= self.top_k <= self.intermediate_size:
             raise ConfigError(f"PLND top_k must be in 1..{self.intermediate_size} (intermediate_size), got {top_k}")
         self.mesh = mesh
+        self.plnd = bool(plnd)
         self.graphdef, params = nnx.split(model, nnx.Param)
         params = params.to_pure_dict()
         self.params = sharding.place_params(params, mesh) if mesh is not None else params
@@ -279,8 +292,10 @@ class StatisticsPass:
             "intermediate_size": self.intermediate_size,
             "model_type": config.model_type,
             **(metadata or {}),
+            "plnd": self.plnd,
         }
-        self._compiled = jax.jit(_batch_statistics, static_argnums=0, static_argnames=("top_k", "num_segments"))
+        self._compiled = jax.jit(_batch_statistics, static_argnums=0,
+                                 static_argnames=("top_k", "num_segments", "plnd"))
 
     def _put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         if self.mesh is None:
@@ -311,7 +326,7 @@ class StatisticsPass:
         if num_segments is None:
             num_segments = _segments_bucket(int(segment_ids.max(initial=0)))
         return self._compiled(self.graphdef, self.params, self._put(arrays), top_k=self.top_k,
-                              num_segments=num_segments)
+                              num_segments=num_segments if self.plnd else 1, plnd=self.plnd)
 
     def __call__(self, batches: Iterable[Batch], language: str, *, max_tokens: int | None = None,
                  progress: bool = False) -> NeuronStats:
@@ -325,8 +340,9 @@ class StatisticsPass:
         def collect(result: dict[str, jax.Array]) -> None:
             host = jax.device_get(result)  # int32 per batch, summed into int64 / float64 on the host: exact
             stats.active_count[0] += host["active"]
-            stats.importance_sum[0] += host["importance"]
-            stats.topk_count[0] += host["topk"]
+            if self.plnd:
+                stats.importance_sum[0] += host["importance"]
+                stats.topk_count[0] += host["topk"]
             stats.token_count[0] += int(host["tokens"])
             stats.document_count[0] += int(host["documents"])
 
