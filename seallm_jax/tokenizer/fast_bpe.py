@@ -1,21 +1,5 @@
-"""A faster encoder that gives exactly a Hugging Face byte-level BPE tokenizer's ids (Qwen2's): its own
-vocabulary, split regex, normalizer and added tokens, run by tiktoken's BPE, for `data tokenize`.
-
-`fast_encoder(tokenizer)` returns a `FastBPE` only when the tokenizer qualifies, else None (and
-`fast_encoder_refusal` says why); callers then use the tokenizer's own `encode_batch`. What qualifies:
-  * model: BPE without dropout, word prefixes/suffixes or byte fallback, all 256 byte tokens in the vocabulary;
-    its ids are the ranks: along the merge list the merged tokens' ids never decrease, every split of a
-    token into two vocabulary tokens is a merge (tiktoken merges any such pair), and either
-    `ignore_merges` is set or merging a vocabulary token's bytes gives that token (tiktoken looks a
-    pre-token up in the vocabulary before merging);
-  * pre-tokenizer: Split(one of the regexes in `_PATTERNS`, isolated) then ByteLevel without a regex
-    or a prefix space; normalizer none or NFC;
-  * added tokens: matched in the raw text (not normalized), no strip or single-word rules, as the
-    Rust tokenizer extracts them (leftmost, longest first) before normalizing the text between them.
-What the byte ranks cannot capture, HF resolving two equal-rank merges (different splits of one token)
-by its merge list where tiktoken takes the leftmost, is checked against the Rust tokenizer in the tests
-(every shipped document, every code point) and on the benchmark's 1 GB file.
-This module imports `tokenizers` and `tiktoken` only (workers load it without `transformers`).
+"""An encoder giving exactly a Hugging Face byte-level BPE tokenizer's ids (Qwen2's) several times faster:
+the tokenizer's own vocabulary, split regex, NFC and added tokens run by tiktoken's BPE (`data tokenize`).
 """
 from __future__ import annotations
 
@@ -24,31 +8,6 @@ import json
 import re
 import unicodedata
 from collections.abc import Sequence
-
-# GPT-2's byte-level alphabet: byte b <-> the character a ByteLevel BPE sees for it.
-_PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-
-
-def _byte_alphabet() -> dict[str, int]:
-    mapping = {b: chr(b) for b in _PRINTABLE}
-    shifted = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shifted)
-            shifted += 1
-    return {char: b for b, char in mapping.items()}
-
-
-_CHAR_TO_BYTE = _byte_alphabet()
-_TO_LATIN1 = str.maketrans({char: chr(b) for char, b in _CHAR_TO_BYTE.items()})
-_DROP_ALPHABET = str.maketrans({char: None for char in _CHAR_TO_BYTE})
-
-# Split regexes whose matches the Rust tokenizer's Oniguruma and tiktoken's regex engine agree on for
-# every code point (tests/test_fast_bpe.py checks each one): Qwen2's (digits one by one).
-_PATTERNS = frozenset({
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+""",
-})
 
 
 class FastBPE:
@@ -81,7 +40,7 @@ class FastBPE:
     def encode(self, text: str) -> list[int]:
         core = self._core()
         if self._added_regex is None or self._added_regex.search(text) is None:
-            return core.encode_ordinary(unicodedata.normalize("NFC", text) if self.nfc else text)
+            return self._ordinary(core, text)
         ids: list[int] = []
         start = 0
         for match in self._added_regex.finditer(text):
@@ -94,6 +53,7 @@ class FastBPE:
         return ids
 
     def _ordinary(self, core, text: str) -> list[int]:
+        # The Rust tokenizer normalizes each stretch between added tokens on its own; so does this.
         return core.encode_ordinary(unicodedata.normalize("NFC", text) if self.nfc else text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -107,7 +67,20 @@ _CACHE: dict[str, FastBPE | str] = {}
 
 def fast_encoder(tokenizer: object) -> FastBPE | None:
     """The tiktoken encoder equal to `tokenizer` (a `tokenizers.Tokenizer` or a `transformers` fast
-    tokenizer), or None when it does not qualify (see the module docstring)."""
+    tokenizer), or None when it does not qualify; then `fast_encoder_refusal` says why. What qualifies:
+      * model: BPE without dropout, word prefixes/suffixes or byte fallback, all 256 byte tokens in the
+        vocabulary, and its ids are the ranks: along the merge list the merged tokens' ids never decrease,
+        every split of a token into two vocabulary tokens is a merge (tiktoken merges any such pair), and
+        either `ignore_merges` is set or merging a vocabulary token's bytes gives that token (tiktoken looks
+        a pre-token up in the vocabulary before merging);
+      * pre-tokenizer: Split(Qwen2's regex, isolated) then ByteLevel without a regex or a prefix space
+        (other regexes are not known to match alike in Oniguruma and tiktoken's engine); normalizer none
+        or NFC;
+      * added tokens: matched in the raw text (not normalized), no strip or single-word rules, as the Rust
+        tokenizer extracts them (leftmost, longest first) before normalizing the text between them.
+    What the ranks cannot carry, the Rust BPE resolving two equal-rank merges (different splits of one
+    token) by its merge list where tiktoken takes the leftmost, is checked against the Rust tokenizer in
+    tests/test_fast_bpe.py and on the benchmark's whole file (benchmarks/data.py)."""
     result = _qualify(tokenizer)
     return result if isinstance(result, FastBPE) else None
 
@@ -164,11 +137,16 @@ def _build(spec: dict, backend) -> FastBPE | str:
         if token.get("normalized") or token.get("lstrip") or token.get("rstrip") or token.get("single_word"):
             return f"added token {token['content']!r} is normalized or has strip/single-word rules"
         added[token["content"]] = int(token["id"])
+    from seallm_jax.tokenizer.qwen2 import _byte_to_unicode
+
+    alphabet = _byte_to_unicode()  # byte b -> the character a ByteLevel BPE sees for it
+    to_latin1 = str.maketrans({char: chr(b) for b, char in enumerate(alphabet)})
+    drop_alphabet = str.maketrans({char: None for char in alphabet})
     vocab = model["vocab"]
     for token in vocab:
-        if token.translate(_DROP_ALPHABET):
+        if token.translate(drop_alphabet):
             return f"vocabulary token {token!r} is not byte-level"
-    ranks = {token.translate(_TO_LATIN1).encode("latin-1"): int(rank) for token, rank in vocab.items()}
+    ranks = {token.translate(to_latin1).encode("latin-1"): int(rank) for token, rank in vocab.items()}
     if len(set(ranks.values())) != len(ranks) or any(bytes([b]) not in ranks for b in range(256)):
         return "vocabulary ids are not unique or a byte token is missing"
     merges = [tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) for merge in model["merges"]]
@@ -196,8 +174,10 @@ def _split_pattern(pre_tokenizer: dict | None) -> str | None:
             or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex")
             or byte_level.get("add_prefix_space")):
         return None
+    from seallm_jax.tokenizer.qwen2 import QWEN2_PATTERN
+
     pattern = (split.get("pattern") or {}).get("Regex")
-    return pattern if pattern in _PATTERNS else None
+    return pattern if pattern == QWEN2_PATTERN else None
 
 
 def _check_merges(vocab: dict[str, int], merges: list[tuple[str, str]]) -> str | None:
