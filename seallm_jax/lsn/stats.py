@@ -257,9 +257,17 @@ def _batch_statistics(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array
     return {**probes, "tokens": jnp.sum(token_mask, dtype=jnp.int32), "documents": jnp.sum(starts, dtype=jnp.int32)}
 
 
+# Fewest document slots per row a PLND pass compiles for. Every new slot count is a new program (a compile
+# that took 10-25 s on a loaded 2-core CPU, in the middle of the pass); packed rows of 256 tokens of the
+# shipped corpus hold 2-16 documents, and 16 slots cost little more than 8 (a [rows, slots, tokens] matmul
+# and a top-k per slot, ~1% of a SmolLM2 batch).
+MIN_DOCUMENT_SLOTS = 16
+
+
 def _segments_bucket(max_segment_id: int) -> int:
-    """Static number of document slots per row, rounded up to a power of two so few shapes get compiled."""
-    return 1 << max(0, math.ceil(math.log2(max(1, max_segment_id))))
+    """Static number of document slots per row: at least MIN_DOCUMENT_SLOTS, rounded up to a power of two,
+    so that few shapes get compiled."""
+    return max(MIN_DOCUMENT_SLOTS, 1 << max(0, math.ceil(math.log2(max(1, max_segment_id)))))
 
 
 class StatisticsPass:
