@@ -1,7 +1,7 @@
 """The tiktoken encoder of `data tokenize` (seallm_jax.tokenizer.fast_bpe) gives exactly the Hugging Face
 tokenizer's ids: every shipped document in every language, code points of every script, special-token
-strings in text, whitespace runs, CRLF, emojis, text NFC changes; tokenizers that do not qualify fall back,
-and a store is byte-identical whichever encoder wrote it."""
+strings in text, whitespace runs, CRLF, emojis, text NFC changes, the merges where equal ranks could
+disagree; tokenizers that do not qualify fall back, and a store is byte-identical whichever encoder wrote it."""
 import json
 import os
 import random
@@ -87,6 +87,45 @@ def test_special_tokens_whitespace_crlf_emojis_and_every_script(tokenizer, fast,
     assert_same(hf_ids(tokenizer, texts), fast.encode_batch(texts), texts)
 
 
+def bpe_pieces_differing(tokenizer, fast, pieces) -> list[str]:
+    """The byte-level pieces (one pre-token each, any bytes) on which the Rust BPE and tiktoken's differ."""
+    from seallm_jax.tokenizer.qwen2 import _byte_to_unicode
+
+    to_byte = {char: b for b, char in enumerate(_byte_to_unicode())}
+    model, core = tokenizer.backend_tokenizer.model, fast._core()
+    return [piece for piece in pieces
+            if [t.id for t in model.tokenize(piece)] != core.encode_single_piece(bytes(to_byte[c] for c in piece))]
+
+
+def equal_rank_hazards(tokenizer) -> list[tuple[str, str, str]]:
+    """Tokens t = X+Y = Y+Z whose merge (Y, Z) comes first in the Rust BPE's list: given X Y Z, the Rust
+    BPE merges Y+Z where tiktoken (equal ranks, leftmost) merges X+Y. Where the merges may differ."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    vocab = spec["vocab"]
+    order = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): i for i, m in enumerate(spec["merges"])}
+    hazards = []
+    for token in vocab:
+        for cut in range(1, len(token)):
+            left, middle = token[:cut], token[cut:]
+            if token.startswith(middle) and len(middle) < len(token) and left in vocab and middle in vocab:
+                right = token[len(middle):]
+                if order.get((middle, right), len(order)) < order[(left, middle)]:
+                    hazards.append((left, middle, right))
+    return hazards
+
+
+def test_bpe_agrees_where_equal_rank_merges_could_differ(tokenizer, fast):
+    """The one gap the ranks leave (fast_bpe.fast_encoder's docstring): every such triple of Qwen2's
+    vocabulary (~2,900), alone and between two vocabulary tokens, merges the same in both BPEs."""
+    hazards = equal_rank_hazards(tokenizer)
+    assert len(hazards) > 1000
+    rng = random.Random(2)
+    tokens = list(tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False))
+    pieces = ["".join(triple) for triple in hazards]
+    pieces += [rng.choice(tokens) + piece + rng.choice(tokens) for piece in pieces]
+    assert not bpe_pieces_differing(tokenizer, fast, pieces)
+
+
 def smollm2_style_trained(corpus_texts, qwen2_pre_tokenizer: bool) -> Tokenizer:
     """A byte-level BPE trained here (its merges are not ranks in tiktoken's sense), with GPT-2's
     regex as SmolLM2 has it, or with Qwen2's pre-tokenizer."""
@@ -156,3 +195,12 @@ def test_a_saved_qwen2_directory_qualifies_too(tmp_path, tokenizer, corpus_texts
     assert encoder is not None, fast_encoder_refusal(saved)
     texts = corpus_texts[::5] + hard_texts(corpus_texts)[:400]
     assert_same(hf_ids(saved, texts), encoder.encode_batch(texts), texts)
+
+
+@pytest.mark.slow
+def test_bpe_agrees_on_random_concatenations_of_tokens(tokenizer, fast):
+    """200,000 pieces of 2-4 random vocabulary tokens each, merged by both BPEs (no regex between)."""
+    rng = random.Random(3)
+    tokens = list(tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False))
+    pieces = ["".join(rng.choice(tokens) for _ in range(rng.randint(2, 4))) for _ in range(200_000)]
+    assert not bpe_pieces_differing(tokenizer, fast, pieces)
