@@ -5,6 +5,7 @@ The reading rules (formats, ids, the validation split, errors naming file and li
 """
 from __future__ import annotations
 
+import array
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -395,6 +396,16 @@ def _jsonl_documents(task: _Task, lines: list[str]) -> list[tuple[str, str]]:
     return documents
 
 
+def _token_array(ids) -> np.ndarray:
+    # A list of ints through array.array is 2-3x faster than np.asarray (5% of a tiktoken worker's time).
+    if isinstance(ids, list) and _UINT_IS_4_BYTES:
+        return np.frombuffer(array.array("I", ids), TOKEN_DTYPE)
+    return np.asarray(ids, TOKEN_DTYPE)
+
+
+_UINT_IS_4_BYTES = array.array("I").itemsize == 4 and sys.byteorder == "little"
+
+
 def _encode(adapter, texts: list[str], piece_chars: int) -> list[np.ndarray]:
     """Each text's token ids; long texts are encoded in pieces, in batches of bounded size."""
     pieces, owner = [], []
@@ -410,7 +421,7 @@ def _encode(adapter, texts: list[str], piece_chars: int) -> list[np.ndarray]:
             chars += len(pieces[stop])
             stop += 1
         for index, ids in zip(owner[start:stop], adapter.encode_batch(pieces[start:stop])):
-            encoded[index].append(np.asarray(ids, TOKEN_DTYPE))
+            encoded[index].append(_token_array(ids))
         start = stop
     return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in encoded]
 
