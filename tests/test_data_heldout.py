@@ -22,12 +22,14 @@ def heldout_losses(trainer, params, tokenizer, languages):
     """Mean validation cross-entropy per language over the same first batches of each."""
     import jax
 
-    from seallm_jax.data import pretraining_stream
+    from seallm_jax.data import SequentialLoader
+    from seallm_jax.data.tokenize import shipped_corpus_store
 
+    store = shipped_corpus_store(tokenizer)
     losses = {}
     for language in languages:
-        stream = pretraining_stream(languages=[language], split="validation", seq_len=SEQ_LEN, batch_size=BATCH,
-                                    tokenizer=tokenizer, max_epochs=1, shuffle=False)
+        stream = SequentialLoader([store.documents(language, "validation")], seq_len=SEQ_LEN, global_batch_size=BATCH,
+                                  pad_id=store.eos_id)
         loss_sum = tokens = 0.0
         for _, batch in zip(range(EVAL_BATCHES), stream):
             out = jax.device_get(trainer.eval_step(params, trainer.put_batch(batch)))

@@ -1,11 +1,12 @@
-"""Packing, segment ids, per-process shards, exact resume and language-mix token shares."""
+"""PackedStream (whole examples per row, as SFT packs conversations): segment ids, per-process shards,
+exact resume and language-mix token shares. Pretraining text is read by the token loader (test_data_loader)."""
 import json
 
 import numpy as np
 import pytest
 
-from seallm_jax.data import Document, Example, ExampleSource, Mixture, mixture_weights, pretraining_stream
-from seallm_jax.data.stream import PackedStream
+from seallm_jax.data import Document, Example, ExampleSource, Mixture, mixture_weights
+from seallm_jax.data.stream import PackedStream, build_mixture
 
 EOS = 1
 
@@ -26,10 +27,11 @@ def make_corpus(counts, seed=0):
     return corpus
 
 
-def stream(corpus, **kwargs):
-    defaults = dict(seq_len=32, batch_size=4, seed=0, tokenizer=char_encode, eos_id=EOS, pad_id=0)
-    defaults.update(kwargs)
-    return pretraining_stream(corpus=corpus, **defaults)
+def stream(corpus, *, seq_len=32, batch_size=4, **mixture_settings):
+    """Every document as an example: its characters then EOS, every target counted."""
+    examples = {language: [Example(char_encode(doc.text) + [EOS], [1.0] * (len(doc.text) + 1), language)
+                           for doc in documents] for language, documents in corpus.items()}
+    return PackedStream(build_mixture(examples, **mixture_settings), seq_len=seq_len, batch_size=batch_size, pad_id=0)
 
 
 def segments(batch):
@@ -52,7 +54,7 @@ def test_batches_follow_the_data_contract():
 
 def test_packing_segment_ids_positions_and_targets():
     corpus = {"vi": [Document("a", "vi", "abc"), Document("b", "vi", "defgh"), Document("c", "vi", "ij")]}
-    packed = stream(corpus, seq_len=16, batch_size=1, max_epochs=1, split_documents=False, shuffle=False)
+    packed = stream(corpus, seq_len=16, batch_size=1, max_epochs=1, shuffle=False)
     batch = next(packed)
     # "abc"+EOS gives 3 (input, target) pairs, "defgh"+EOS 5, "ij"+EOS 2; then padding.
     np.testing.assert_array_equal(batch["segment_ids"][0], [1] * 3 + [2] * 5 + [3] * 2 + [0] * 6)
@@ -65,7 +67,7 @@ def test_packing_segment_ids_positions_and_targets():
         next(packed)
 
 
-def test_split_documents_continue_in_the_next_row_as_a_new_segment():
+def test_an_example_longer_than_a_row_is_cut_into_row_sized_pieces():
     corpus = {"en": [Document("a", "en", "abcdefghijkl")]}  # 12 chars + EOS = 12 pairs
     packed = stream(corpus, seq_len=5, batch_size=3, max_epochs=1)
     batch = next(packed)
@@ -79,8 +81,7 @@ def test_process_shares_are_disjoint_and_cover_the_data():
     corpus = make_corpus({"th": 37, "km": 23})
     seen = []
     for process_index in range(3):
-        packed = stream(corpus, seq_len=64, process_index=process_index, process_count=3, max_epochs=1,
-                        split_documents=False)
+        packed = stream(corpus, seq_len=64, process_index=process_index, process_count=3, max_epochs=1)
         seen.append([tuple(segment) for batch in packed for segment in segments(batch)])
     everything = sorted(tuple(char_encode(doc.text)) for docs in corpus.values() for doc in docs)
     for first in range(3):
@@ -99,16 +100,15 @@ def test_order_depends_on_seed_and_epoch_only():
     assert not np.array_equal(source.epoch_order(0), source.epoch_order(1))
 
 
-@pytest.mark.parametrize("split_documents", [True, False])
-def test_resume_from_a_saved_position_gives_the_same_batches(split_documents):
+def test_resume_from_a_saved_position_gives_the_same_batches():
     corpus = make_corpus({"th": 25, "vi": 11, "lo": 7})
-    reference = stream(corpus, seq_len=24, batch_size=2, split_documents=split_documents)
+    reference = stream(corpus, seq_len=24, batch_size=2)
     for _ in range(7):  # several epochs of the small languages pass by
         next(reference)
     saved = json.loads(json.dumps(reference.state()))  # it must survive a JSON checkpoint
     expected = [next(reference) for _ in range(6)]
 
-    resumed = stream(corpus, seq_len=24, batch_size=2, split_documents=split_documents)
+    resumed = stream(corpus, seq_len=24, batch_size=2)
     resumed.restore(saved)
     for want in expected:
         got = next(resumed)
@@ -163,5 +163,3 @@ def test_stream_rejects_unknown_languages_and_empty_sources():
         stream(make_corpus({"xx": 3}))
     with pytest.raises(ValueError, match="empty source"):
         stream({"th": []})
-    with pytest.raises(ValueError, match="unknown language code"):
-        pretraining_stream(languages=["zz"], tokenizer=char_encode, eos_id=EOS)

@@ -388,7 +388,8 @@ class TokenLoader:
         them unless `allow_changes` (then the differences are returned, for a warning)."""
         if state.get("format") != STATE_FORMAT:
             raise DataChangedError("the checkpoint's data position is not from a token loader (it was saved "
-                                   "with another config.data.source); resume with the same source")
+                                   "with another config.data.source, or by a version that read source 'corpus' "
+                                   "with the old packing stream); resume with the same source")
         found = [] if state.get("fingerprint") == fingerprint(self.description) else (
             changes(state.get("data") or {}, self.description) or ["the data description"])
         if found and not allow_changes:

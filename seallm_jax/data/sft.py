@@ -270,5 +270,5 @@ def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | Sequence
                             token_caps=token_caps, max_epochs=max_epochs, seed=seed,
                             process_index=process_index, process_count=process_count, shuffle=shuffle)
     pad_id = adapter.eos_id if adapter.eos_id is not None else renderer.im_end
-    return PackedStream(mixture, seq_len=seq_len, batch_size=batch_size, split_examples=False,
+    return PackedStream(mixture, seq_len=seq_len, batch_size=batch_size,
                         pad_id=pad_id, report=report)

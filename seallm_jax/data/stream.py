@@ -1,18 +1,19 @@
-"""Packed, sharded, resumable batches: examples from a language mixture packed into fixed-length rows
-with segment ids (documents never attend to each other) in the data contract of docs/architecture.md.
+"""Packed, resumable batches of whole examples (SFT conversations) from a language mixture, with segment
+ids (examples never attend to each other) in the data contract of docs/architecture.md; and the tokenizer
+adapter the data code shares. Pretraining text is read by the token loader (`seallm_jax.data.loader`).
 """
 from __future__ import annotations
 
 import copy
 import os
-from typing import Callable, Iterator, Mapping, Sequence, Union
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from seallm_jax.data.corpus import Document, LoadReport, load_corpus, load_files
+from seallm_jax.data.corpus import LoadReport
 from seallm_jax.data.mixture import (DEFAULT_TEMPERATURE, Example, ExampleSource, Mixture, WeightMethod,
                                      mixture_weights)
-from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError
+from seallm_jax.errors import ConfigError, DataFormatError
 from seallm_jax.tokenizer.special import document_separator_id, special_token_id
 
 Encode = Callable[[str], list]
@@ -86,22 +87,20 @@ class PackedStream:
     """Batches `[batch_size, seq_len]` from a `Mixture`, packed with segment ids.
 
     Each row holds consecutive examples as segments 1, 2, ...; positions restart at 0 in every
-    segment; padding has segment id 0 and loss mask 0. With `split_examples=True` (pretraining) an
-    example that does not fit continues in the next row as a new segment; with False (SFT) it starts
-    a fresh row, and only an example longer than a whole row is cut into row-sized pieces.
+    segment; padding has segment id 0 and loss mask 0. An example that does not fit the rest of a row
+    starts a fresh row; only an example longer than a whole row is cut into row-sized pieces.
 
     `state()` is a small JSON-serialisable position; `restore(state)` makes the stream yield exactly
     the batches it would have yielded after that point.
     """
 
-    def __init__(self, mixture: Mixture, *, seq_len: int, batch_size: int, split_examples: bool = True,
+    def __init__(self, mixture: Mixture, *, seq_len: int, batch_size: int,
                  pad_id: int = 0, report: LoadReport | None = None):
         if seq_len < 1 or batch_size < 1:
             raise ConfigError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         self.mixture = mixture
         self.seq_len = seq_len
         self.batch_size = batch_size
-        self.split_examples = split_examples
         self.pad_id = pad_id
         self.report = report or LoadReport()
         # The example being placed, how many of its pairs are already placed, and the mixture state
@@ -171,7 +170,7 @@ class PackedStream:
                 if remaining <= 0:
                     self._pending = None
                     continue
-                if remaining > space and not self.split_examples and column > 0:
+                if remaining > space and column > 0:
                     break  # start this example on a fresh row
                 count = min(remaining, space)
                 segment += 1
@@ -194,18 +193,6 @@ class PackedStream:
                 "segment_ids": segment_ids, "positions": positions}
 
 
-def document_examples(documents: Sequence[Document], tokenizer: TokenizerAdapter) -> list[Example]:
-    """Pretraining examples: the document's tokens then <|endoftext|>, every target counted."""
-    if tokenizer.eos_id is None:
-        raise DataFormatError("the tokenizer has no <|endoftext|>, BOS or EOS token to separate documents; "
-                              "pass eos_id= explicitly")
-    examples = []
-    for document, tokens in zip(documents, tokenizer.encode_batch([doc.text for doc in documents])):
-        tokens = list(tokens) + [tokenizer.eos_id]
-        examples.append(Example(tokens, [1.0] * len(tokens), document.language))
-    return examples
-
-
 def build_mixture(examples: Mapping[str, Sequence[Example]], *, weighting: WeightMethod = "proportional",
                   weights: Mapping[str, float] | None = None, temperature: float = DEFAULT_TEMPERATURE,
                   token_caps: Mapping[str, int] | None = None, max_epochs: int | None = None,
@@ -218,49 +205,3 @@ def build_mixture(examples: Mapping[str, Sequence[Example]], *, weighting: Weigh
                                        process_count=process_count, shuffle=shuffle, max_epochs=max_epochs)
                for language, items in examples.items() if language in resolved}
     return Mixture(sources, resolved, token_caps)
-
-
-CorpusArg = Union[None, Mapping[str, Sequence[Document]], Mapping[str, Union[str, Sequence[str]]]]
-
-
-def _documents(corpus: CorpusArg, split: str | None, languages: Sequence[str] | None) -> dict[str, list[Document]]:
-    if corpus is None:
-        return load_corpus(split, languages)
-    if not corpus:
-        raise DataFormatError("empty source: the corpus has no languages")
-    first = next(iter(corpus.values()))
-    if isinstance(first, (str, os.PathLike)) or (first and isinstance(first[0], (str, os.PathLike))):
-        corpus = load_files(corpus, split=split)
-    if languages is not None:
-        missing = [language for language in languages if language not in corpus]
-        if missing:
-            raise UnknownLanguageError(f"no data for {missing}; the corpus has {', '.join(corpus)}")
-        corpus = {language: corpus[language] for language in languages}
-    for language, documents in corpus.items():
-        if not documents:
-            raise DataFormatError(f"empty source: no documents for language {language!r} in split {split!r}")
-    return dict(corpus)
-
-
-def pretraining_stream(*, languages: Sequence[str] | None = None, split: str | None = "train", seq_len: int = 512,
-                       batch_size: int = 8, seed: int = 0, tokenizer: object | None = None,
-                       process_index: int = 0, process_count: int = 1, corpus: CorpusArg = None,
-                       weighting: WeightMethod = "proportional", weights: Mapping[str, float] | None = None,
-                       temperature: float = DEFAULT_TEMPERATURE, token_caps: Mapping[str, int] | None = None,
-                       max_epochs: int | None = None, split_documents: bool = True, shuffle: bool = True,
-                       eos_id: int | None = None, pad_id: int | None = None) -> PackedStream:
-    """The pretraining / LSN stream over the shipped corpus (or `corpus`: {language: files}, split by
-    `split`, or {language: [Document]}, used as given); plain arguments so that an ml_collections
-    config can call it directly.
-
-    `batch_size` is per process; `max_epochs=None` repeats forever (reshuffled every epoch). For
-    held-out evaluation use split="validation", max_epochs=1, shuffle=False.
-    """
-    adapter = as_tokenizer(tokenizer, eos_id)
-    documents = _documents(corpus, split, languages)
-    examples = {language: document_examples(docs, adapter) for language, docs in documents.items()}
-    mixture = build_mixture(examples, weighting=weighting, weights=weights, temperature=temperature,
-                            token_caps=token_caps, max_epochs=max_epochs, seed=seed,
-                            process_index=process_index, process_count=process_count, shuffle=shuffle)
-    return PackedStream(mixture, seq_len=seq_len, batch_size=batch_size, split_examples=split_documents,
-                        pad_id=adapter.eos_id if pad_id is None else pad_id)

@@ -148,6 +148,16 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.data.weights gives a weight for {', '.join(unknown)}, which config.data.files "
                               f"has no file for (it has {', '.join(files)})")
     else:
+        if data.source == "corpus":  # the shipped corpus
+            from seallm_jax.data.corpus import shipped_languages
+            from seallm_jax.errors import UnknownLanguageError
+
+            shipped = shipped_languages()
+            missing = [language for language in data.languages if language not in shipped]
+            if missing:
+                raise UnknownLanguageError(
+                    f"config.data.languages: the shipped corpus has no {', '.join(repr(m) for m in missing)} (it has "
+                    f"{', '.join(shipped)}); give your own text with --config.data.files={missing[0]}=FILE")
         for path in data.get("files") or []:
             require_file(path, "config.data.files:")
 
@@ -173,8 +183,8 @@ def run_tokenizer(config: ml_collections.ConfigDict) -> Any:
 
 
 def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
-    """The token stores a run of source 'tokens' or 'corpus' (with files) reads, checked against the
-    model's tokenizer; None for the other sources. User files are tokenized once into a cached store."""
+    """The token stores a run of source 'tokens' or 'corpus' reads, checked against the model's tokenizer;
+    None for the other sources. User files and the shipped corpus are tokenized once into a cached store."""
     source = config.data.source
     if source == "tokens":
         stores = open_stores(config)
@@ -182,6 +192,10 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
         from seallm_jax.data.tokenize import ensure_store
 
         stores = [ensure_store(corpus_files(config), tokenizer=run_tokenizer(config))]
+    elif source == "corpus":
+        from seallm_jax.data.tokenize import shipped_corpus_store
+
+        stores = [shipped_corpus_store(run_tokenizer(config))]
     else:
         return None
     from seallm_jax.data.loader import check_tokenizers, tokenizer_matches
@@ -206,9 +220,7 @@ def fit_vocabulary(config: ml_collections.ConfigDict, log: Any = print) -> None:
     config.model.vocab_size is raised to fit (rounded up to a multiple of 128) when it is smaller."""
     if config.data.source not in ("tokens", "corpus") or config.model.get("init_from"):
         return
-    stores = data_stores(config)
-    # The shipped corpus without files is still read by the packing stream: its tokenizer's ids.
-    needed = max(store.vocab_size for store in stores) if stores is not None else len(run_tokenizer(config))
+    needed = max(store.vocab_size for store in data_stores(config))
     if int(config.model.vocab_size) < needed:
         fitted = -(-needed // 128) * 128
         log(f"model.vocab_size {int(config.model.vocab_size)} -> {fitted}: the token store's tokenizer has "
@@ -221,13 +233,10 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     """The batch source for `split` ('train' or 'eval') of `config.data.source` (None for 'eval' when the
     token stores hold no validation documents).
 
-    'tokens' and 'corpus' with `config.data.files` (tokenized once into a cached store) are the
-    deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a function of the
-    step, this process building rows [row_start, row_stop); 'eval' reads the stores' validation split.
-    'corpus' without files is still the packing stream over the shipped corpus
-    (`seallm_jax.data.stream.pretraining_stream`), this process reading its own shard of documents: the
-    notebook's fast settings (60 pretraining steps) select no Thai neuron after pretraining through the
-    loader, so that move waits for the notebook to be re-tuned.
+    'tokens' and 'corpus' (`config.data.files`, else the shipped corpus, tokenized once into a cached
+    store) are the deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a
+    function of the step, this process building rows [row_start, row_stop); 'eval' reads the stores'
+    validation split.
     'sft' is the chat stream (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines
     conversations) or, when empty, translation conversations from the shipped parallel corpus.
     """
@@ -245,13 +254,6 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     if stores is not None:
         return _store_source(config, stores, data_split, row_start=row_start, row_stop=row_stop, vocab_size=vocab_size)
     languages = list(data.languages) or list(DEFAULT_CORPUS_LANGUAGES)
-    if source == "corpus":
-        from seallm_jax.data.stream import pretraining_stream
-        return pretraining_stream(
-            languages=languages, split=data_split,
-            seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
-            tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
-            weighting=data.weighting, temperature=float(data.temperature))
     if source == "sft":
         from seallm_jax.data.sft import load_conversations, sft_stream
         # User files are split by the same id hash as the shipped corpus, so held-out loss is on
