@@ -26,6 +26,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU flags that tell two machines of one model name apart (the probe's cpu string is often just "AMD EPYC"):
+# full-width AVX-512, its bf16 dot products, Zen 5's vp2intersect, Intel's AMX tiles.
+NOTABLE_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vp2intersect", "amx_tile")
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in NOTABLE_CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def jax_matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     """Best float32 GFLOP/s of a jitted chain of 4 [size, size] matmuls on the default JAX device."""
     from benchmarks.common import matmul_flops
@@ -73,6 +90,7 @@ def probe() -> dict[str, Any]:
     device = jax.devices()[0]
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cpus": os.cpu_count(),
         "jax_device": f"{device.platform}:{getattr(device, 'device_kind', '?')}",
         "jax_version": jax.__version__,
@@ -86,7 +104,8 @@ def probe() -> dict[str, Any]:
 def probe_text(machine: dict[str, Any]) -> str:
     torch = machine.get("torch_matmul_gflops")
     load = " ".join(f"{v:.2f}" for v in machine.get("load_average", []))
-    return (f"machine: {machine['cpu']} x{machine['cpus']} ({machine['jax_device']}); float32 matmul JAX "
+    flags = ",".join(machine.get("cpu_flags") or []) or "-"
+    return (f"machine: {machine['cpu']} x{machine['cpus']} [{flags}] ({machine['jax_device']}); float32 matmul JAX "
             f"{machine['jax_matmul_gflops']:.0f} GFLOP/s, torch {'-' if torch is None else f'{torch:.0f}'} GFLOP/s; "
             f"copy {machine['copy_gbps']:.1f} GB/s; load average {load}")
 

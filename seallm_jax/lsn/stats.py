@@ -410,9 +410,10 @@ def _progress_bar(enabled: bool, language: str, max_tokens: int | None):
 
 def compute_statistics(model: nnx.Module, batches_by_language: Mapping[str, Iterable[Batch]], *,
                        top_k: int | None = None, mesh: Mesh | None = None, max_tokens: int | None = None,
-                       progress: bool = False, metadata: dict | None = None) -> NeuronStats:
-    """NeuronStats of every language (one compiled pass reused across languages), merged into one object."""
-    statistics_pass = StatisticsPass(model, top_k=top_k, mesh=mesh, metadata=metadata)
+                       progress: bool = False, metadata: dict | None = None, plnd: bool = True) -> NeuronStats:
+    """NeuronStats of every language (one compiled pass reused across languages), merged into one object
+    (`plnd=False`: the LAPE counts only, see `StatisticsPass`)."""
+    statistics_pass = StatisticsPass(model, top_k=top_k, mesh=mesh, metadata=metadata, plnd=plnd)
     merged: NeuronStats | None = None
     seconds: dict[str, float] = {}
     for language, batches in batches_by_language.items():
