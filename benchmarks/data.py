@@ -178,7 +178,7 @@ CEILING_SCRIPT = textwrap.dedent("""
     import json, sys, time, unicodedata
     import numpy as np
     from seallm_jax.data.stream import as_tokenizer
-    from seallm_jax.data.tokenize import split_long_text
+    from seallm_jax.data.tokenize import _token_array, split_long_text
     from seallm_jax.tokenizer.fast_bpe import fast_encoder
 
     path, size = sys.argv[1], int(sys.argv[2])
@@ -221,7 +221,7 @@ CEILING_SCRIPT = textwrap.dedent("""
     t = clock(); [regex.search(piece) for piece in pieces]; stages["added_token_scan"] = clock() - t
     t = clock(); normal = [unicodedata.normalize("NFC", piece) for piece in pieces]; stages["nfc"] = clock() - t
     t = clock(); ids = [core.encode_ordinary(piece) for piece in normal]; stages["tiktoken_bpe"] = clock() - t
-    t = clock(); arrays = [np.asarray(i, np.uint32) for i in ids]; flat = np.concatenate(arrays); stages["to_arrays"] = clock() - t
+    t = clock(); arrays = [_token_array(i) for i in ids]; flat = np.concatenate(arrays); stages["to_arrays"] = clock() - t
     print(json.dumps({"bytes": read, "hf": hf, "fast": fast_result, "fast_stages": stages}))
 """)
 
