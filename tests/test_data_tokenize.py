@@ -172,9 +172,16 @@ def test_killed_and_rerun_gives_a_byte_identical_store(tmp_path, tokenizer, reco
     progress = out / ".progress"
     while time.time() < deadline and len(list(progress.glob("th-*.json"))) < 3 and process.poll() is None:
         time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)  # the command and its workers, wherever they are
+    import psutil
+
+    workers = psutil.Process(process.pid).children(recursive=True)
+    os.kill(process.pid, signal.SIGKILL)  # the command alone, as the OOM killer does: its workers must follow
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    for worker in alive:
+        worker.kill()
+    assert workers and not alive, f"{len(alive)} of {len(workers)} workers outlived the killed command"
     done = sorted(progress.glob("th-*.json"))
     assert 3 <= len(done) < len(reference.manifest["languages"]["th"]["splits"]["train"]["shards"])
     assert not (out / "manifest.json").exists()

@@ -317,9 +317,24 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _init_worker(tokenizer: object, pooled: bool = True) -> None:
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """Ends this worker once the process that started it is gone. A parent killed on its own (the OOM
+    killer, `kill -9 PID`) leaves pool workers blocked on its queue for ever: they would hold memory, and
+    one mid-chunk could still write a shard beside the rerun's."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+    threading.Thread(target=watch, name="seallm-jax-parent-watch", daemon=True).start()
+
+
+def _init_worker(tokenizer: object, pooled: bool = True, parent: int | None = None) -> None:
     if pooled:  # one of N worker processes already: the tokenizer's own thread pool would oversubscribe
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if parent is not None:
+        _exit_with_parent(parent)
     global _ADAPTER
     if type(tokenizer).__module__.startswith("tokenizers"):
         _ADAPTER = _RustEncoder(tokenizer)
@@ -644,7 +659,7 @@ def _run_chunks(out: str, sources: Mapping[str, Sequence[Source]], settings: Tok
     executor = None
     if workers > 1:
         executor = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=_worker_context(), initializer=_init_worker, initargs=(tokenizer,))
+            workers, mp_context=_worker_context(), initializer=_init_worker, initargs=(tokenizer, True, os.getpid()))
     else:
         _init_worker(tokenizer, pooled=False)
     pending: dict[concurrent.futures.Future, int] = {}
