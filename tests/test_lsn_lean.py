@@ -196,7 +196,7 @@ def test_lean_training_through_the_command_resumes(neuron_file, tmp_path, param_
     import subprocess
     import sys
 
-    from tests.train_helpers import cli_env, metrics
+    from train_helpers import cli_env, metrics
 
     path, _ = neuron_file
     args = ["--config.lsn.neurons=" + path, "--config.lsn.languages=th", "--config.lsn.lean=true",
