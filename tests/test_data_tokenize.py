@@ -211,7 +211,7 @@ def run_cli(argv, capsys):
     return code, capsys.readouterr().err.strip()
 
 
-@pytest.mark.parametrize("case", ["empty", "blank", "malformed", "language", "missing", "field", "mixed"])
+@pytest.mark.parametrize("case", ["empty", "blank", "malformed", "surrogate", "language", "missing", "field", "mixed"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, records, case):
     path = tmp_path / "th.jsonl"
     lines = [json.dumps(r, ensure_ascii=False) for r in records[:30]]
@@ -226,6 +226,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, reco
         lines[16] = lines[16][:-5]
         path.write_text("\n".join(lines) + "\n")
         expected = "th.jsonl:17: malformed JSON line"
+    elif case == "surrogate":
+        lines[20] = '{"text": "ok \\ud83d\\ude00 then \\ud800 alone"}'  # a pair is fine, a lone half is not
+        path.write_text("\n".join(lines) + "\n")
+        expected = "th.jsonl:21: the text holds a lone surrogate escape (\\ud800)"
     elif case == "language":
         write_jsonl(path, records[:3])
         spec = f"xx={path}"

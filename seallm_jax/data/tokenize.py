@@ -406,9 +406,23 @@ def _jsonl_documents(task: _Task, lines: list[str]) -> list[tuple[str, str]]:
             check_language(language, f"{source.path}:{number}")
             raise DataFormatError(f"{source.path}:{number}: a {language!r} record in a file given as "
                                   f"{task.language}={source.path}; give each language its own file")
+        if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+            _require_unicode(text, f"{source.path}:{number}")
         if text.strip():
             documents.append((str(record.get("id", f"{source.name}:{number}")), text))
     return documents
+
+
+# JSON may escape a UTF-16 surrogate that has no partner (`"\ud800"`): json.loads accepts it, no encoder can.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _require_unicode(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataFormatError(f"{where}: the text holds a lone surrogate escape (\\u{ord(text[error.start]):04x}), "
+                              "which is no Unicode character; fix or drop the line") from None
 
 
 def _token_array(ids) -> np.ndarray:
