@@ -90,14 +90,14 @@ class LMHead(NamedTuple):
 def head_logits(hidden: Array, head: LMHead) -> Array:
     """float32 logits [batch, length, vocab] of the final-norm `hidden` [batch, length, embed].
 
-    The matmul writes float32 itself (`preferred_element_type`), whatever the compute dtype: with bf16
-    weights the logits are not rounded to bf16 and then converted, a second pass over the largest array
-    of a forward (at 4,096 tokens and Qwen2's vocabulary, 1.2 GB read and 2.5 GB written again). The
-    tied embedding is used as stored, `[vocab, embed]`: the dot contracts its minor dimension directly
-    (no transposed copy in the program, on CPU or GPU)."""
+    The tied embedding is used as stored, `[vocab, embed]`: the dot contracts its minor dimension directly
+    (no transposed copy in the program, on CPU or GPU). The dot runs in the compute dtype and its result is
+    cast: asking it for float32 output instead (`preferred_element_type`) would save bf16's convert pass
+    over the logits, but JAX's transpose of such a dot takes the float32 cotangent, so a differentiated
+    full-logits loss would run its head-gradient matmuls in float32 and its bf16 gradients would change."""
     spec = "ble,ve->blv" if head.vocab_first else "ble,ev->blv"
-    logits = jnp.einsum(spec, hidden.astype(head.weight.dtype), head.weight, preferred_element_type=jnp.float32)
-    return constrain(logits, LOGITS_AXES)
+    logits = jnp.einsum(spec, hidden.astype(head.weight.dtype), head.weight)
+    return constrain(logits, LOGITS_AXES).astype(jnp.float32)
 
 
 class CacheSlot(NamedTuple):
