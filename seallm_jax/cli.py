@@ -78,6 +78,21 @@ def _user_message(error: BaseException) -> str | None:
     return None
 
 
+def _one_line_warnings() -> None:
+    """Our UserWarnings (data skipped, truncated, ...) as one `warning: ...` line, without the source line
+    that Python's default format adds; other warnings keep their format."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and "seallm_jax" in str(filename) + str(getattr(message, "__module__", "")):
+            print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere on the line, not only before the command.
@@ -90,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         args.overrides = unknown
     command = _command_name(parser, argv)
+    if not debug:
+        _one_line_warnings()
     try:
         result = args.func(args)
     except KeyboardInterrupt as interrupt:

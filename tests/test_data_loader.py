@@ -137,7 +137,7 @@ def test_realised_mixture_shares_match_the_weights_in_every_block(arrays):
 
 def test_an_epoch_visits_every_window_once_and_the_next_epoch_reorders_them(arrays):
     data = loader(arrays({"th": 80}), {"th": 1.0}, global_batch_size=4)
-    count = data.windows["th"].count
+    count = data.units["th"].count
     plans = [plan for step in range(2 * count // 4) for plan in data.row_plan(step)]
     first, second = [w for _, e, w in plans if e == 0], [w for _, e, w in plans if e == 1]
     assert sorted(first) == list(range(count)) and sorted(second) == list(range(count))

@@ -5,7 +5,7 @@ import pytest
 
 from hf_models import save_smollm2_style_tokenizer
 from seallm_jax import cli
-from seallm_jax.data.stream import TokenizerAdapter
+from seallm_jax.data.tokenizer_adapter import TokenizerAdapter
 from seallm_jax.errors import DataFormatError
 from seallm_jax.tokenizer import document_separator_id, load_tokenizer, special_token_id
 from train_helpers import TINY, metrics

@@ -8,13 +8,14 @@ import argparse
 from seallm_jax.cli_args import parse_languages
 from seallm_jax.data.corpus import SPLITS, Document, load_corpus, load_files
 from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, mixture_weights
+from seallm_jax.data.sft import QWEN2_DEFAULT_SYSTEM
 from seallm_jax.errors import ConfigError, UserError, require_dir
 from seallm_jax.files import check_output_dir
 
 
 def corpus_stats(corpus: dict[str, list[Document]], tokenizer: object | None = None) -> list[dict]:
     """Per language: documents, tokens and share of all tokens."""
-    from seallm_jax.data.stream import as_tokenizer
+    from seallm_jax.data.tokenizer_adapter import as_tokenizer
 
     adapter = as_tokenizer(tokenizer)
     rows = []
@@ -105,9 +106,11 @@ def _tokenize(args: argparse.Namespace) -> int:
         require_dir(args.tokenizer, "--tokenizer")
     from seallm_jax.data.tokenize import tokenize_files
 
+    conversations = {"kind": "conversations", "default_system": args.default_system or None} \
+        if args.conversations else {}
     store = tokenize_files(files, args.out, tokenizer=args.tokenizer, text_field=args.text_field,
                            text_unit=args.text_unit, workers=args.workers, encoder=args.encoder,
-                           chunk_bytes=int(args.chunk_mb * 1e6), progress=not args.no_progress)
+                           chunk_bytes=int(args.chunk_mb * 1e6), progress=not args.no_progress, **conversations)
     print(f"token store {store.path} ({store.fingerprint[:12]}):")
     print(f"{'language':<9}{'split':<12}{'documents':>11}{'tokens':>14}{'shards':>8}")
     for language in store.languages:
@@ -156,6 +159,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="fast: tiktoken with exactly the tokenizer's ids (byte-level BPE such as Qwen2's; "
                           "an error for others); hf: the tokenizer itself; auto (default): fast on inputs of "
                           "32 MB or more when the tokenizer qualifies. The store is the same either way")
+    tokenize.add_argument("--conversations", action="store_true",
+                          help="the inputs are JSON-lines conversations ({\"messages\": [{\"role\", \"content\"}, ...]}), "
+                          "stored rendered with ChatML with an assistant-only loss mask, for SFT (docs/data.md)")
+    tokenize.add_argument("--default-system", default=QWEN2_DEFAULT_SYSTEM, metavar="TEXT",
+                          help="with --conversations: the system message inserted where a conversation has none "
+                          "(default: Qwen2's, as its chat template does; '' inserts none)")
     tokenize.add_argument("--no-progress", action="store_true", help="no progress bar")
     tokenize.set_defaults(func=_tokenize)
 

@@ -1,9 +1,10 @@
 """The one deterministic loader of token stores: the batch at step s is a pure function of (seed, data
 config, store fingerprints, s), each process builds only its own rows, and resume is O(1).
 
-`TokenLoader` mixes languages for training (windows of `seq_len + 1` tokens, permuted per epoch by a keyed
-Feistel permutation, languages realised per block of rows by largest remainder); `SequentialLoader`
-reads every window (or every document) of a split once, in order, for statistics and held-out eval.
+`TokenLoader` mixes languages for training (rows are windows of `seq_len + 1` tokens, or for conversation
+stores packs of whole conversations; permuted per epoch by a keyed Feistel permutation, languages realised
+per block of rows by largest remainder); `SequentialLoader` reads every window (or every document) of a
+split once, in order, for statistics and held-out eval.
 Batches follow the data contract of docs/architecture.md.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, WeightMethod, mixture_w
 from seallm_jax.errors import ConfigError, DataFormatError, UnknownLanguageError, UserError
 
 Batch = dict[str, np.ndarray]
+Pack = Literal["windows", "documents"]
+Truncation = Literal["turns", "tokens", "drop"]
+TRUNCATIONS = ("turns", "tokens", "drop")
 STATE_FORMAT = "seallm-jax-token-loader"
 # Rows per mixture block: each block holds every language's share to within one row, so the realised
 # share of a language deviates from its weight by at most 1/DEFAULT_BLOCK_ROWS over any block.
@@ -199,6 +203,13 @@ class _Windows:
         self.cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.count = int(self.cumulative[-1])
 
+    def fill(self, batch: Batch, rows: np.ndarray, indices: np.ndarray) -> None:
+        """Write windows `indices` into batch rows `rows`."""
+        which, starts, stops = self.locate(indices)
+        for number in np.unique(which).tolist():
+            group = which == number
+            fill_windows(batch, rows[group], self.arrays[number], starts[group], stops[group])
+
     def window(self, index: int) -> tuple[DocumentArray, int, int]:
         which, starts, stops = self.locate(np.asarray([index]))
         return self.arrays[int(which[0])], int(starts[0]), int(stops[0])
@@ -209,6 +220,90 @@ class _Windows:
         starts = (indices - self.cumulative[which]) * self.seq_len
         sizes = np.asarray([int(array.num_tokens) for array in self.arrays], np.int64)
         return which, starts, np.minimum(starts + self.seq_len + 1, sizes[which])
+
+
+class _Packs:
+    """One language's rows of whole documents (conversations): the documents, in an order fixed by the
+    seed, packed greedily (one that does not fit the rest of a row starts the next row), never cut across
+    rows. A document longer than a row (`seq_len + 1` tokens) is shortened by `truncation`: "turns" keeps
+    its longest prefix ending with an assistant answer (its last masked token), "tokens" its first
+    `seq_len + 1` tokens (if they hold a masked one), "drop" drops it; one left with nothing to learn is
+    dropped. The store's document separator is not read (it is never a target).
+
+    Unlike windows, the plan reads every document's offsets once (8 bytes a document): conversation sets
+    are small next to pretraining text.
+    """
+
+    def __init__(self, arrays: Sequence[DocumentArray], seq_len: int, *, key: int, truncation: Truncation,
+                 language: str = ""):
+        if truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation {truncation!r}: expected one of {', '.join(TRUNCATIONS)}")
+        self.arrays = list(arrays)
+        self.seq_len = seq_len
+        self.documents = self.truncated = self.dropped = 0
+        self.starts, self.stops, self.row_first, self.array_of_row = [], [], [], []
+        counts = []
+        for number, array in enumerate(self.arrays):
+            offsets = np.asarray(array.offsets, np.int64)
+            starts, stops = offsets[:-1], offsets[1:] - 1  # without the separator
+            self.documents += len(starts)
+            order = permute(np.arange(len(starts)), len(starts), _key(key, number))
+            starts, stops = starts[order], stops[order]
+            stops = self._shorten(array, starts, stops, truncation)
+            keep = stops - starts > 1
+            starts, stops = starts[keep], stops[keep]
+            row_first = _greedy_rows(stops - starts - 1, seq_len)
+            self.starts.append(starts)
+            self.stops.append(stops)
+            self.row_first.append(row_first)
+            counts.append(len(row_first) - 1)
+        self.cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.count = int(self.cumulative[-1])
+
+    def _shorten(self, array: DocumentArray, starts: np.ndarray, stops: np.ndarray, truncation: Truncation) -> np.ndarray:
+        stops = stops.copy()
+        limit = self.seq_len + 1
+        for index in np.flatnonzero(stops - starts > limit).tolist():
+            start = int(starts[index])
+            mask = array.loss_mask(start, start + limit + 1)  # the document is longer than that
+            cut = 0
+            if truncation == "turns" and mask is not None:
+                mask = np.asarray(mask, bool)
+                # An answer ends where a masked token is followed by an unmasked one.
+                ends = np.flatnonzero(mask[:limit] & ~mask[1:limit + 1])
+                cut = int(ends[-1]) + 1 if len(ends) else 0
+            elif truncation == "tokens" and (mask is None or np.asarray(mask[1:limit]).any()):
+                cut = limit
+            if cut > 1:
+                self.truncated += 1
+            else:
+                self.dropped += 1
+            stops[index] = start + cut
+        return stops
+
+    def fill(self, batch: Batch, rows: np.ndarray, indices: np.ndarray) -> None:
+        """Write packs `indices` into batch rows `rows`."""
+        which = np.searchsorted(self.cumulative, indices, side="right") - 1
+        for row, number, index in zip(rows.tolist(), which.tolist(), indices.tolist()):
+            local = index - int(self.cumulative[number])
+            first, last = int(self.row_first[number][local]), int(self.row_first[number][local + 1])
+            ranges = list(zip(self.starts[number][first:last].tolist(), self.stops[number][first:last].tolist()))
+            fill_row(batch, row, self.arrays[number], ranges)
+
+
+def _greedy_rows(pairs: np.ndarray, seq_len: int) -> np.ndarray:
+    """Row boundaries of documents of `pairs` input/target pairs each (all <= seq_len), packed in order:
+    the index of each row's first document, then len(pairs)."""
+    firsts = [0]
+    column = 0
+    for index, count in enumerate(pairs.tolist()):
+        if column + count > seq_len:
+            firsts.append(index)
+            column = 0
+        column += count
+    if len(pairs) == 0:
+        return np.zeros(1, np.int64)
+    return np.asarray(firsts + [len(pairs)], np.int64)
 
 
 def _largest_remainder(weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -249,14 +344,17 @@ class TokenLoader:
 
     Row r of the run (step * global_batch_size + i) lies in mixture block r // block_rows; each block
     holds each language's row count by largest remainder of its weight, in an order permuted by
-    (seed, block). A language's k-th row is window `permute(k mod W, W, key(seed, language, epoch))`
-    of its W windows, epoch = k // W. This process builds rows [row_start, row_stop) of each step.
+    (seed, block). A language's k-th row is unit `permute(k mod W, W, key(seed, language, epoch))`
+    of its W units, epoch = k // W. This process builds rows [row_start, row_stop) of each step.
+    A unit is a window of `seq_len + 1` tokens (pack="windows"), or a pack of whole documents
+    (pack="documents", conversations; see `_Packs` for `truncation`).
     """
 
     def __init__(self, sources: Mapping[str, Sequence[DocumentArray]], weights: Mapping[str, float], *,
                  seq_len: int, global_batch_size: int, row_start: int = 0, row_stop: int | None = None,
                  seed: int = 0, block_rows: int = 0, pad_id: int = 0,
-                 description: Mapping[str, Any] | None = None):
+                 description: Mapping[str, Any] | None = None, pack: Pack = "windows",
+                 truncation: Truncation = "turns"):
         if seq_len < 1 or global_batch_size < 1:
             raise ConfigError(f"seq_len and global_batch_size must be positive, got {seq_len}, {global_batch_size}")
         row_stop = global_batch_size if row_stop is None else row_stop
@@ -269,10 +367,20 @@ class TokenLoader:
         self.languages = [language for language in sources if weights.get(language, 0) > 0]
         if not self.languages:
             raise ConfigError("the mixture gives no language a positive weight")
-        self.windows = {language: _Windows(sources[language], seq_len, cover_tail=False) for language in self.languages}
-        for language, windows in self.windows.items():
-            if windows.count == 0:
-                raise DataFormatError(f"empty source: language {language!r} has no tokens to train on")
+        if pack not in ("windows", "documents"):
+            raise ConfigError(f"pack={pack!r}: expected 'windows' or 'documents'")
+        self.units: dict[str, _Windows | _Packs] = {}
+        for language in self.languages:
+            if pack == "windows":
+                self.units[language] = _Windows(sources[language], seq_len, cover_tail=False)
+            else:
+                packs = self.units[language] = _Packs(sources[language], seq_len, truncation=truncation,
+                                                      key=_key(seed, zlib.crc32(language.encode()), 0x7061636B))
+                _report_truncation(language, packs, seq_len, truncation)
+            if self.units[language].count == 0:
+                raise DataFormatError(f"empty source: language {language!r} has no tokens to train on"
+                                      + (f" (no conversation fits {seq_len + 1} tokens under truncation="
+                                         f"{truncation!r})" if pack == "documents" else ""))
         self.weights = {language: float(weights[language]) for language in self.languages}
         self.seq_len, self.global_batch_size = seq_len, global_batch_size
         self.row_start, self.row_stop = row_start, row_stop
@@ -286,6 +394,8 @@ class TokenLoader:
         self.description = dict(description or {})
         self.description.update(weights=self.weights, seq_len=seq_len, global_batch_size=global_batch_size,
                                 seed=self.seed, block_rows=self.block_rows)
+        if pack == "documents":
+            self.description.update(pack=pack, truncation=truncation)
         self.step = 0
 
     # -- the schedule ------------------------------------------------------------------------------
@@ -308,7 +418,7 @@ class TokenLoader:
         return cached
 
     def row_plan(self, step: int) -> list[tuple[str, int, int]]:
-        """(language, epoch, window) of this process's rows at `step`."""
+        """(language, epoch, unit) of this process's rows at `step`."""
         languages, epochs, windows = self._plan(step)
         return [(self.languages[int(language)], int(epoch), int(window))
                 for language, epoch, window in zip(languages, epochs, windows)]
@@ -326,7 +436,7 @@ class TokenLoader:
             ordinals[here] = ordinal[inside[here]]
         counts = np.asarray([self.block_counts[language] for language in self.languages], np.int64)
         k = blocks * counts[languages] + ordinals  # the row's number among its language's rows
-        sizes = np.asarray([self.windows[language].count for language in self.languages], np.int64)
+        sizes = np.asarray([self.units[language].count for language in self.languages], np.int64)
         epochs, indices = np.divmod(k, sizes[languages])
         windows = np.empty(len(rows), np.int64)
         for language, epoch in {(int(a), int(b)) for a, b in zip(languages, epochs)}:
@@ -342,11 +452,7 @@ class TokenLoader:
         languages, _, windows = self._plan(step)
         for language in np.unique(languages).tolist():
             rows = np.flatnonzero(languages == language)
-            source = self.windows[self.languages[language]]
-            which, starts, stops = source.locate(windows[rows])
-            for number in np.unique(which).tolist():
-                group = which == number
-                fill_windows(batch, rows[group], source.arrays[number], starts[group], stops[group])
+            self.units[self.languages[language]].fill(batch, rows, windows[rows])
         return batch
 
     def rows_consumed(self, steps: int) -> dict[str, int]:
@@ -362,9 +468,9 @@ class TokenLoader:
         return consumed
 
     def epochs(self, steps: int | None = None) -> dict[str, float]:
-        """Passes over each language's windows in the first `steps` steps (default: so far)."""
+        """Passes over each language's units in the first `steps` steps (default: so far)."""
         consumed = self.rows_consumed(self.step if steps is None else steps)
-        return {language: consumed[language] / self.windows[language].count for language in self.languages}
+        return {language: consumed[language] / self.units[language].count for language in self.languages}
 
     def metrics(self) -> dict[str, float]:
         """Epochs of the languages that repeat (more than one pass so far), for the training log."""
@@ -398,6 +504,16 @@ class TokenLoader:
                 "same data, or pass --config.data.allow_data_changes=true to continue at the saved step anyway")
         self.step = int(state["step"])
         return found
+
+
+def _report_truncation(language: str, packs: _Packs, seq_len: int, truncation: str) -> None:
+    """Nothing shortened or dropped silently: a warning says how many conversations did not fit a row."""
+    if packs.truncated or packs.dropped:
+        import warnings
+
+        warnings.warn(f"{language}: {packs.truncated + packs.dropped} of {packs.documents} conversations do not fit "
+                      f"a row of {seq_len + 1} tokens: {packs.truncated} truncated, {packs.dropped} dropped "
+                      f"(truncation={truncation!r})", stacklevel=3)
 
 
 class SequentialLoader:
@@ -597,9 +713,16 @@ def mixture_from_stores(arrays: Mapping[str, Sequence[Any]], *, weighting: Weigh
 def token_loader(stores: Sequence[Any], *, languages: Sequence[str] | None, split: str = "train", seq_len: int,
                  global_batch_size: int, row_start: int = 0, row_stop: int | None = None, seed: int = 0,
                  weighting: WeightMethod = "proportional", weights: Mapping[str, float] | None = None,
-                 temperature: float = DEFAULT_TEMPERATURE, block_rows: int = 0) -> TokenLoader:
-    """A `TokenLoader` over opened `TokenStore`s; its state carries the stores' and tokenizer's fingerprints."""
+                 temperature: float = DEFAULT_TEMPERATURE, block_rows: int = 0,
+                 truncation: Truncation = "turns") -> TokenLoader:
+    """A `TokenLoader` over opened `TokenStore`s; its state carries the stores' and tokenizer's fingerprints.
+    Text stores give windows; conversation stores (`data tokenize --conversations`) whole conversations
+    per row, `truncation` deciding what happens to one longer than a row."""
     tokenizer = check_tokenizers(stores)
+    kinds = {getattr(store, "kind", "text") for store in stores}
+    if len(kinds) > 1:
+        raise DataFormatError(f"the token stores mix documents and conversations ({', '.join(str(s.path) for s in stores)}"
+                              "); train on text and on conversations in separate runs")
     arrays = resolve_languages(stores, languages, split)
     resolved = mixture_from_stores(arrays, weighting=weighting, weights=weights, temperature=temperature)
     description = {"split": split, "tokenizer": tokenizer,
@@ -611,4 +734,5 @@ def token_loader(stores: Sequence[Any], *, languages: Sequence[str] | None, spli
                    "languages": list(arrays)}
     return TokenLoader(arrays, resolved, seq_len=seq_len, global_batch_size=global_batch_size, row_start=row_start,
                        row_stop=row_stop, seed=seed, block_rows=block_rows, pad_id=stores[0].eos_id,
-                       description=description)
+                       description=description, pack="documents" if kinds == {"conversations"} else "windows",
+                       truncation=truncation)

@@ -1,6 +1,7 @@
 """Supervised fine-tuning data: JSON-lines conversations rendered with Qwen2's ChatML template, loss on
-assistant tokens only, packed several per row, mixed across languages; plus translation SFT from the
-shipped parallel corpus.
+assistant tokens only; translation conversations from the shipped parallel corpus. Conversations reach
+training as a token store (`data tokenize --conversations`, or `conversation_store` for the files of a
+config), read by the token loader packing whole conversations per row (`seallm_jax.data.loader`).
 """
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from typing import Literal, Mapping, Sequence
 
 from seallm_jax.data.corpus import (LoadReport, OnError, check_language, load_parallel, read_jsonl,
                                     shipped_languages, split_of)
-from seallm_jax.data.mixture import DEFAULT_TEMPERATURE, Example, WeightMethod
-from seallm_jax.data.stream import PackedStream, TokenizerAdapter, as_tokenizer, build_mixture
-from seallm_jax.errors import ConfigError, DataFormatError
+from seallm_jax.data.tokenizer_adapter import as_tokenizer
+from seallm_jax.errors import DataFormatError
 from seallm_jax.languages import LANGUAGE_NAMES
 from seallm_jax.tokenizer.special import IM_END, IM_START
 
@@ -103,99 +103,51 @@ def load_conversations(paths: str | os.PathLike | Sequence[str | os.PathLike], *
     return grouped
 
 
-class ChatMLRenderer:
-    """Qwen2 ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message. The loss covers each
-    assistant message's content and its `<|im_end|>`, nothing else."""
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Qwen2's ChatML as token ids: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message, and Qwen2's
+    default system message first when a conversation has none. Made once from a tokenizer; rendering then
+    needs only each message's content tokens, so `data tokenize` workers render without the tokenizer.
+    The loss covers each assistant message's content and its `<|im_end|>`, nothing else."""
 
-    def __init__(self, tokenizer: TokenizerAdapter, default_system: str | None = QWEN2_DEFAULT_SYSTEM):
-        self.tokenizer = tokenizer
-        self.default_system = default_system
-        self.im_start = tokenizer.special_id(IM_START)
-        self.im_end = tokenizer.special_id(IM_END)
-        self._newline = list(tokenizer.encode("\n"))
-        self._role_header = {role: [self.im_start] + list(tokenizer.encode(f"{role}\n")) for role in ROLES}
-        self._default_system_tokens = list(tokenizer.encode(default_system)) if default_system else []
+    headers: Mapping[str, tuple[int, ...]]       # role -> `<|im_start|>{role}\\n`
+    im_end: int
+    newline: tuple[int, ...]
+    default_system: tuple[int, ...] | None       # the inserted system message's content tokens, or none
 
-    def message_pieces(self, conversation: Conversation, contents: Sequence[Sequence[int]] | None = None
-                       ) -> list[tuple[list[int], list[float], str]]:
-        """(tokens, per-token loss mask, role) for each message, default system message included.
-        `contents` are the messages' content tokens when already encoded (batch encoding)."""
-        messages = list(conversation.messages)
-        if contents is None:
-            contents = [self.tokenizer.encode(message.content) for message in messages]
-        contents = list(contents)
-        if self.default_system is not None and messages[0].role != "system":
-            messages.insert(0, Message("system", self.default_system))
-            contents.insert(0, self._default_system_tokens)
-        pieces = []
-        for message, content in zip(messages, contents):
-            header = self._role_header[message.role]
-            tokens = header + list(content) + [self.im_end] + self._newline
-            trained = 1.0 if message.role == "assistant" else 0.0
-            mask = [0.0] * len(header) + [trained] * (len(content) + 1) + [0.0] * len(self._newline)
-            pieces.append((tokens, mask, message.role))
-        return pieces
+    @classmethod
+    def from_tokenizer(cls, tokenizer: object, default_system: str | None = QWEN2_DEFAULT_SYSTEM) -> "ChatTemplate":
+        adapter = as_tokenizer(tokenizer)
+        im_start = adapter.special_id(IM_START)
+        return cls(headers={role: (im_start, *adapter.encode(f"{role}\n")) for role in ROLES},
+                   im_end=adapter.special_id(IM_END), newline=tuple(adapter.encode("\n")),
+                   default_system=tuple(adapter.encode(default_system)) if default_system else None)
 
-    def render(self, conversation: Conversation, max_tokens: int | None = None,
-               truncation: Truncation = "turns", report: LoadReport | None = None,
-               contents: Sequence[Sequence[int]] | None = None) -> Example | None:
-        """The conversation as one example of at most `max_tokens` tokens, or None when the
-        truncation policy drops it (counted in `report`)."""
-        if truncation not in TRUNCATION_POLICIES:
-            raise ConfigError(f"unknown truncation policy {truncation!r}; expected one of {TRUNCATION_POLICIES}")
-        pieces = self.message_pieces(conversation, contents)
-        tokens = [token for piece in pieces for token in piece[0]]
-        mask = [value for piece in pieces for value in piece[1]]
-        if max_tokens is None or len(tokens) <= max_tokens:
-            return Example(tokens, mask, conversation.language)
-        if truncation == "turns":
-            # Keep leading system messages and the longest prefix of turns that ends with an
-            # assistant message and fits, so that every kept answer is whole.
-            kept_tokens: list[int] = []
-            kept_mask: list[float] = []
-            best: tuple[list[int], list[float]] | None = None
-            for piece_tokens, piece_mask, role in pieces:
-                if len(kept_tokens) + len(piece_tokens) > max_tokens:
-                    break
-                kept_tokens, kept_mask = kept_tokens + piece_tokens, kept_mask + piece_mask
-                if role == "assistant":
-                    best = (kept_tokens, kept_mask)
-            if best is not None:
-                if report is not None:
-                    report.truncated += 1
-                return Example(best[0], best[1], conversation.language)
-        elif truncation == "tokens":
-            if any(mask[1:max_tokens]):
-                if report is not None:
-                    report.truncated += 1
-                return Example(tokens[:max_tokens], mask[:max_tokens], conversation.language)
-        if report is not None:
-            report.dropped_too_long.append(conversation.id)
-        return None
+    def render(self, roles: Sequence[str], contents: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+        """(tokens, loss mask) of a conversation from its roles and content tokens: mask 1 where predicting
+        the token counts (assistant content and its `<|im_end|>`)."""
+        roles, contents = list(roles), list(contents)
+        if self.default_system is not None and roles and roles[0] != "system":
+            roles.insert(0, "system")
+            contents.insert(0, self.default_system)
+        tokens: list[int] = []
+        mask: list[int] = []
+        for role, content in zip(roles, contents):
+            header = self.headers[role]
+            trained = 1 if role == "assistant" else 0
+            tokens += [*header, *content, self.im_end, *self.newline]
+            mask += [0] * len(header) + [trained] * (len(content) + 1) + [0] * len(self.newline)
+        return tokens, mask
 
 
-def sft_examples(conversations: Mapping[str, Sequence[Conversation]], renderer: ChatMLRenderer, *,
-                 max_tokens: int, truncation: Truncation = "turns",
-                 report: LoadReport | None = None) -> dict[str, list[Example]]:
-    examples: dict[str, list[Example]] = {}
-    for language, items in conversations.items():
-        check_language(language)
-        # One batch call to the tokenizer for all message contents: much faster than one per message.
-        flat = renderer.tokenizer.encode_batch([m.content for item in items for m in item.messages])
-        rendered, start = [], 0
-        for item in items:
-            contents = flat[start:start + len(item.messages)]
-            start += len(item.messages)
-            rendered.append(renderer.render(item, max_tokens, truncation, report, contents))
-        kept = [example for example in rendered if example is not None]
-        if len(kept) < len(rendered):
-            warnings.warn(f"{language}: {len(rendered) - len(kept)} of {len(rendered)} conversations do not "
-                          f"fit {max_tokens} tokens and were dropped (truncation={truncation!r})", stacklevel=2)
-        if not kept:
-            raise DataFormatError(f"empty source: no conversation for language {language!r} fits "
-                             f"{max_tokens} tokens under truncation={truncation!r}")
-        examples[language] = kept
-    return examples
+def render_conversation(conversation: Conversation, tokenizer: object | None = None,
+                        default_system: str | None = QWEN2_DEFAULT_SYSTEM) -> tuple[list[int], list[int]]:
+    """(tokens, loss mask) of one conversation with `tokenizer` (None: Qwen2's), as `data tokenize
+    --conversations` stores it (without the store's document separator)."""
+    adapter = as_tokenizer(tokenizer)
+    template = ChatTemplate.from_tokenizer(adapter, default_system)
+    contents = adapter.encode_batch([message.content for message in conversation.messages])
+    return template.render([message.role for message in conversation.messages], contents)
 
 
 def translation_conversations(split: str = "train", languages: Sequence[str] | None = None, *,
@@ -230,45 +182,120 @@ def translation_conversations(split: str = "train", languages: Sequence[str] | N
     return grouped
 
 
-def sft_stream(*, conversations: Mapping[str, Sequence[Conversation]] | Sequence[Conversation] | str
-               | Sequence[str] | None = None,
-               languages: Sequence[str] | None = None, split: str = "train", seq_len: int = 1024,
-               batch_size: int = 8, seed: int = 0, tokenizer: object | None = None, process_index: int = 0,
-               process_count: int = 1, weighting: WeightMethod = "temperature",
-               weights: Mapping[str, float] | None = None, temperature: float = DEFAULT_TEMPERATURE,
-               token_caps: Mapping[str, int] | None = None, max_epochs: int | None = None,
-               truncation: Truncation = "turns", default_system: str | None = QWEN2_DEFAULT_SYSTEM,
-               on_error: OnError = "raise", min_source_chars: int = 0, max_per_language: int | None = None,
-               shuffle: bool = True,
-               report: LoadReport | None = None) -> PackedStream:
-    """Packed SFT batches. `conversations`: {language: [Conversation]}, [Conversation], JSON-lines
-    path(s), or None for translation conversations from the shipped corpus. A conversation never spans two rows;
-    one longer than seq_len+1 tokens is truncated by `truncation` (see docs/data.md)."""
-    report = report if report is not None else LoadReport()
-    adapter = as_tokenizer(tokenizer)
-    if conversations is None:
-        grouped = translation_conversations(split, languages, min_source_chars=min_source_chars,
-                                            max_per_language=max_per_language)
-    elif isinstance(conversations, Sequence) and conversations and isinstance(conversations[0], Conversation):
-        grouped = {}
-        for item in conversations:
-            grouped.setdefault(check_language(item.language), []).append(item)
-    elif isinstance(conversations, (str, os.PathLike)) or (
-            isinstance(conversations, Sequence) and not isinstance(conversations, Mapping)):
-        grouped = load_conversations(conversations, on_error=on_error, report=report)
+# ---- conversations as a token store ---------------------------------------------------------------------
+_CONVERSATION_LAYOUT = 1  # bump when the JSON-lines files written below change
+
+
+def conversation_store(files: Sequence[str] = (), *, tokenizer: object | None = None,
+                       languages: Sequence[str] | None = None, min_source_chars: int = 0,
+                       max_per_language: int | None = None, default_system: str | None = QWEN2_DEFAULT_SYSTEM,
+                       cache_dir: str | os.PathLike | None = None):
+    """The conversations of an SFT run as a token store (tokens and assistant-only loss mask), tokenized
+    once into the cache of `seallm_jax.data.tokenize.ensure_store` and reused.
+
+    `files`: JSON-lines conversation files, as LANG=PATH items (streamed as they are) or plain paths whose
+    records name their `language` (first sorted by language into per-language files in the cache). None
+    or empty: translation conversations built from the shipped parallel corpus (`languages`,
+    `min_source_chars`, `max_per_language` as in `translation_conversations`; the corpus's train and
+    validation splits, its test split never).
+    """
+    from seallm_jax.data.store import parse_data_args
+    from seallm_jax.data.tokenize import ensure_store
+
+    items = [os.fspath(item) for item in files or ()]
+    if not items:
+        by_language = _translation_files(languages, min_source_chars, max_per_language, cache_dir)
     else:
-        grouped = dict(conversations)
-    if languages is not None:
-        for language in languages:
-            check_language(language)
-            if language not in grouped:
-                raise DataFormatError(f"no conversations for {language!r}; have {', '.join(grouped)}")
-        grouped = {language: grouped[language] for language in languages}
-    renderer = ChatMLRenderer(adapter, default_system)
-    examples = sft_examples(grouped, renderer, max_tokens=seq_len + 1, truncation=truncation, report=report)
-    mixture = build_mixture(examples, weighting=weighting, weights=weights, temperature=temperature,
-                            token_caps=token_caps, max_epochs=max_epochs, seed=seed,
-                            process_index=process_index, process_count=process_count, shuffle=shuffle)
-    pad_id = adapter.eos_id if adapter.eos_id is not None else renderer.im_end
-    return PackedStream(mixture, seq_len=seq_len, batch_size=batch_size,
-                        pad_id=pad_id, report=report)
+        named = parse_data_args([item for item in items if "=" in item], flag="config.data.files") \
+            if any("=" in item for item in items) else {}
+        plain = [item for item in items if "=" not in item]
+        by_language = {language: list(paths) for language, paths in named.items()}
+        for language, path in _files_by_record_language(plain, cache_dir).items():
+            by_language.setdefault(language, []).append(path)
+    return ensure_store(by_language, tokenizer=tokenizer, cache_dir=_store_cache(cache_dir), kind="conversations",
+                        default_system=default_system)
+
+
+def _cache(cache_dir: str | os.PathLike | None, kind: str) -> str:
+    from seallm_jax.data.tokenize import STORE_ENV_VAR
+
+    if cache_dir is not None:
+        return os.path.join(os.fspath(cache_dir), kind)
+    root = os.environ.get(STORE_ENV_VAR) or os.path.expanduser(os.path.join("~", ".cache", "seallm_jax"))
+    return os.path.join(root, kind)
+
+
+def _store_cache(cache_dir: str | os.PathLike | None) -> str | None:
+    return None if cache_dir is None else os.path.join(os.fspath(cache_dir), "token_stores")
+
+
+def _write_language_files(directory: str, records: Mapping[str, Sequence[Mapping]]) -> dict[str, str]:
+    """{language: [record]} as DIRECTORY/{language}.jsonl, written whole or not at all."""
+    import json
+
+    from seallm_jax.files import atomic_directory
+
+    if not os.path.isdir(directory):
+        with atomic_directory(directory, if_exists="keep") as staging:
+            for language, items in records.items():
+                with open(os.path.join(staging, f"{language}.jsonl"), "w", encoding="utf-8") as handle:
+                    for record in items:
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return {name[:-len(".jsonl")]: os.path.join(directory, name)
+            for name in sorted(os.listdir(directory)) if name.endswith(".jsonl")}
+
+
+def _translation_files(languages: Sequence[str] | None, min_source_chars: int, max_per_language: int | None,
+                       cache_dir: str | os.PathLike | None) -> dict[str, list[str]]:
+    """The shipped translation conversations as per-language JSON-lines files (each record with its corpus
+    split), in a cache directory keyed by the settings."""
+    import json
+
+    key = json.dumps({"languages": sorted(languages) if languages else None, "min_source_chars": min_source_chars,
+                      "max_per_language": max_per_language, "layout": _CONVERSATION_LAYOUT}, sort_keys=True)
+    directory = os.path.join(_cache(cache_dir, "conversations"), hashlib.sha256(key.encode()).hexdigest()[:24])
+    records: dict[str, list[dict]] = {}
+    if not os.path.isdir(directory):
+        for split in ("train", "validation"):
+            grouped = translation_conversations(split, languages, min_source_chars=min_source_chars,
+                                                max_per_language=max_per_language)
+            for language, items in grouped.items():
+                records.setdefault(language, []).extend(
+                    {"id": item.id, "language": language, "split": split,
+                     "messages": [{"role": m.role, "content": m.content} for m in item.messages]} for item in items)
+    return {language: [path] for language, path in _write_language_files(directory, records).items()}
+
+
+def _files_by_record_language(paths: Sequence[str], cache_dir: str | os.PathLike | None) -> dict[str, str]:
+    """Conversation files whose records name their `language`, sorted into one file per language (each
+    record keeping its id: its `id`, else FILE:LINE), in a cache directory keyed by the files' paths,
+    sizes and modification times. Malformed lines raise naming file and line."""
+    import json
+
+    if not paths:
+        return {}
+    identity = []
+    for path in paths:
+        if not os.path.isfile(path):
+            from seallm_jax.errors import MissingDataError
+
+            raise MissingDataError(f"data file not found: {path}")
+        stat = os.stat(path)
+        identity.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    key = json.dumps({"files": identity, "layout": _CONVERSATION_LAYOUT})
+    directory = os.path.join(_cache(cache_dir, "conversations"), hashlib.sha256(key.encode()).hexdigest()[:24])
+    records: dict[str, list[dict]] = {}
+    if not os.path.isdir(directory):
+        for path in paths:
+            for number, record in read_jsonl(path):
+                where = f"{path}:{number}"
+                language = record.get("language")
+                if language is None:
+                    raise DataFormatError(f"{where}: no 'language' field; give the file as LANG=PATH "
+                                          f"(th={path}) or name each record's language")
+                check_language(language, where)
+                record.setdefault("id", f"{os.path.basename(path)}:{number}")
+                records.setdefault(language, []).append(record)
+        if not records:
+            raise DataFormatError(f"empty source: no conversations in {', '.join(paths)}")
+    return _write_language_files(directory, records)

@@ -22,7 +22,7 @@ from seallm_jax.files import atomic_file
 from seallm_jax.languages import LANGUAGES
 
 if TYPE_CHECKING:
-    from seallm_jax.data.stream import TokenizerAdapter
+    from seallm_jax.data.tokenizer_adapter import TokenizerAdapter
 
 FORMAT = "seallm-jax-token-store"
 VERSION = 1
@@ -46,7 +46,7 @@ def tokenizer_fingerprint(tokenizer: object) -> str:
     """sha256 of the tokenizer's full definition: its serialised `tokenizer.json` (vocabulary, merges, normalizer,
     pre-tokenizer, added tokens), plus the kept ids of a vocabulary subset. Two tokenizers with the same
     fingerprint give the same ids for every text."""
-    from seallm_jax.data.stream import TokenizerAdapter
+    from seallm_jax.data.tokenizer_adapter import TokenizerAdapter
 
     if isinstance(tokenizer, TokenizerAdapter):
         tokenizer = tokenizer.tokenizer
@@ -77,7 +77,7 @@ _FINGERPRINTS: "weakref.WeakKeyDictionary[object, tuple[int, str]]" = weakref.We
 
 def tokenizer_info(tokenizer: object) -> dict:
     """The manifest's `tokenizer` entry: fingerprint, a readable name, vocabulary size, separator id."""
-    from seallm_jax.data.stream import as_tokenizer
+    from seallm_jax.data.tokenizer_adapter import as_tokenizer
     from seallm_jax.tokenizer.special import document_separator_id
 
     adapter = as_tokenizer(tokenizer)
@@ -380,6 +380,12 @@ class TokenStore:
     @property
     def languages(self) -> list[str]:
         return list(self.manifest["languages"])
+
+    @property
+    def kind(self) -> str:
+        """"text" (documents), or "conversations" (ChatML conversations with an assistant-only loss mask,
+        `data tokenize --conversations`)."""
+        return str(self.manifest.get("settings", {}).get("kind", "text"))
 
     def splits(self, language: str) -> dict[str, dict]:
         """{split: {"documents", "tokens", "shards"}} of `language`."""

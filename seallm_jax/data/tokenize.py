@@ -1,5 +1,7 @@
 """`seallm-jax data tokenize`: text files per language -> a token store (store.py), in parallel over
-processes, streaming in fixed-size chunks, resumable after a kill with byte-identical output.
+processes, streaming in fixed-size chunks, resumable after a kill with byte-identical output. Conversation
+files (`kind="conversations"`) are rendered with ChatML (`seallm_jax.data.sft.ChatTemplate`) and stored with
+their assistant-only loss mask.
 
 The reading rules (formats, ids, the validation split, errors naming file and line) are corpus.py's.
 """
@@ -21,6 +23,7 @@ import shutil
 import sys
 import time
 import unicodedata
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -28,12 +31,15 @@ from typing import Literal
 import numpy as np
 
 from seallm_jax.data.corpus import CORPUS_DIR, check_language, files_by_language, shipped_languages, split_of
-from seallm_jax.data.store import (MANIFEST, OFFSET_DTYPE, STORE_SPLITS, TOKEN_DTYPE, TokenStore, build_manifest,
-                                   canonical_json, file_sha256, tokenizer_info, write_manifest, write_shard)
+from seallm_jax.data.store import (MANIFEST, MASK_DTYPE, OFFSET_DTYPE, STORE_SPLITS, TOKEN_DTYPE, TokenStore,
+                                   build_manifest, canonical_json, file_sha256, tokenizer_info, write_manifest,
+                                   write_shard)
 from seallm_jax.errors import DataFormatError, MissingDataError, UserError
 from seallm_jax.files import atomic_file, check_output_dir
 
 TextUnit = Literal["line", "paragraph"]
+Kind = Literal["text", "conversations"]
+KINDS = ("text", "conversations")
 Encoder = Literal["auto", "fast", "hf"]
 ENCODERS = ("auto", "fast", "hf")
 # "auto" takes the tiktoken encoder (seallm_jax.tokenizer.fast_bpe) from this much input on: checking that a
@@ -62,8 +68,21 @@ class TokenizeSettings:
     text_unit: TextUnit = "line"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     piece_chars: int = DEFAULT_PIECE_CHARS
+    kind: Kind = "text"
+    # conversations: the system message inserted where a conversation has none (None: nothing inserted)
+    default_system: str | None = None
+
+    def entry(self) -> dict:
+        """The settings as the manifest records them (a text store's: those of stores written before
+        conversation stores existed, so their identity is unchanged)."""
+        entry = dataclasses.asdict(self)
+        if self.kind == "text":
+            del entry["kind"], entry["default_system"]
+        return entry
 
     def check(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"store kind {self.kind!r}: expected one of {', '.join(KINDS)}")
         if self.text_unit not in ("line", "paragraph"):
             raise UserError(f"text unit {self.text_unit!r}: expected 'line' or 'paragraph'")
         if self.chunk_bytes < 1 or self.piece_chars < 16:
@@ -265,6 +284,7 @@ class _Task:
     settings: TokenizeSettings
     run_key: str
     eos_id: int
+    template: object | None = None  # conversations: the ChatTemplate (seallm_jax.data.sft)
 
 
 _ADAPTER = None  # the worker's tokenizer (TokenizerAdapter), set once per process
@@ -344,7 +364,7 @@ def _init_worker(tokenizer: object, pooled: bool = True, parent: int | None = No
     if isinstance(tokenizer, FastBPE):
         _ADAPTER = tokenizer
         return
-    from seallm_jax.data.stream import as_tokenizer
+    from seallm_jax.data.tokenizer_adapter import as_tokenizer
 
     _ADAPTER = as_tokenizer(tokenizer)
 
@@ -413,6 +433,43 @@ def _jsonl_documents(task: _Task, lines: list[str]) -> list[tuple[str, str]]:
     return documents
 
 
+def _conversation_documents(task: _Task, lines: list[str]) -> tuple[list[tuple[str, str, object]], list[str]]:
+    """(id, split, Conversation) of each conversation of the chunk that has an assistant turn, and where the
+    others are ("file:line"): they carry no loss and are reported, not stored. A record's `split` field
+    (train, validation, test) wins over the id hash."""
+    from seallm_jax.data.sft import conversation_from_record
+
+    source = task.source
+    documents, skipped = [], []
+    for number, line in enumerate(lines, start=task.chunk.first_record):
+        if not line.strip():
+            continue
+        where = f"{source.path}:{number}"
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise DataFormatError(f"{where}: malformed JSON line ({error})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+            for message in record.get("messages") or []:
+                if isinstance(message, dict) and isinstance(message.get("content"), str):
+                    _require_unicode(message["content"], where)
+        conversation = conversation_from_record(record, where, task.language)
+        if conversation.language != task.language:
+            raise DataFormatError(f"{where}: a {conversation.language!r} conversation in a file given as "
+                                  f"{task.language}={source.path}; give each language its own file")
+        if not conversation.has_assistant:
+            skipped.append(where)
+            continue
+        identifier = str(record.get("id", f"{source.name}:{number}"))
+        split = record.get("split", split_of(identifier))
+        if split not in STORE_SPLITS:
+            raise DataFormatError(f"{where}: split {split!r}: expected one of {', '.join(STORE_SPLITS)}")
+        documents.append((identifier, split, conversation))
+    return documents, skipped
+
+
 # JSON may escape a UTF-16 surrogate that has no partner (`"\ud800"`): json.loads accepts it, no encoder can.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -458,6 +515,8 @@ def _encode(adapter, texts: list[str], piece_chars: int) -> list[np.ndarray]:
 def _tokenize_chunk(task: _Task) -> dict:
     """Encode one chunk, write its shards (one per split that has documents) and then its progress
     record; returns that record."""
+    if task.settings.kind == "conversations":
+        return _tokenize_conversation_chunk(task)
     documents = _documents(task)
     tokens = _encode(_ADAPTER, [text for _, text in documents], task.settings.piece_chars)
     by_split: dict[str, list[np.ndarray]] = {split: [] for split in STORE_SPLITS}
@@ -475,6 +534,44 @@ def _tokenize_chunk(task: _Task) -> dict:
     record = {"key": task.run_key, "language": task.language, "number": task.number,
               "source": task.source_index, "documents": len(documents),
               "tokens": int(sum(len(ids) + 1 for ids in tokens)), "shards": shards}
+    with atomic_file(_progress_path(task.store, task.language, task.number)) as staging:
+        Path(staging).write_text(json.dumps(record), encoding="utf-8")
+    return record
+
+
+def _tokenize_conversation_chunk(task: _Task) -> dict:
+    """`_tokenize_chunk` for conversations: each rendered with ChatML, its loss mask beside its tokens
+    (the document separator after it is never a target)."""
+    source, chunk = task.source, task.chunk
+    try:
+        text = chunk.payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = chunk.first_record + chunk.payload.count(b"\n", 0, error.start)
+        raise DataFormatError(f"{source.path}:{line}: not UTF-8 text (byte {chunk.payload[error.start]:#04x})") \
+            from None
+    documents, skipped = _conversation_documents(task, text.split("\n"))
+    contents = _encode(_ADAPTER, [m.content for _, _, c in documents for m in c.messages], task.settings.piece_chars)
+    by_split: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {split: [] for split in STORE_SPLITS}
+    start, total = 0, 0
+    for _, split, conversation in documents:
+        count = len(conversation.messages)
+        tokens, mask = task.template.render([m.role for m in conversation.messages], contents[start:start + count])
+        start += count
+        by_split[split].append((np.asarray([*tokens, task.eos_id], TOKEN_DTYPE),
+                                np.asarray([*mask, 0], MASK_DTYPE)))
+        total += len(tokens) + 1
+    shards = {}
+    for split, docs in by_split.items():
+        if not docs:
+            continue
+        lengths = np.fromiter((len(ids) for ids, _ in docs), np.int64, len(docs))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(OFFSET_DTYPE)
+        shards[split] = write_shard(task.store, f"{task.language}/{split}-{task.number:05d}",
+                                    np.concatenate([ids for ids, _ in docs]), offsets,
+                                    np.concatenate([mask for _, mask in docs]))
+    record = {"key": task.run_key, "language": task.language, "number": task.number,
+              "source": task.source_index, "documents": len(documents), "tokens": total, "shards": shards,
+              "skipped": len(skipped), "first_skipped": skipped[0] if skipped else None}
     with atomic_file(_progress_path(task.store, task.language, task.number)) as staging:
         Path(staging).write_text(json.dumps(record), encoding="utf-8")
     return record
@@ -517,7 +614,8 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
                    out: str | os.PathLike, *, tokenizer: object | None = None, text_field: str = "text",
                    text_unit: TextUnit = "line", workers: int | None = None,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, piece_chars: int = DEFAULT_PIECE_CHARS,
-                   progress: bool | None = None, encoder: Encoder = "auto") -> TokenStore:
+                   progress: bool | None = None, encoder: Encoder = "auto", kind: Kind = "text",
+                   default_system: str | None = None) -> TokenStore:
     """Tokenize {language: file or [files]} into the token store `out` and open it.
 
     `tokenizer`: a tokenizer object, a local Hugging Face tokenizer directory, or None (Qwen2).
@@ -528,8 +626,15 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
     tokenizers such as Qwen2's, `seallm_jax.tokenizer.fast_bpe`; an error for others), "hf" with the
     tokenizer itself, "auto" fast on large inputs when the tokenizer qualifies. The store's bytes are
     the same whichever encodes.
+    `kind="conversations"`: the inputs are JSON-lines conversations (`{"messages": [{"role", "content"},
+    ...]}`, docs/data.md), each stored rendered with ChatML (Qwen2's template; `default_system` is
+    inserted where a conversation has no system message) with a loss mask of its assistant tokens;
+    conversations without an assistant turn are skipped with a warning.
     """
-    settings = TokenizeSettings(text_field, text_unit, int(chunk_bytes), int(piece_chars))
+    if kind == "conversations":
+        text_unit = "line"
+    settings = TokenizeSettings(text_field, text_unit, int(chunk_bytes), int(piece_chars), kind,
+                                default_system if kind == "conversations" else None)
     settings.check()
     workers = len(os.sched_getaffinity(0)) if workers is None else int(workers)
     if workers < 1:
@@ -542,13 +647,23 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
 
         require_dir(tokenizer, "--tokenizer")
     sources = plan_sources(files)  # bad input fails here, before the tokenizer loads
-    from seallm_jax.data.stream import as_tokenizer
+    if kind == "conversations":
+        for source in (source for planned in sources.values() for source in planned):
+            if source.format != "jsonl":
+                raise UserError(f"{source.path}: conversations are read from JSON-lines files (.jsonl, .jsonl.gz, "
+                                ".jsonl.zst), one {\"messages\": [...]} object per line")
+    from seallm_jax.data.tokenizer_adapter import as_tokenizer
 
     adapter = as_tokenizer(tokenizer)
     entry = tokenizer_info(adapter)
+    template = None
+    if kind == "conversations":
+        from seallm_jax.data.sft import ChatTemplate
+
+        template = ChatTemplate.from_tokenizer(adapter, default_system)
     source_entries = {language: [{"path": s.path, "bytes": s.bytes, "sha256": s.sha256} for s in planned]
                       for language, planned in sources.items()}
-    settings_entry = dataclasses.asdict(settings)
+    settings_entry = settings.entry()
     run_key = _run_key(entry["fingerprint"], source_entries, settings_entry)
 
     # Chosen (and a refused --encoder fast reported) before `out` is touched.
@@ -558,11 +673,13 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
     if existing is not None:
         return existing
     try:
-        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], worker_tokenizer, workers, progress)
+        records = _run_chunks(out, sources, settings, run_key, entry["eos_id"], worker_tokenizer, workers, progress,
+                              template)
         for language, planned in sources.items():
             for index, source in enumerate(planned):
                 if not any(r["documents"] for r in records if r["language"] == language and r["source"] == index):
-                    raise DataFormatError(f"{source.path}: empty source, no documents found")
+                    what = "conversation with an assistant turn" if kind == "conversations" else "documents"
+                    raise DataFormatError(f"{source.path}: empty source, no {what} found")
     except UserError:
         shutil.rmtree(out, ignore_errors=True)  # a store that cannot be completed is not left behind
         raise
@@ -571,6 +688,13 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
         ordered = sorted((r for r in records if r["language"] == language), key=lambda r: r["number"])
         for index, source_entry in enumerate(source_entries[language]):
             source_entry["documents"] = sum(r["documents"] for r in ordered if r["source"] == index)
+            if kind == "conversations":
+                mine = [r for r in ordered if r["source"] == index]
+                source_entry["skipped_without_assistant"] = sum(r["skipped"] for r in mine)
+                first = next((r["first_skipped"] for r in mine if r["first_skipped"]), None)
+                if first:  # nothing dropped silently: they carry no loss, so they are not stored
+                    warnings.warn(f"{source_entry['path']}: {source_entry['skipped_without_assistant']} conversations "
+                                  f"without an assistant turn skipped (first: {first})", stacklevel=2)
         languages[language] = {"sources": source_entries[language],
                                "splits": {split: [r["shards"][split] for r in ordered if split in r["shards"]]
                                           for split in STORE_SPLITS}}
@@ -663,7 +787,8 @@ class _Progress:
 
 
 def _run_chunks(out: str, sources: Mapping[str, Sequence[Source]], settings: TokenizeSettings, run_key: str,
-                eos_id: int, tokenizer: object, workers: int, progress: bool | None) -> list[dict]:
+                eos_id: int, tokenizer: object, workers: int, progress: bool | None,
+                template: object | None = None) -> list[dict]:
     """Read every source in chunks and tokenize the chunks not done yet, at most 2 per worker in flight
     (memory stays bounded whatever the input's size). Returns every chunk's record."""
     done = _load_done(out, run_key)
@@ -698,7 +823,7 @@ def _run_chunks(out: str, sources: Mapping[str, Sequence[Source]], settings: Tok
                         records.append(done[(language, number)])
                         bar.update(raw_bytes, 0)
                     else:
-                        task = _Task(out, language, number, index, source, chunk, settings, run_key, eos_id)
+                        task = _Task(out, language, number, index, source, chunk, settings, run_key, eos_id, template)
                         if executor is None:
                             record = _tokenize_chunk(task)
                             records.append(record)
@@ -726,17 +851,20 @@ def _cache_root() -> Path:
 def ensure_store(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], *,
                  tokenizer: object | None = None, cache_dir: str | os.PathLike | None = None,
                  text_field: str = "text", text_unit: TextUnit = "line",
-                 workers: int | None = None) -> TokenStore:
+                 workers: int | None = None, kind: Kind = "text", default_system: str | None = None) -> TokenStore:
     """A token store of raw files ({language: file or [files]}), tokenized once into a cache under
     `cache_dir` (default `$SEALLM_JAX_CACHE/token_stores`, else `~/.cache/seallm_jax/token_stores`) and
     reused while the files (paths, sizes, modification times), the tokenizer and the settings stay the
-    same. Processes that ask at once wait for one of them to write it."""
-    from seallm_jax.data.stream import as_tokenizer
+    same. Processes that ask at once wait for one of them to write it. `kind`, `default_system`: as
+    `tokenize_files`."""
+    from seallm_jax.data.tokenizer_adapter import as_tokenizer
 
     adapter = as_tokenizer(tokenizer)
     fingerprint = tokenizer_info(adapter)["fingerprint"]
     identity = {"tokenizer": fingerprint, "text_field": text_field, "text_unit": text_unit, "files": {},
                 "layout": _LAYOUT_VERSION}
+    if kind != "text":
+        identity.update(kind=kind, default_system=default_system)
     for language, paths in files.items():
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         entries = []
@@ -762,7 +890,7 @@ def ensure_store(files: Mapping[str, str | os.PathLike | Sequence[str | os.PathL
             except UserError:
                 shutil.rmtree(path)  # a damaged cache entry is rebuilt, not reported
         return tokenize_files(files, path, tokenizer=adapter.tokenizer, text_field=text_field,
-                              text_unit=text_unit, workers=workers)
+                              text_unit=text_unit, workers=workers, kind=kind, default_system=default_system)
 
 
 def shipped_corpus_store(tokenizer: object | None = None, *, cache_dir: str | os.PathLike | None = None,

@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     # benchmarks), 'tokens' (token stores written by `seallm-jax data tokenize`, read by the
     # deterministic loader seallm_jax.data.loader; docs/data.md), 'corpus' (the shipped SEA corpus, or
     # `files` of one's own text, tokenized once into a cached store and read by the same loader) or 'sft'
-    # (ChatML conversations, loss on assistant tokens; seallm_jax.data.sft.sft_stream).
+    # (ChatML conversations, loss on assistant tokens, tokenized once into a cached conversation store).
     # tokens: path = one store directory or several, comma-separated; languages ([] = every language of
     # the stores; corpus: en, zh, id, vi, th); weights = explicit mixture weights as LANG=WEIGHT items
     # (th=0.7,vi=0.3; they override `weighting`); mixture_block_rows = rows per mixture block (0 = 1024,

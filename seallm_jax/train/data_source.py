@@ -126,9 +126,9 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
     if data.source != "tokens" and data.get("path"):
         raise ConfigError(f"config.data.path is read by source 'tokens' only (this run's source is "
                           f"{data.source!r}); add --config.data.source=tokens")
-    if data.get("weights") and data.source not in ("tokens", "corpus"):
-        raise ConfigError(f"config.data.weights is read by sources 'tokens' and 'corpus', not {data.source!r}; "
-                          "use config.data.weighting")
+    if data.get("weights") and data.source not in ("tokens", "corpus", "sft"):
+        raise ConfigError(f"config.data.weights is read by sources 'tokens', 'corpus' and 'sft', not "
+                          f"{data.source!r}; use config.data.weighting")
     if data.source == "tokens":
         from seallm_jax.data.loader import parse_weights, resolve_languages
 
@@ -147,6 +147,13 @@ def check_data_inputs(config: ml_collections.ConfigDict) -> None:
         if unknown:
             raise ConfigError(f"config.data.weights gives a weight for {', '.join(unknown)}, which config.data.files "
                               f"has no file for (it has {', '.join(files)})")
+    elif data.source == "sft":
+        from seallm_jax.data.store import parse_data_args
+
+        items = [str(item) for item in data.get("files") or []]
+        parse_data_args([item for item in items if "=" in item], flag="config.data.files")
+        for path in (item for item in items if "=" not in item):
+            require_file(path, "config.data.files:")
     else:
         if data.source == "corpus":  # the shipped corpus
             from seallm_jax.data.corpus import shipped_languages
@@ -196,6 +203,13 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
         from seallm_jax.data.tokenize import shipped_corpus_store
 
         stores = [shipped_corpus_store(run_tokenizer(config))]
+    elif source == "sft":
+        from seallm_jax.data.sft import conversation_store
+
+        data = config.data
+        stores = [conversation_store(
+            list(data.files), tokenizer=run_tokenizer(config), languages=sft_languages(config),
+            min_source_chars=int(data.min_source_chars), max_per_language=int(data.max_per_language) or None)]
     else:
         return None
     from seallm_jax.data.loader import check_tokenizers, tokenizer_matches
@@ -213,6 +227,14 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
                           f"({model}); tokenize the text again with `seallm-jax data tokenize ... --tokenizer DIR`, "
                           "or set --config.data.tokenizer to the store's tokenizer")
     return stores
+
+
+def sft_languages(config: ml_collections.ConfigDict) -> list[str] | None:
+    """The languages an SFT run reads: config.data.languages; when empty, every language of the user's
+    conversation files (None), or the default corpus languages for the shipped translation conversations."""
+    if config.data.languages:
+        return list(config.data.languages)
+    return None if config.data.files else list(DEFAULT_CORPUS_LANGUAGES)
 
 
 def fit_vocabulary(config: ml_collections.ConfigDict, log: Any = print) -> None:
@@ -233,12 +255,12 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
     """The batch source for `split` ('train' or 'eval') of `config.data.source` (None for 'eval' when the
     token stores hold no validation documents).
 
-    'tokens' and 'corpus' (`config.data.files`, else the shipped corpus, tokenized once into a cached
-    store) are the deterministic loader `seallm_jax.data.loader.token_loader`: the batch of a step is a
-    function of the step, this process building rows [row_start, row_stop); 'eval' reads the stores'
-    validation split.
-    'sft' is the chat stream (`seallm_jax.data.sft.sft_stream`): `config.data.files` (JSON-lines
-    conversations) or, when empty, translation conversations from the shipped parallel corpus.
+    'tokens', 'corpus' (`config.data.files`, else the shipped corpus, tokenized once into a cached
+    store) and 'sft' (`config.data.files` of JSON-lines conversations, else translation conversations from
+    the shipped parallel corpus, tokenized once into a cached conversation store) are the deterministic
+    loader `seallm_jax.data.loader.token_loader`: the batch of a step is a function of the step, this
+    process building rows [row_start, row_stop); 'eval' reads the stores' validation split. SFT rows
+    hold whole conversations, with the loss on assistant tokens only.
     """
     source = config.data.source
     global_batch = int(config.train.global_batch_size)
@@ -247,25 +269,9 @@ def make_source(config: ml_collections.ConfigDict, *, split: str, row_start: int
         seed = int(config.data.seed) * 2 + (1 if split == "eval" else 0)
         return SyntheticSource(vocab_size=vocab_size, seq_len=int(config.train.seq_len), global_batch_size=global_batch,
                                row_start=row_start, row_stop=row_stop, seed=seed)
-    rows = row_stop - row_start
-    data = config.data
-    data_split = "validation" if split == "eval" else "train"
-    stores = data_stores(config) if source in ("tokens", "corpus") else None
-    if stores is not None:
-        return _store_source(config, stores, data_split, row_start=row_start, row_stop=row_stop, vocab_size=vocab_size)
-    languages = list(data.languages) or list(DEFAULT_CORPUS_LANGUAGES)
-    if source == "sft":
-        from seallm_jax.data.sft import load_conversations, sft_stream
-        # User files are split by the same id hash as the shipped corpus, so held-out loss is on
-        # conversations never trained on.
-        conversations = load_conversations(list(data.files), split=data_split) if data.files else None
-        max_per_language = int(data.max_per_language)
-        return sft_stream(
-            conversations=conversations, languages=languages, split=data_split,
-            seq_len=int(config.train.seq_len), batch_size=rows, seed=int(data.seed),
-            tokenizer=data.tokenizer or None, process_index=row_start // rows, process_count=global_batch // rows,
-            weighting=data.weighting, temperature=float(data.temperature), truncation=data.truncation,
-            min_source_chars=int(data.min_source_chars), max_per_language=max_per_language or None)
+    if source in ("tokens", "corpus", "sft"):
+        return _store_source(config, data_stores(config), "validation" if split == "eval" else "train",
+                             row_start=row_start, row_stop=row_stop, vocab_size=vocab_size)
     raise ConfigError(f"config.data.source={source!r}: expected 'synthetic', 'tokens', 'corpus' or 'sft'")
 
 
@@ -308,6 +314,8 @@ def _store_source(config: ml_collections.ConfigDict, stores: list[Any], split: s
     languages = list(data.languages) or None
     if data.source == "corpus" and not data.get("files"):
         languages = languages or list(DEFAULT_CORPUS_LANGUAGES)
+    elif data.source == "sft":
+        languages = sft_languages(config)
     weights = parse_weights(list(data.get("weights") or []))
     if split == "validation":
         # Held-out loss over the languages that have held-out text, mixed by the same rule.
@@ -325,7 +333,7 @@ def _store_source(config: ml_collections.ConfigDict, stores: list[Any], split: s
         stores, languages=languages, split=split, seq_len=int(config.train.seq_len),
         global_batch_size=int(config.train.global_batch_size), row_start=row_start, row_stop=row_stop,
         seed=int(data.seed), weighting=data.weighting, weights=weights or None, temperature=float(data.temperature),
-        block_rows=int(data.get("mixture_block_rows") or 0))
+        block_rows=int(data.get("mixture_block_rows") or 0), truncation=data.truncation)
     return _ResumableLoader(loader, bool(data.get("allow_data_changes")))
 
 
