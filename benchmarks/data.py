@@ -177,7 +177,7 @@ DATASETS_SCRIPT = textwrap.dedent("""
 CEILING_SCRIPT = textwrap.dedent("""
     import json, sys, time, unicodedata
     import numpy as np
-    from seallm_jax.data.stream import as_tokenizer
+    from seallm_jax.data.tokenizer_adapter import as_tokenizer
     from seallm_jax.data.tokenize import _token_array, split_long_text
     from seallm_jax.tokenizer.fast_bpe import fast_encoder
 
