@@ -324,7 +324,8 @@ def changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """What differs between two loader descriptions, in words (for the resume error)."""
     names = {"stores": "the token store(s)", "tokenizer": "the stores' tokenizer", "weights": "the mixture weights",
              "languages": "the languages", "seq_len": "train.seq_len", "global_batch_size": "train.global_batch_size",
-             "seed": "data.seed", "block_rows": "data.mixture_block_rows", "split": "the split"}
+             "seed": "data.seed", "block_rows": "data.mixture_block_rows", "split": "the split",
+             "truncation": "data.truncation", "pack": "the packing (windows or whole conversations)"}
     found = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
@@ -333,7 +334,8 @@ def changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
                 old, new = saved.get(key) or {}, current.get(key) or {}
                 changed = sorted(language for language in set(old) | set(new) if old.get(language) != new.get(language))
                 detail = f" of {', '.join(changed)}"
-            elif key in ("weights", "languages", "seq_len", "global_batch_size", "seed", "block_rows", "split"):
+            elif key in ("weights", "languages", "seq_len", "global_batch_size", "seed", "block_rows", "split",
+                         "truncation", "pack"):
                 detail = f" ({saved.get(key)} -> {current.get(key)})"
             found.append(names.get(key, key) + detail)
     return found

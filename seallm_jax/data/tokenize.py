@@ -647,6 +647,11 @@ def tokenize_files(files: Mapping[str, str | os.PathLike | Sequence[str | os.Pat
 
         require_dir(tokenizer, "--tokenizer")
     sources = plan_sources(files)  # bad input fails here, before the tokenizer loads
+    # No more workers than chunks (a compressed file holds ~4x its size in text): small inputs, such as
+    # an SFT run's conversations, are tokenized in this process without starting a pool.
+    chunks = sum(-(-source.bytes * (4 if source.compression or source.format == "parquet" else 1)
+                   // settings.chunk_bytes) for planned in sources.values() for source in planned)
+    workers = max(1, min(workers, chunks))
     if kind == "conversations":
         for source in (source for planned in sources.values() for source in planned):
             if source.format != "jsonl":
