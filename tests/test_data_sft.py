@@ -249,9 +249,17 @@ def test_conversation_store_of_translations_and_of_files_naming_their_language(t
 
     # Plain files whose records name their language are sorted by language; a record without one is an error.
     write_conversations(tmp_path / "chat.jsonl", [{"messages": MULTI_TURN, "language": "th"},
+                                                  {"messages": MULTI_TURN[1:2], "language": "th"},
                                                   {"messages": MULTI_TURN[1:3], "language": "vi"}])
-    mixed = conversation_store([str(tmp_path / "chat.jsonl")], tokenizer=tokenizer, cache_dir=tmp_path)
-    assert sorted(mixed.languages) == ["th", "vi"]
+    with pytest.warns(UserWarning, match=r"1 conversations without an assistant turn skipped \(first: .*chat\.jsonl:2\)"):
+        mixed = conversation_store([str(tmp_path / "chat.jsonl")], tokenizer=tokenizer, cache_dir=tmp_path)
+    assert sorted(mixed.languages) == ["th", "vi"] and mixed.splits("th")["train"]["documents"] + \
+        mixed.splits("th")["validation"]["documents"] + mixed.splits("th")["test"]["documents"] == 1
+    # Errors name the user's file and line (not the per-language copy).
+    write_conversations(tmp_path / "role.jsonl", [{"messages": MULTI_TURN, "language": "th"},
+                                                  {"messages": [{"role": "bot", "content": "x"}], "language": "th"}])
+    with pytest.raises(DataFormatError, match=r"role\.jsonl:2: message 0"):
+        conversation_store([str(tmp_path / "role.jsonl")], tokenizer=tokenizer, cache_dir=tmp_path)
     write_conversations(tmp_path / "nolang.jsonl", [{"messages": MULTI_TURN}])
     with pytest.raises(DataFormatError, match=r"nolang\.jsonl:1: no 'language' field; give the file as LANG=PATH"):
         conversation_store([str(tmp_path / "nolang.jsonl")], tokenizer=tokenizer, cache_dir=tmp_path)

@@ -286,16 +286,23 @@ def _files_by_record_language(paths: Sequence[str], cache_dir: str | os.PathLike
     directory = os.path.join(_cache(cache_dir, "conversations"), hashlib.sha256(key.encode()).hexdigest()[:24])
     records: dict[str, list[dict]] = {}
     if not os.path.isdir(directory):
+        without_assistant = []
         for path in paths:
             for number, record in read_jsonl(path):
                 where = f"{path}:{number}"
-                language = record.get("language")
-                if language is None:
+                if record.get("language") is None:
                     raise DataFormatError(f"{where}: no 'language' field; give the file as LANG=PATH "
                                           f"(th={path}) or name each record's language")
-                check_language(language, where)
+                # Checked here, so that an error names the user's file and line, not the sorted copy.
+                conversation = conversation_from_record(record, where)
+                if not conversation.has_assistant:
+                    without_assistant.append(where)
+                    continue
                 record.setdefault("id", f"{os.path.basename(path)}:{number}")
-                records.setdefault(language, []).append(record)
+                records.setdefault(conversation.language, []).append(record)
+        if without_assistant:
+            warnings.warn(f"{len(without_assistant)} conversations without an assistant turn skipped (first: "
+                          f"{without_assistant[0]})", stacklevel=3)
         if not records:
-            raise DataFormatError(f"empty source: no conversations in {', '.join(paths)}")
+            raise DataFormatError(f"empty source: no conversation with an assistant turn in {', '.join(paths)}")
     return _write_language_files(directory, records)
