@@ -7,9 +7,10 @@ from seallm_jax.data.corpus import (SPLITS, DataFormatError, Document, LoadRepor
                                     load_documents, load_files, load_parallel, shipped_languages, split_of)
 from seallm_jax.data.loader import SequentialLoader, TokenLoader, token_loader
 from seallm_jax.data.mixture import mixture_weights
-from seallm_jax.data.sft import (ChatTemplate, Conversation, Message, conversation_store, load_conversations,
-                                 render_conversation, translation_conversations)
+from seallm_jax.data.sft import (ChatTemplate, Conversation, Message, load_conversations, render_conversation,
+                                 translation_conversations)
 from seallm_jax.data.store import TokenStore
+from seallm_jax.data.tokenize import conversation_store
 from seallm_jax.data.tokenizer_adapter import TokenizerAdapter, as_tokenizer
 from seallm_jax.languages import LANGUAGE_NAMES
 

@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 
 from seallm_jax.data.corpus import CORPUS_DIR, check_language, files_by_language, shipped_languages, split_of
+from seallm_jax.data.sft import QWEN2_DEFAULT_SYSTEM
 from seallm_jax.data.store import (MANIFEST, MASK_DTYPE, OFFSET_DTYPE, STORE_SPLITS, TOKEN_DTYPE, TokenStore,
                                    build_manifest, canonical_json, file_sha256, tokenizer_info, write_manifest,
                                    write_shard)
@@ -904,3 +905,123 @@ def shipped_corpus_store(tokenizer: object | None = None, *, cache_dir: str | os
     are those of `load_corpus`. Small: one process tokenizes it in seconds."""
     files = {language: [str(CORPUS_DIR / f"{language}.jsonl.gz")] for language in shipped_languages()}
     return ensure_store(files, tokenizer=tokenizer, cache_dir=cache_dir, workers=workers)
+
+
+# -- SFT conversations as a cached token store -----------------------------------------------------------------
+_CONVERSATION_LAYOUT = 1  # bump when the JSON-lines files written below change
+
+
+def conversation_store(files: Sequence[str] = (), *, tokenizer: object | None = None,
+                       languages: Sequence[str] | None = None, min_source_chars: int = 0,
+                       max_per_language: int | None = None, default_system: str | None = QWEN2_DEFAULT_SYSTEM,
+                       cache_dir: str | os.PathLike | None = None):
+    """The conversations of an SFT run as a token store (tokens and assistant-only loss mask), tokenized
+    once into the cache of `seallm_jax.data.tokenize.ensure_store` and reused.
+
+    `files`: JSON-lines conversation files, as LANG=PATH items (streamed as they are) or plain paths whose
+    records name their `language` (first sorted by language into per-language files in the cache). None
+    or empty: translation conversations built from the shipped parallel corpus (`languages`,
+    `min_source_chars`, `max_per_language` as in `translation_conversations`; the corpus's train and
+    validation splits, its test split never).
+    """
+    from seallm_jax.data.store import parse_data_args
+
+    items = [os.fspath(item) for item in files or ()]
+    if not items:
+        by_language = _translation_files(languages, min_source_chars, max_per_language, cache_dir)
+    else:
+        named = parse_data_args([item for item in items if "=" in item], flag="config.data.files") \
+            if any("=" in item for item in items) else {}
+        plain = [item for item in items if "=" not in item]
+        by_language = {language: list(paths) for language, paths in named.items()}
+        for language, path in _files_by_record_language(plain, cache_dir).items():
+            by_language.setdefault(language, []).append(path)
+    return ensure_store(by_language, tokenizer=tokenizer, cache_dir=_store_cache(cache_dir), kind="conversations",
+                        default_system=default_system)
+
+
+def _cache(cache_dir: str | os.PathLike | None, kind: str) -> str:
+    if cache_dir is not None:
+        return os.path.join(os.fspath(cache_dir), kind)
+    root = os.environ.get(STORE_ENV_VAR) or os.path.expanduser(os.path.join("~", ".cache", "seallm_jax"))
+    return os.path.join(root, kind)
+
+
+def _store_cache(cache_dir: str | os.PathLike | None) -> str | None:
+    return None if cache_dir is None else os.path.join(os.fspath(cache_dir), "token_stores")
+
+
+def _write_language_files(directory: str, records: Mapping[str, Sequence[Mapping]]) -> dict[str, str]:
+    """{language: [record]} as DIRECTORY/{language}.jsonl, written whole or not at all."""
+    from seallm_jax.files import atomic_directory
+
+    if not os.path.isdir(directory):
+        with atomic_directory(directory, if_exists="keep") as staging:
+            for language, items in records.items():
+                with open(os.path.join(staging, f"{language}.jsonl"), "w", encoding="utf-8") as handle:
+                    for record in items:
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return {name[:-len(".jsonl")]: os.path.join(directory, name)
+            for name in sorted(os.listdir(directory)) if name.endswith(".jsonl")}
+
+
+def _translation_files(languages: Sequence[str] | None, min_source_chars: int, max_per_language: int | None,
+                       cache_dir: str | os.PathLike | None) -> dict[str, list[str]]:
+    """The shipped translation conversations as per-language JSON-lines files (each record with its corpus
+    split), in a cache directory keyed by the settings."""
+    from seallm_jax.data.sft import translation_conversations
+
+    key = json.dumps({"languages": sorted(languages) if languages else None, "min_source_chars": min_source_chars,
+                      "max_per_language": max_per_language, "layout": _CONVERSATION_LAYOUT}, sort_keys=True)
+    directory = os.path.join(_cache(cache_dir, "conversations"), hashlib.sha256(key.encode()).hexdigest()[:24])
+    records: dict[str, list[dict]] = {}
+    if not os.path.isdir(directory):
+        for split in ("train", "validation"):
+            grouped = translation_conversations(split, languages, min_source_chars=min_source_chars,
+                                                max_per_language=max_per_language)
+            for language, items in grouped.items():
+                records.setdefault(language, []).extend(
+                    {"id": item.id, "language": language, "split": split,
+                     "messages": [{"role": m.role, "content": m.content} for m in item.messages]} for item in items)
+    return {language: [path] for language, path in _write_language_files(directory, records).items()}
+
+
+def _files_by_record_language(paths: Sequence[str], cache_dir: str | os.PathLike | None) -> dict[str, str]:
+    """Conversation files whose records name their `language`, sorted into one file per language (each
+    record keeping its id: its `id`, else FILE:LINE), in a cache directory keyed by the files' paths,
+    sizes and modification times. Malformed lines raise naming file and line."""
+    from seallm_jax.data.corpus import read_jsonl
+    from seallm_jax.data.sft import conversation_from_record
+
+    if not paths:
+        return {}
+    identity = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise MissingDataError(f"data file not found: {path}")
+        stat = os.stat(path)
+        identity.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+    key = json.dumps({"files": identity, "layout": _CONVERSATION_LAYOUT})
+    directory = os.path.join(_cache(cache_dir, "conversations"), hashlib.sha256(key.encode()).hexdigest()[:24])
+    records: dict[str, list[dict]] = {}
+    if not os.path.isdir(directory):
+        without_assistant = []
+        for path in paths:
+            for number, record in read_jsonl(path):
+                where = f"{path}:{number}"
+                if record.get("language") is None:
+                    raise DataFormatError(f"{where}: no 'language' field; give the file as LANG=PATH "
+                                          f"(th={path}) or name each record's language")
+                # Checked here, so that an error names the user's file and line, not the sorted copy.
+                conversation = conversation_from_record(record, where)
+                if not conversation.has_assistant:
+                    without_assistant.append(where)
+                    continue
+                record.setdefault("id", f"{os.path.basename(path)}:{number}")
+                records.setdefault(conversation.language, []).append(record)
+        if without_assistant:
+            warnings.warn(f"{len(without_assistant)} conversations without an assistant turn skipped (first: "
+                          f"{without_assistant[0]})", stacklevel=3)
+        if not records:
+            raise DataFormatError(f"empty source: no conversation with an assistant turn in {', '.join(paths)}")
+    return _write_language_files(directory, records)

@@ -204,7 +204,7 @@ def data_stores(config: ml_collections.ConfigDict) -> list[Any] | None:
 
         stores = [shipped_corpus_store(run_tokenizer(config))]
     elif source == "sft":
-        from seallm_jax.data.sft import conversation_store
+        from seallm_jax.data.tokenize import conversation_store
 
         data = config.data
         stores = [conversation_store(
