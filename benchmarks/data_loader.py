@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, args.seq_len, args.global_batch, args.processes, args.batches)))
         return
+    from benchmarks.machine import announce
+
+    announce()  # the machine probe beside the figures
     run([int(float(size)) for size in args.tokens.split(",")], seq_len=args.seq_len, global_batch=args.global_batch,
         processes=args.processes, batches=args.batches, directory=args.dir)
 
