@@ -382,13 +382,7 @@ def _documents(task: _Task) -> list[tuple[str, str]]:
             if text.strip():
                 documents.append((str(identifier) if identifier is not None else f"{source.name}:{row}", text))
         return documents
-    try:
-        text = chunk.payload.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = chunk.first_record + chunk.payload.count(b"\n", 0, error.start)
-        raise DataFormatError(f"{source.path}:{line}: not UTF-8 text (byte {chunk.payload[error.start]:#04x}): save "
-                              "it as UTF-8, or is it the wrong file?") from None
-    lines = text.split("\n")
+    lines = _chunk_lines(task)
     if source.format == "jsonl":
         return _jsonl_documents(task, lines)
     if settings.text_unit == "line":
@@ -406,18 +400,36 @@ def _documents(task: _Task) -> list[tuple[str, str]]:
     return documents
 
 
-def _jsonl_documents(task: _Task, lines: list[str]) -> list[tuple[str, str]]:
-    source, field = task.source, task.settings.text_field
-    documents = []
+def _chunk_lines(task: _Task) -> list[str]:
+    """The lines of a text or JSON-lines chunk; bytes that are not UTF-8 raise naming file and line."""
+    chunk = task.chunk
+    try:
+        text = chunk.payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = chunk.first_record + chunk.payload.count(b"\n", 0, error.start)
+        raise DataFormatError(f"{task.source.path}:{line}: not UTF-8 text (byte {chunk.payload[error.start]:#04x}): "
+                              "save it as UTF-8, or is it the wrong file?") from None
+    return text.split("\n")
+
+
+def _jsonl_records(task: _Task, lines: list[str]) -> Iterator[tuple[int, str, dict]]:
+    """(line number, line, object) of each non-empty line; bad JSON raises naming file and line."""
     for number, line in enumerate(lines, start=task.chunk.first_record):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError as error:
-            raise DataFormatError(f"{source.path}:{number}: malformed JSON line ({error})") from None
+            raise DataFormatError(f"{task.source.path}:{number}: malformed JSON line ({error})") from None
         if not isinstance(record, dict):
-            raise DataFormatError(f"{source.path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise DataFormatError(f"{task.source.path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield number, line, record
+
+
+def _jsonl_documents(task: _Task, lines: list[str]) -> list[tuple[str, str]]:
+    source, field = task.source, task.settings.text_field
+    documents = []
+    for number, line, record in _jsonl_records(task, lines):
         text = record.get(field)
         if not isinstance(text, str):
             raise DataFormatError(f"{source.path}:{number}: missing string field {field!r}"
@@ -442,16 +454,8 @@ def _conversation_documents(task: _Task, lines: list[str]) -> tuple[list[tuple[s
 
     source = task.source
     documents, skipped = [], []
-    for number, line in enumerate(lines, start=task.chunk.first_record):
-        if not line.strip():
-            continue
+    for number, line, record in _jsonl_records(task, lines):
         where = f"{source.path}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise DataFormatError(f"{where}: malformed JSON line ({error})") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if "\\u" in line and _SURROGATE_ESCAPE.search(line):
             for message in record.get("messages") or []:
                 if isinstance(message, dict) and isinstance(message.get("content"), str):
@@ -543,14 +547,7 @@ def _tokenize_chunk(task: _Task) -> dict:
 def _tokenize_conversation_chunk(task: _Task) -> dict:
     """`_tokenize_chunk` for conversations: each rendered with ChatML, its loss mask beside its tokens
     (the document separator after it is never a target)."""
-    source, chunk = task.source, task.chunk
-    try:
-        text = chunk.payload.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = chunk.first_record + chunk.payload.count(b"\n", 0, error.start)
-        raise DataFormatError(f"{source.path}:{line}: not UTF-8 text (byte {chunk.payload[error.start]:#04x})") \
-            from None
-    documents, skipped = _conversation_documents(task, text.split("\n"))
+    documents, skipped = _conversation_documents(task, _chunk_lines(task))
     contents = _encode(_ADAPTER, [m.content for _, _, c in documents for m in c.messages], task.settings.piece_chars)
     by_split: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {split: [] for split in STORE_SPLITS}
     start, total = 0, 0
