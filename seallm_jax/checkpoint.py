@@ -40,13 +40,19 @@ _META_KEYS = ("step", "rng", "data_state")
 
 def describe_error(error: BaseException, limit: int = 400) -> str:
     """One line for an error from deep inside Orbax/TensorStore: its root cause's first line, its
-    middle cut when long (TensorStore puts the OS error last, after the paths)."""
+    middle cut when long. The operating system's reason leads when TensorStore names one
+    (`[os_error_code='27']`): it may sit anywhere in the message, e.g. before a long JSON spec."""
     while error.__cause__ is not None:
         error = error.__cause__
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else type(error).__name__
     if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
         text = f"{text}: {error.filename}"
+    os_error = re.search(r"os_error_code='?(\d+)", text)
+    if os_error:
+        reason = os.strerror(int(os_error.group(1)))
+        if not text.startswith(reason):
+            text = f"{reason}: {text}"
     if len(text) <= limit:
         return text
     return f"{text[:limit // 2 - 3]} ... {text[-(limit // 2 - 2):]}"

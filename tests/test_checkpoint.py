@@ -75,3 +75,17 @@ def test_init_from_hugging_face_places_the_weights_on_the_mesh(saved, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
     up = state.params["model"]["layers"]["mlp"]["up_proj"]["kernel"]
     assert up.addressable_shards[0].data.size * 8 == up.size
+
+
+def test_a_save_error_names_the_operating_systems_reason_wherever_tensorstore_put_it():
+    """TensorStore sometimes puts the OS error in the middle of a long message, before the JSON spec
+    of what it was opening; the one-line description must still say why the write failed."""
+    spec = '{"driver":"zarr","kvstore":{"driver":"ocdbt","base":"file:///tmp/run/checkpoints/8"}' + " " * 600 + "}"
+    tensorstore = ValueError(f'OUT_OF_RANGE: Error opening "zarr" driver: Error writing "1.2.count/.zarray": '
+                             f"File too large [os_error_code='27'] [source locations='...'] [tensorstore_spec='{spec}']")
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = tensorstore
+    line = ckpt.describe_error(wrapped)
+    assert line.startswith("File too large: OUT_OF_RANGE: Error opening")
+    assert len(line) <= 400 and "\n" not in line
+    assert ckpt.describe_error(OSError(28, "No space left on device", "/tmp/x")) == "[Errno 28] No space left on device: '/tmp/x'"
