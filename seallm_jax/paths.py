@@ -12,11 +12,10 @@ Cloud Storage emulator is one variable. AWS_ENDPOINT_URL does the same for S3-co
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from seallm_jax.errors import REMOTE_SCHEMES, MissingDataError, RemotePathError, require_dir, require_local
 

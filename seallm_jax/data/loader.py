@@ -241,7 +241,7 @@ class _Packs:
         self.arrays = list(arrays)
         self.seq_len = seq_len
         self.documents = self.truncated = self.dropped = 0
-        self.starts, self.stops, self.row_first, self.array_of_row = [], [], [], []
+        self.starts, self.stops, self.row_first = [], [], []
         counts = []
         for number, array in enumerate(self.arrays):
             offsets = np.asarray(array.offsets, np.int64)

@@ -19,10 +19,6 @@ def other_domain_manifest() -> dict:
     return json.loads((OTHER_DOMAIN_DIR / "manifest.json").read_text(encoding="utf-8"))
 
 
-def other_domain_languages() -> list[str]:
-    return sorted(other_domain_manifest()["languages"])
-
-
 def other_domain_files(languages: Sequence[str] | None = None) -> dict[str, list[str]]:
     """{language: [path]} for the languages that have other-domain text (others are left out)."""
     available = other_domain_manifest()["languages"]

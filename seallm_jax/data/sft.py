@@ -9,7 +9,7 @@ import hashlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from seallm_jax.data.corpus import (LoadReport, OnError, check_language, load_parallel, read_jsonl,
                                     shipped_languages, split_of)
@@ -21,8 +21,6 @@ from seallm_jax.tokenizer.special import IM_END, IM_START
 ROLES = ("system", "user", "assistant")
 # Qwen2's chat template inserts this system message when a conversation has none.
 QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
-Truncation = Literal["turns", "tokens", "drop"]
-TRUNCATION_POLICIES = ("turns", "tokens", "drop")
 # Translation prompts, chosen per pair by a hash so that the choice is stable across runs.
 TRANSLATION_PROMPTS = (
     "Translate the following text into {target}:\n{text}",

@@ -11,7 +11,6 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,9 +19,6 @@ from seallm_jax.errors import (ConfigError, DataFormatError, MissingDataError, U
                                require_file)
 from seallm_jax.files import atomic_file
 from seallm_jax.languages import LANGUAGES
-
-if TYPE_CHECKING:
-    from seallm_jax.data.tokenizer_adapter import TokenizerAdapter
 
 FORMAT = "seallm-jax-token-store"
 VERSION = 1

@@ -165,7 +165,7 @@ def check_run_inputs(config: ml_collections.ConfigDict, workdir: str, optimizer_
     the field): the workdir, `model.init_from`, `data.tokenizer`, `data.files`, `data.languages`, and
     what `optimizer_wrapper.check` checks (LSN: `lsn.neurons` and `lsn.languages`)."""
     from seallm_jax.data.corpus import check_language
-    from seallm_jax.errors import require_dir, require_file
+    from seallm_jax.errors import require_dir
     from seallm_jax.paths import require_model_dir
     from seallm_jax.files import check_output_dir
 

@@ -8,7 +8,6 @@ a TPU pod has no shared filesystem (seallm_jax.paths).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
