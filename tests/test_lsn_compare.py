@@ -73,7 +73,7 @@ def _interval_ok(interval, n):
 
 def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
     out, report = compared
-    assert report["complete"] and report["schema_version"] == 2
+    assert report["complete"] and report["schema_version"] == 3
     for key in ("config", "definitions", "model", "machine", "evaluation", "neurons", "base", "deactivation",
                 "results", "comparisons", "timings"):
         assert key in report, key
@@ -108,6 +108,9 @@ def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
                 _interval_ok(matched["others_mean_abs"], matched["seeds_reached"])
                 if matched["seeds_reached"]:
                     assert 0 < matched["step"]["mean"] <= 2
+                # Reached before the first scored checkpoint (step 1 here) <=> interpolated from the base.
+                from_base = sum(s is not None and s <= 1 for s in matched["step"]["per_seed"])
+                assert matched["seeds_from_base"] == from_base
     # Every arm reaches the smallest gain on every seed here: matched rows with intervals.
     assert all(r["matched"]["test"]["5"]["seeds_reached"] == 2 for r in results.values())
     # Learning rates: full swept its two rates on seed 0 (per target); seed 1 reused the choice.
@@ -202,8 +205,11 @@ def test_matched_gain_interpolates_at_the_first_crossing_and_intervals_are_stude
               {"step": 15, "target_gain_percent": 12.0, "english": -0.10, "others_mean_abs": 0.1},
               {"step": 20, "target_gain_percent": 24.0, "english": -0.2, "others_mean_abs": 0.2}]
     hit = at_gain(points, 10.0)  # a quarter of the way from step 5 to step 10
-    assert hit == pytest.approx({"step": 6.25, "english": -0.03, "others_mean_abs": 0.05})
+    assert hit == pytest.approx({"step": 6.25, "english": -0.03, "others_mean_abs": 0.05, "from_base": False})
     assert at_gain(points, 20.0)["step"] == pytest.approx(15 + 5 * 8 / 12)  # the gain dipped, then crossed 20%
+    # Below the first checkpoint's gain the point is the base-to-checkpoint line: flagged as such.
+    early = at_gain(points, 4.0)
+    assert early["from_base"] and early["step"] == pytest.approx(2.5) and early["english"] == pytest.approx(-0.01)
     assert at_gain(points, 30.0) is None
     interval = t_interval([1.0, 2.0, None, 3.0])
     half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n), s = 1

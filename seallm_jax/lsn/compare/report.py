@@ -16,7 +16,7 @@ from seallm_jax.files import atomic_file
 from seallm_jax.lsn.compare import score
 from seallm_jax.lsn.compare.settings import CONFIDENCE, EVAL_SPLITS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFINITIONS = {
     "change": "ln(ppl_after / ppl_before) = loss after - loss before, per language (negative = better)",
     "target_gain_percent": "100 * (1 - ppl_after / ppl_before) of the target language",
@@ -25,7 +25,9 @@ DEFINITIONS = {
                 "null with fewer than 2 values; per_seed lists the seeds' values (null: no value)",
     "matched": "the curve (base at step 0, then every eval_every steps) at the first point where the target gain "
                "reaches the given %, linear between the two checkpoints around it; a seed that never reaches it "
-               "has no value (seeds_reached counts the others)",
+               "has no value (seeds_reached counts the others); seeds_from_base counts the seeds that reach it before "
+               "the first scored checkpoint, where the point is interpolated from the base model (a smaller gain "
+               "than the curves resolve: it only rescales that checkpoint)",
     "comparisons": "paired differences a - b over the seeds both arms reach the gain with (seeds share data "
                    "orders); beyond_interval: the interval of the difference excludes 0",
 }
@@ -63,12 +65,13 @@ def build_report(settings, context, base, deactivation, results, scorer, timings
 
 
 # ---- text -------------------------------------------------------------------------------------------------
-def _interval(value: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+def _interval(value: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3, signed: bool = True) -> str:
     if not value or value["mean"] is None:
         return "-"
-    text = f"{scale * value['mean']:+.{digits}f}"
+    form = f"{'+' if signed else ''}.{digits}f"
+    text = f"{scale * value['mean']:{form}}"
     if value["low"] is not None:
-        text += f" [{scale * value['low']:+.{digits}f},{scale * value['high']:+.{digits}f}]"
+        text += f" [{scale * value['low']:{form}},{scale * value['high']:{form}}]"
     return text
 
 
@@ -84,23 +87,29 @@ def format_table(report: Mapping[str, Any]) -> str:
             lines.append(f"{lang:<10}{value:>+10.3f}{_interval(check['random'][lang]):>28}"
                          f"{_interval(check['lape_minus_random'][lang]):>30}")
     gains = [f"{g:g}" for g in report["config"]["target_gains"]]
+    first_step = (report.get("evaluation", {}).get("curve_steps") or ["?"])[0]
     for target, by_label in report["results"].items():
         for split in EVAL_SPLITS:
             if not by_label or split not in next(iter(by_label.values()))["matched"]:
                 continue
-            lines.append(f"\ntarget {target}, {split}: at matched target gain, English's change / others' "
-                         "mean |change| (seeds reaching it)")
-            lines.append(f"{'arm':<10}{'lr':>7}" + "".join(f"{'at ' + g + '%':>52}" for g in gains)
-                         + f"{'final: target gain %':>26}")
-            for label, record in by_label.items():
-                cells = []
-                for g in gains:
+            lines.append(f"\ntarget {target}, {split}: at matched target gain (seeds reaching it; * = before the first "
+                         f"scored checkpoint, step {first_step}: interpolated from the base model)")
+            lines.append(f"{'gain':<6}{'arm':<11}{'lr':>7}{'English':>26}{'others mean |change|':>26}{'step':>20}"
+                         f"{'seeds':>7}")
+            for g in gains:
+                for label, record in by_label.items():
                     m = record["matched"][split][g]
-                    cells.append(f"{_interval(m['english'])} / {_interval(m['others_mean_abs'])} ({m['seeds_reached']})"
-                                 if m["seeds_reached"] else "not reached")
-                final = record["final"][split]["target_gain_percent"]
-                lines.append(f"{label:<10}{record['learning_rate']:>7.0e}" + "".join(f"{c:>52}" for c in cells)
-                             + f"{_interval(final, digits=1):>26}")
+                    if not m["seeds_reached"]:
+                        lines.append(f"{g + '%':<6}{label:<11}{record['learning_rate']:>7.0e}{'not reached':>26}")
+                        continue
+                    mark = "*" if m.get("seeds_from_base") else ""
+                    lines.append(f"{g + '%':<6}{label:<11}{record['learning_rate']:>7.0e}{_interval(m['english']):>26}"
+                                 f"{_interval(m['others_mean_abs']):>26}{_interval(m['step'], digits=1, signed=False):>20}"
+                                 f"{str(m['seeds_reached']) + mark:>7}")
+            for label, record in by_label.items():
+                final = record["final"][split]
+                lines.append(f"{'final':<6}{label:<11}{record['learning_rate']:>7.0e}{_interval(final['english']):>26}"
+                             f"{_interval(final['others_mean_abs']):>26}   target gain {_interval(final['target_gain_percent'], digits=1)}%")
             by_gain = report.get("comparisons", {}).get(target, {}).get(split, {})
             beyond = [f"  at {g}%, {q}: {row['a']} - {row['b']} = {_interval(row['difference'])}"
                       for g in gains for q, rows in by_gain.get(g, {}).items()

@@ -114,17 +114,20 @@ def curve(base: Losses, losses_by_step: Mapping[int, Losses], target: str) -> di
     return out
 
 
-def at_gain(points: Sequence[Mapping[str, Any]], gain: float) -> dict[str, float | None] | None:
+def at_gain(points: Sequence[Mapping[str, Any]], gain: float) -> dict[str, Any] | None:
     """The curve where the target gain first reaches `gain` % (linear between the two points around it), or
-    None if it never does: the step (fractional), English's change and the others' mean |change| there."""
+    None if it never does: the step (fractional), English's change and the others' mean |change| there, and
+    `from_base`: whether it lies before the first scored checkpoint (interpolated from the base model, so
+    it says no more than that checkpoint does, scaled)."""
     for before, after in zip(points, points[1:]):
         g0, g1 = before["target_gain_percent"], after["target_gain_percent"]
         if g0 is None or g1 is None or not g0 < gain <= g1:
             continue
         share = (gain - g0) / (g1 - g0)
-        return {key: (None if before[key] is None or after[key] is None
-                      else before[key] + share * (after[key] - before[key]))
-                for key in ("step", "english", "others_mean_abs")}
+        return {**{key: (None if before[key] is None or after[key] is None
+                         else before[key] + share * (after[key] - before[key]))
+                   for key in ("step", "english", "others_mean_abs")},
+                "from_base": before["step"] == 0}
     return None
 
 
@@ -164,6 +167,7 @@ def summarize_arm(curves: Sequence[Mapping[str, list]], final_changes: Sequence[
             hits = [at_gain(c[split], float(gain)) for c in curves]
             matched[split][f"{gain:g}"] = {
                 "seeds_reached": sum(h is not None for h in hits),
+                "seeds_from_base": sum(bool(h and h["from_base"]) for h in hits),
                 **{key: t_interval([h[key] if h else None for h in hits])
                    for key in ("step", "english", "others_mean_abs")}}
     return {"final": final, "matched": matched}
