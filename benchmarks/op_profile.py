@@ -1,5 +1,5 @@
 """Where a compiled step's time goes on XLA:CPU, by HLO instruction kind: a `jax.profiler` trace of a few calls,
-summed per op family over the XLA worker threads, with the threads' busy share of the wall time.
+summed per op family over the threads XLA runs ops on, with their share of the machine's cores over the wall time.
 
     python -m benchmarks.op_profile stats --model HF_DIR          # one LAPE-only statistics batch (8 x 256)
     python -m benchmarks.op_profile stats --model HF_DIR --plnd   # LAPE + PLND
@@ -31,7 +31,8 @@ if TRACE_FLAG not in os.environ.get("XLA_FLAGS", ""):
 if __package__ in (None, ""):  # run as a file: make `benchmarks` and `seallm_jax` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-WORKER_THREAD_PREFIX = "tf_XLAEigen"  # XLA:CPU's intra-op worker threads in the trace
+# XLA:CPU runs a program's ops on its intra-op worker threads and, in part, on the calling client thread.
+EXECUTING_THREAD_PREFIXES = ("tf_XLAEigen", "tf_XLAPjRtCpuClient")
 
 
 def op_family(name: str) -> str:
@@ -40,7 +41,8 @@ def op_family(name: str) -> str:
 
 
 def profile(call: Callable[[], object], calls: int = 3) -> dict:
-    """Wall seconds per call and thread-seconds per op family over `calls` traced calls (after one untraced)."""
+    """Wall seconds per call and thread-seconds per op family (summed over XLA's executing threads) over `calls`
+    traced calls, after one untraced."""
     import jax
     from jax.profiler import ProfileData
 
@@ -56,23 +58,21 @@ def profile(call: Callable[[], object], calls: int = 3) -> dict:
         (trace,) = glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)
         data = ProfileData.from_file(trace)
     busy: collections.Counter = collections.Counter()
-    threads = set()
     for plane in data.planes:
         for line in plane.lines:
-            if not line.name.startswith(WORKER_THREAD_PREFIX):
+            if not line.name.startswith(EXECUTING_THREAD_PREFIXES):
                 continue
-            threads.add(line.name)
             for event in line.events:
-                if not event.name.startswith("ThunkExecutor"):  # the executor's span encloses the ops
+                if not event.name.startswith("ThunkExecutor"):  # the executor's spans enclose the ops
                     busy[op_family(event.name)] += event.duration_ns / 1e9 / calls
-    return {"wall_seconds": wall, "threads": len(threads), "families": dict(busy.most_common())}
+    return {"wall_seconds": wall, "cores": os.cpu_count() or 1, "families": dict(busy.most_common())}
 
 
 def report(result: dict, top: int = 14) -> str:
     busy = sum(result["families"].values())
-    threads = max(result["threads"], 1)
-    lines = [f"wall {result['wall_seconds'] * 1e3:.1f} ms per call; {threads} worker threads busy "
-             f"{100 * busy / (threads * result['wall_seconds']):.0f}% of it ({busy * 1e3:.1f} thread-ms)"]
+    cores = result["cores"]
+    lines = [f"wall {result['wall_seconds'] * 1e3:.1f} ms per call; ops ran {busy * 1e3:.1f} thread-ms, "
+             f"{100 * busy / (cores * result['wall_seconds']):.0f}% of the {cores} cores' time"]
     for family, seconds in list(result["families"].items())[:top]:
         lines.append(f"  {seconds * 1e3:9.1f} thread-ms {100 * seconds / busy:5.1f}%  {family}")
     return "\n".join(lines)
