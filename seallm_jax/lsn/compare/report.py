@@ -165,8 +165,18 @@ def plot_curves(report: Mapping[str, Any], path: str) -> None:
                 marker, color = ARM_STYLE.get(record["arm"], ("*", "black"))
                 if record["arm"] == "lora" and not record["details"].get("closest_to_lape", True):
                     color = "tab:olive"
-                ax.plot(np.r_[0.0, grid], np.r_[0.0, mean], color=color, label=label, lw=1.4)
+                # Below the first scored checkpoint's gain the curve is a line from the base model: dashed.
+                first = min((c[1]["target_gain_percent"] for c in curves if len(c) > 1
+                             and c[1]["target_gain_percent"] is not None), default=0.0)
+                x, y = np.r_[0.0, grid], np.r_[0.0, mean]
+                joint = int(np.flatnonzero(x <= first)[-1])  # the two pieces share this point
+                ax.plot(x[:joint + 1], y[:joint + 1], color=color, lw=1.2, ls="--")
+                ax.plot(x[joint:], y[joint:], color=color, label=label, lw=1.4)
                 ax.fill_between(grid, low, high, color=color, alpha=0.15, lw=0)
+                for curve in curves:  # every seed's scored checkpoints
+                    points = [p for p in curve[1:] if p["target_gain_percent"] is not None and p[quantity] is not None]
+                    ax.scatter([p["target_gain_percent"] for p in points], [p[quantity] for p in points], s=7,
+                               color=color, alpha=0.45, lw=0)
                 for gain in gains:
                     matched = record["matched"][split][f"{gain:g}"][quantity]
                     if matched["mean"] is None:
@@ -183,7 +193,8 @@ def plot_curves(report: Mapping[str, Any], path: str) -> None:
             ax.set_title(f"target {target}: {name}, {split.replace('_', '-')}", fontsize=9)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"mean over seeds, bands: {CONFIDENCE:.0%} t-interval; markers: matched target gains", fontsize=9)
+    fig.suptitle(f"mean over seeds, bands: {CONFIDENCE:.0%} t-interval; markers: matched target gains; dots: each "
+                 "seed's scored checkpoints; dashed: before the first checkpoint (a line from the base model)", fontsize=9)
     fig.tight_layout()
     with atomic_file(path) as staging:
         fig.savefig(staging, dpi=110, format="png")
