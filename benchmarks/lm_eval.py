@@ -6,8 +6,9 @@ lm-eval's own `hf` backend (transformers, torch, CPU) on the same model and the 
     python -m benchmarks.lm_eval --tasks sea_corpus_mc             # one task
 
 The model is random (Qwen2-0.5B's shape unless flags say otherwise) with the real Qwen2 tokenizer,
-written once as a Hugging Face directory that both backends load. The tasks are the shipped corpus'
-lm-eval YAML tasks (`seallm_jax.eval.testing.write_corpus_tasks`): multiple choice (loglikelihood),
+written once as a Hugging Face directory that both backends load; `--pretrained DIR` runs a trained model
+instead (a random model seldom emits the generation task's stop string, a trained one does). The tasks
+are the shipped corpus' lm-eval YAML tasks (`seallm_jax.eval.testing.write_corpus_tasks`): multiple choice (loglikelihood),
 rolling perplexity (loglikelihood_rolling) and greedy translation (generate_until), float32, the same
 batch size for both. Each repeat times one full lm-eval evaluation per backend (`simple_evaluate`,
 model already loaded); seallm-jax's first repeat includes its XLA compilations (one per length bucket
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", default="seallm-jax,hf")
     parser.add_argument("--out", help="also write the figures (and the machine probe) to this JSON file")
+    parser.add_argument("--pretrained", help="a Hugging Face model directory to run instead of the random model "
+                                             "(a trained model stops generating at the tasks' stop strings)")
     args = parser.parse_args()
 
     import jax
@@ -102,17 +105,18 @@ def main() -> None:
 
     from seallm_jax.eval.lm_eval import SeallmJaxLM
     from seallm_jax.eval.testing import write_corpus_tasks
+    from seallm_jax.model.config import Qwen2Config
 
     machine = probe()
     print(probe_text(machine))
     print(f"devices: {jax.devices()}; torch threads {torch.get_num_threads()}; cpus {os.cpu_count()}", flush=True)
-    config = model_config(args)
+    config = Qwen2Config.from_hf(args.pretrained) if args.pretrained else model_config(args)
     # Model FLOPs per token of a forward pass: every matmul weight (the embedding lookup is not one;
     # a tied embedding is also the LM head, which is).
     embedding = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
     flops_per_token = 2 * (config.num_parameters() - embedding)
     with tempfile.TemporaryDirectory() as directory:
-        model_dir = _make_model(directory, args)
+        model_dir = args.pretrained or _make_model(directory, args)
         task_dir = os.path.join(directory, "tasks")
         write_corpus_tasks(task_dir, languages=tuple(args.languages.split(",")),
                            docs_per_language=args.docs_per_language, max_gen_toks=args.max_gen_toks)
@@ -127,7 +131,7 @@ def main() -> None:
                                         batch_size=args.batch_size)
         tokenizer = next(iter(lms.values())).tokenizer
         counts = {name: _count_requests(lm, tokenizer) for name, lm in lms.items()}
-        print(f"model: {model_config(args).num_parameters() / 1e6:.0f}M parameters; tasks {tasks}; "
+        print(f"model: {args.pretrained or 'random'}, {config.num_parameters() / 1e6:.0f}M parameters; tasks {tasks}; "
               f"batch size {args.batch_size}")
         rates: dict[str, list[float]] = {name: [] for name in lms}
         runs = []

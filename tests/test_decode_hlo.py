@@ -124,7 +124,7 @@ def test_a_decoding_step_updates_the_donated_cache_in_place(model):
 def test_the_generate_loop_never_copies_the_cache(model):
     graphdef, state = nnx.split(model)
     input_ids = jnp.zeros((BATCH, PROMPT), jnp.int32)
-    args = (graphdef, state, input_ids, jnp.ones_like(input_ids), jnp.full((generate_module.MAX_STOP_TOKENS,), -1),
+    args = (graphdef, state, input_ids, jnp.ones_like(input_ids), jnp.zeros((model.config.vocab_size,), bool),
             jnp.int32(0), jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0), jax.random.key(0))
     hlo = generate_module._generate_jit.lower(*args, max_new_tokens=NEW_TOKENS, greedy=True).compile().as_text()
     assert full_cache_writers(hlo, cache_types(model, PROMPT + NEW_TOKENS, per_layer=True), loop_bodies_only=True) == []

@@ -90,7 +90,7 @@ def test_decoding_through_the_layer_scan_gives_the_same_tokens_without_a_weight_
     # The compiled program's temporaries: unrolling holds a copy of the decoder weights for the call.
     graphdef, state = nnx.split(model)
     input_ids, attention_mask = left_pad(prompts, prompt_bucket(max(map(len, prompts))))
-    args = (graphdef, state, input_ids, attention_mask, np.full((generate_module.MAX_STOP_TOKENS,), -1, np.int32),
+    args = (graphdef, state, input_ids, attention_mask, np.zeros((model.config.vocab_size,), bool),
             np.int32(0), np.float32(1.0), np.int32(0), np.float32(1.0), jax.random.key(0))
     temporaries = {
         unroll: generate_module._generate_jit.lower(*args, max_new_tokens=NEW_TOKENS, greedy=True, unroll_layers=unroll)
@@ -109,7 +109,7 @@ def test_prefill_by_flash_attention_gives_the_same_tokens(model_dir, hf_model, p
                                   hf_greedy(hf_model, prompts, NEW_TOKENS))
     graphdef, state = nnx.split(flash_model)
     input_ids, attention_mask = left_pad(prompts, prompt_bucket(max(map(len, prompts))))
-    args = (graphdef, state, input_ids, attention_mask, np.full((generate_module.MAX_STOP_TOKENS,), -1, np.int32),
+    args = (graphdef, state, input_ids, attention_mask, np.zeros((flash_model.config.vocab_size,), bool),
             np.int32(0), np.float32(1.0), np.int32(0), np.float32(1.0), jax.random.key(0))
     program = generate_module._generate_jit.lower(*args, max_new_tokens=NEW_TOKENS, greedy=True).as_text()
     bucket, cache_length = input_ids.shape[1], input_ids.shape[1] + NEW_TOKENS
@@ -366,3 +366,33 @@ def test_convert_command_rejects_a_missing_directory(tmp_path, capsys):
     assert cli_main(["convert", "hf-to-orbax", str(tmp_path / "missing"), str(tmp_path / "ckpt")]) == 2
     assert "missing' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_stop_strings_end_a_row_after_the_token_that_holds_one_and_keep_its_text(model, prompts):
+    """lm-eval's `until`: a row stops after a token whose text holds a stop string (any number of such
+    tokens, far more than an EOS list), and its text cut at the string is the text of decoding on."""
+    from seallm_jax.eval.generation import BatchGenerator, GenerationConfig
+    from seallm_jax.model.generate import tokens_containing
+    from seallm_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    vocab = model.config.vocab_size
+    generator = BatchGenerator(model, tokenizer, GenerationConfig(batch_size=len(prompts), show_progress=False))
+    free = generator.generate_tokens(prompts, NEW_TOKENS, stop_ids=[])
+    assert all(len(ids) == NEW_TOKENS for ids in free)
+    # the text of an early token of row 0 (a whole character, not a piece of one)
+    position = next(p for p in range(1, NEW_TOKENS) if "\ufffd" not in tokenizer.decode([free[0][p]])
+                    and tokenizer.decode([free[0][p]]).strip())
+    stop = tokenizer.decode([free[0][position]])
+    finishing = tokens_containing(tokenizer, [stop], vocab)
+    assert free[0][position] in finishing and all(stop in tokenizer.decode([i]) for i in finishing)
+    stopped = generator.generate_tokens(prompts, NEW_TOKENS, stop_ids=[], stop_strings=[stop])
+    assert len(stopped[0]) <= position + 1 < NEW_TOKENS and stopped[0][-1] in finishing  # ended after it
+    for ours, full in zip(stopped, free):
+        assert ours == full[:len(ours)]  # the same tokens up to where the row stopped
+        assert tokenizer.decode(ours).split(stop)[0] == tokenizer.decode(full).split(stop)[0]
+    # More stop tokens than any fixed list holds, one compiled program for every stop set.
+    assert len(tokens_containing(tokenizer, ["e"], vocab)) > 8
+    compiled = generator.compile_count
+    generator.generate_tokens(prompts, NEW_TOKENS, stop_ids=[], stop_strings=["e"])
+    assert generator.compile_count == compiled

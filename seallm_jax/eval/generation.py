@@ -53,6 +53,7 @@ class BatchGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
         self._compiles_at_start = self._cache_size()
+        self._stop_string_tokens: dict[tuple[str, ...], list[int]] = {}
 
     @staticmethod
     def _cache_size() -> int:
@@ -82,12 +83,18 @@ class BatchGenerator:
         return texts
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-                        stop_ids: Sequence[int] | None = None, description: str = "generating",
-                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                        seed: int = 0) -> list[list[int]]:
+                        stop_ids: Sequence[int] | None = None, stop_strings: Sequence[str] = (),
+                        description: str = "generating", temperature: float = 0.0, top_k: int = 0,
+                        top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
         """The new tokens of each prompt, in order, ending before the first of `stop_ids` (default: the
-        tokenizer's stop tokens). Prompts longer than `max_prompt_length` keep their last tokens."""
+        tokenizer's stop tokens). Prompts longer than `max_prompt_length` keep their last tokens.
+
+        With `stop_strings`, a row also stops *after* a token whose text holds one of them (that token is
+        kept): a caller that cuts the text at the first occurrence of a stop string (as lm-eval does with
+        `until`) gets the text it would get from decoding on, and a batch whose rows have all stopped ends
+        early instead of decoding `max_new_tokens` (as `transformers`' stop-string criteria do)."""
         stop_ids = list(self.stop_ids if stop_ids is None else stop_ids)
+        finish_ids = self._tokens_containing(tuple(stop_strings))
         prompts = [list(prompt)[-self.config.max_prompt_length:] for prompt in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -96,11 +103,16 @@ class BatchGenerator:
         for batch in tqdm(batches, desc=description, disable=not self.config.show_progress, leave=False):
             batch_prompts = [prompts[i] for i in batch]
             batch_prompts += [batch_prompts[-1]] * (self.batch_size - len(batch_prompts))
-            tokens = self._generate(batch_prompts, max_new_tokens, stop_ids, sampling)
+            tokens = self._generate(batch_prompts, max_new_tokens, stop_ids + finish_ids, sampling)
             for row, index in enumerate(batch):
-                ids = tokens[row].tolist()
-                outputs[index] = ids[:next((i for i, token in enumerate(ids) if token in stop_ids), len(ids))]
+                outputs[index] = _until_stop(tokens[row].tolist(), set(stop_ids), set(finish_ids))
         return outputs
+
+    def _tokens_containing(self, stop_strings: tuple[str, ...]) -> list[int]:
+        if stop_strings not in self._stop_string_tokens:
+            self._stop_string_tokens[stop_strings] = generate_module.tokens_containing(
+                self.tokenizer, stop_strings, self.model.config.vocab_size)
+        return self._stop_string_tokens[stop_strings]
 
     def _generate(self, batch_prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
                   sampling: dict):
@@ -117,3 +129,14 @@ class BatchGenerator:
         # Activations are constrained as in training (the batch over its mesh axes) while tracing.
         with sharding.activation_sharding(self.mesh):
             return run()
+
+
+def _until_stop(ids: list[int], stop_ids: set[int], finish_ids: set[int]) -> list[int]:
+    """A row's tokens before its first stop id, or through its first finishing token (what decoding emitted
+    before it stopped: the padding after it is not text)."""
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:position]
+        if token in finish_ids:
+            return ids[:position + 1]
+    return ids

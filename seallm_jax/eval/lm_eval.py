@@ -274,7 +274,8 @@ class SeallmJaxLM(TemplateLM):
                         else 0.0, "top_k": int(kwargs.pop("top_k", 0) or 0),
                         "top_p": float(kwargs.pop("top_p", 1.0) or 1.0), "seed": int(kwargs.pop("seed", 0) or 0)}
             prompts = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in indices]
-            outputs = self.generator.generate_tokens(prompts, max_new, stop_ids=stop_ids, **sampling)
+            outputs = self.generator.generate_tokens(prompts, max_new, stop_ids=stop_ids, stop_strings=until,
+                                                     **sampling)
             for index, ids in zip(indices, outputs):
                 text = postprocess_generated_text(self.tok_decode(ids), stop=until, think_end_token=None)
                 results[index] = text

@@ -42,9 +42,6 @@ Float = Array  # float arrays (logits); the alias keeps signatures readable
 # Prompts are left-padded to the next power of two at least this long, so that prompts of similar
 # length share one compiled program.
 MIN_PROMPT_BUCKET = 16
-# Stop tokens are passed as a fixed-size array (unused slots -1, an id no token has), so the number
-# of stop tokens does not change the compiled program.
-MAX_STOP_TOKENS = 8
 # Qwen2 chat models end a turn with <|im_end|> and a document with <|endoftext|>: stop at either.
 QWEN2_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
@@ -149,11 +146,12 @@ def _next_token(logits: Float, key: Array, temperature: Array, top_k: Array, top
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "unroll_layers"))
 def _generate_jit(
-    graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, attention_mask: Array, eos_ids: Array,
+    graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, attention_mask: Array, stop_mask: Array,
     pad_id: Array, temperature: Array, top_k: Array, top_p: Array, key: Array, *,
     max_new_tokens: int, greedy: bool, unroll_layers: bool = True, repetition_penalty: Array = 1.0,
 ) -> Array:
-    """Prefill the left-padded prompts, then decode until every row hit EOS or `max_new_tokens`."""
+    """Prefill the left-padded prompts, then decode until every row emitted a stop token (`stop_mask`
+    [vocab], bool: any number of them, one compiled program) or `max_new_tokens`."""
     model = nnx.merge(graphdef, state)
     batch, prompt_length = input_ids.shape
     cache = model.init_cache(batch, prompt_length + max_new_tokens)
@@ -168,7 +166,7 @@ def _generate_jit(
     def emit(output, step, token, finished):
         token = jnp.where(finished, pad_id, token)  # a finished row emits padding
         output = jax.lax.dynamic_update_slice(output, token[:, None], (0, step))
-        return output, token, finished | jnp.isin(token, eos_ids)
+        return output, token, finished | stop_mask[token]
 
     # The decoding steps run the layers unrolled over per-layer copies of the weights, made once here,
     # outside the loop: the scan would slice (copy) every stacked weight at every token. A tied LM head
@@ -241,7 +239,9 @@ def generate(
 
     `temperature=0` decodes greedily; otherwise tokens are sampled from the temperature-scaled
     distribution restricted by `top_k` (0 = off) and `top_p` (1.0 = off). A row stops after emitting
-    one of `eos_token_ids` (the EOS token is kept) and shows `pad_token_id` afterwards.
+    one of `eos_token_ids` (the token is kept) and shows `pad_token_id` afterwards; there may be any number
+    of them (e.g. every token whose text holds a stop string: `tokens_containing`), ids outside the
+    vocabulary are never emitted and so never stop a row.
     `repetition_penalty` > 1 makes tokens of the prompt and of the output so far less likely
     (`penalize_repetitions`, as `transformers`; 1.0 = off; before temperature and the filters).
     `unroll_layers=False` holds no second copy of the decoder weights during the call, at some speed
@@ -257,18 +257,14 @@ def generate(
         bad = [int(t) for t in prompt if not 0 <= int(t) < vocab_size]
         if bad:
             raise ConfigError(f"prompt {row} has token ids outside the model's vocabulary [0, {vocab_size}): {bad[:5]}")
-    stops = np.atleast_1d(np.asarray(eos_token_ids, np.int32)).reshape(-1)
-    if stops.size > MAX_STOP_TOKENS:
-        raise ConfigError(f"at most {MAX_STOP_TOKENS} eos_token_ids are supported, got {stops.size}")
-    eos = np.full((MAX_STOP_TOKENS,), -1, np.int32)
-    eos[: stops.size] = stops
+    stop_mask = token_mask(eos_token_ids, vocab_size)
 
     length = prompt_bucket(max(len(p) for p in prompts), min_prompt_bucket)
     input_ids, attention_mask = left_pad(prompts, length)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0.0
     tokens = _generate_jit(
-        graphdef, state, input_ids, attention_mask, jnp.asarray(eos), jnp.int32(pad_token_id),
+        graphdef, state, input_ids, attention_mask, jnp.asarray(stop_mask), jnp.int32(pad_token_id),
         jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p),
         jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy, unroll_layers=bool(unroll_layers),
         repetition_penalty=jnp.float32(repetition_penalty),
@@ -278,6 +274,28 @@ def generate(
 
         tokens = multihost_utils.process_allgather(tokens, tiled=True)
     return np.asarray(jax.device_get(tokens))
+
+
+def token_mask(token_ids: int | Sequence[int], vocab_size: int) -> np.ndarray:
+    """[vocab_size] bool, True at `token_ids` (ids outside the vocabulary are left out)."""
+    ids = np.atleast_1d(np.asarray(token_ids, np.int64)).reshape(-1)
+    mask = np.zeros((vocab_size,), bool)
+    mask[ids[(ids >= 0) & (ids < vocab_size)]] = True
+    return mask
+
+
+def tokens_containing(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str], vocab_size: int) -> list[int]:
+    """Ids of the tokens whose own text holds one of `stop_strings`. A sequence that emits one holds that
+    string from there on, so decoding can stop after it and the text cut at the string's first occurrence
+    is the text that decoding on would give (greedy decoding is causal). A string split over two tokens
+    is not caught here, nor is a token that is part of a multi-byte character (alone it decodes to U+FFFD,
+    not to its text in context): decoding then simply goes on to its limit."""
+    stop_strings = [s for s in stop_strings if s]
+    if not stop_strings:
+        return []
+    size = min(vocab_size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
+    return [i for i, text in enumerate(texts) if "\ufffd" not in text and any(s in text for s in stop_strings)]
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
