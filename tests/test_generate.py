@@ -396,3 +396,68 @@ def test_stop_strings_end_a_row_after_the_token_that_holds_one_and_keep_its_text
     compiled = generator.compile_count
     generator.generate_tokens(prompts, NEW_TOKENS, stop_ids=[], stop_strings=["e"])
     assert generator.compile_count == compiled
+
+
+def test_first_line_masks_stop_a_row_at_a_newline_only_after_text(model, prompts):
+    """`first_line_masks`: a newline token ends a row only once the row has emitted text; a token with text
+    and then a newline ends it at once; before any text a newline does not."""
+    free = generate(model, prompts, max_new_tokens=NEW_TOKENS)
+    vocab = model.config.vocab_size
+    row = free[0].tolist()
+    first = {}
+    for position, token in enumerate(row):
+        first.setdefault(token, position)
+    distinct = sorted(first, key=first.get)  # ids in the order the row first emits them
+    assert len(distinct) >= 3, row
+    early, word, late = distinct[0], distinct[1], distinct[2]
+
+    def rule(ends, newline, text):  # where the rule stops the free-running row (None: it does not)
+        armed = False
+        for position, token in enumerate(row):
+            if ends[token] or armed and newline[token]:
+                return position
+            armed |= bool(text[token])
+        return None
+
+    ends, newline, text = (np.zeros((vocab,), bool) for _ in range(3))
+    newline[[early, late]] = True  # `early` comes before any text: it cannot stop the row there
+    text[word] = True
+    stop = rule(ends, newline, text)
+    # the first newline token after the text (`early` again, or `late`), never the one before it
+    assert stop is not None and stop > first[word] > first[early] and row[stop] in (early, late)
+    ours = generate(model, prompts, max_new_tokens=NEW_TOKENS, pad_token_id=-1, first_line_masks=(ends, newline, text))
+    np.testing.assert_array_equal(ours[0, :stop + 1], free[0, :stop + 1])
+    assert (ours[0, stop + 1:] == -1).all()
+    ends[word] = True  # text, then a newline, in one token: the row ends at once
+    ours = generate(model, prompts, max_new_tokens=NEW_TOKENS, pad_token_id=-1, first_line_masks=(ends, newline, text))
+    assert ours[0, first[word]] == word and (ours[0, first[word] + 1:] == -1).all()
+
+
+def test_first_line_masks_of_a_real_tokenizer():
+    from seallm_jax.model.generate import first_line_masks
+    from seallm_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    ends, newline, text = first_line_masks(tokenizer, 151936)
+    one = lambda piece: tokenizer.encode(piece, add_special_tokens=False)  # noqa: E731
+    (nl,), (word,), (eot,) = one("\n"), one("Hello"), one("<|endoftext|>")
+    assert newline[nl] and not text[nl] and not ends[nl]
+    assert text[word] and not newline[word] and not ends[word]
+    assert not (newline[eot] or text[eot] or ends[eot])  # special tokens are dropped when decoding
+    both = [i for i in range(len(tokenizer)) if ends[i]]
+    assert both and all("\n" in tokenizer.decode([i]) and tokenizer.decode([i]).split("\n")[0].strip()
+                        for i in both[:50])
+
+
+def test_stop_at_newline_gives_the_first_line_of_decoding_on(model, prompts):
+    """The library's own generative tasks keep `text.strip().split("\\n")[0].strip()`: stopping once the
+    first line is complete gives the same answers as decoding to the limit."""
+    from seallm_jax.eval.generation import BatchGenerator, GenerationConfig
+    from seallm_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    generator = BatchGenerator(model, tokenizer, GenerationConfig(batch_size=len(prompts), show_progress=False))
+    full = [tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in generator.generate_tokens(prompts, NEW_TOKENS, stop_ids=[])]
+    assert generator.generate(prompts, NEW_TOKENS, stop_at_newline=True) == [
+        text.strip().split("\n")[0].strip() for text in full]

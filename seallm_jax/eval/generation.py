@@ -54,6 +54,7 @@ class BatchGenerator:
         self.pad_id = int(pad) if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
         self._compiles_at_start = self._cache_size()
         self._stop_string_tokens: dict[tuple[str, ...], list[int]] = {}
+        self._first_line_masks = None
 
     @staticmethod
     def _cache_size() -> int:
@@ -75,26 +76,32 @@ class BatchGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
                  stop_at_newline: bool = False, description: str = "generating") -> list[str]:
-        """Greedy completions of token-id prompts, decoded; cut at the first newline if asked."""
+        """Greedy completions of token-id prompts, decoded; with `stop_at_newline`, their first non-empty line
+        only (and decoding stops once it is complete)."""
         texts = []
-        for ids in self.generate_tokens(prompts, max_new_tokens, description=description):
+        for ids in self.generate_tokens(prompts, max_new_tokens, first_line=stop_at_newline, description=description):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             texts.append(text.strip().split("\n")[0].strip() if stop_at_newline else text.strip())
         return texts
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
                         stop_ids: Sequence[int] | None = None, stop_strings: Sequence[str] = (),
-                        description: str = "generating", temperature: float = 0.0, top_k: int = 0,
-                        top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+                        first_line: bool = False, description: str = "generating", temperature: float = 0.0,
+                        top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
         """The new tokens of each prompt, in order, ending before the first of `stop_ids` (default: the
         tokenizer's stop tokens). Prompts longer than `max_prompt_length` keep their last tokens.
 
         With `stop_strings`, a row also stops *after* a token whose text holds one of them (that token is
         kept): a caller that cuts the text at the first occurrence of a stop string (as lm-eval does with
         `until`) gets the text it would get from decoding on, and a batch whose rows have all stopped ends
-        early instead of decoding `max_new_tokens` (as `transformers`' stop-string criteria do)."""
+        early instead of decoding `max_new_tokens` (as `transformers`' stop-string criteria do).
+        With `first_line`, a row stops once its first non-empty line is complete (`generate`'s
+        `first_line_masks`), for a caller that keeps only `text.strip().split("\n")[0]`."""
         stop_ids = list(self.stop_ids if stop_ids is None else stop_ids)
         finish_ids = self._tokens_containing(tuple(stop_strings))
+        if first_line and self._first_line_masks is None:
+            self._first_line_masks = generate_module.first_line_masks(self.tokenizer, self.model.config.vocab_size)
+        line_masks = self._first_line_masks if first_line else None
         prompts = [list(prompt)[-self.config.max_prompt_length:] for prompt in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -103,7 +110,7 @@ class BatchGenerator:
         for batch in tqdm(batches, desc=description, disable=not self.config.show_progress, leave=False):
             batch_prompts = [prompts[i] for i in batch]
             batch_prompts += [batch_prompts[-1]] * (self.batch_size - len(batch_prompts))
-            tokens = self._generate(batch_prompts, max_new_tokens, stop_ids + finish_ids, sampling)
+            tokens = self._generate(batch_prompts, max_new_tokens, stop_ids + finish_ids, sampling, line_masks)
             for row, index in enumerate(batch):
                 outputs[index] = _until_stop(tokens[row].tolist(), set(stop_ids), set(finish_ids))
         return outputs
@@ -115,10 +122,11 @@ class BatchGenerator:
         return self._stop_string_tokens[stop_strings]
 
     def _generate(self, batch_prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
-                  sampling: dict):
+                  sampling: dict, line_masks=None):
         def run():
             return generate_module.generate(
                 self.model, batch_prompts, max_new_tokens=max_new_tokens, eos_token_ids=stop_ids,
+                first_line_masks=line_masks,
                 pad_token_id=self.pad_id, min_prompt_bucket=self.config.min_prompt_bucket,
                 unroll_layers=self.config.unroll_layers, repetition_penalty=self.config.repetition_penalty,
                 **sampling,

@@ -149,9 +149,12 @@ def _generate_jit(
     graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, attention_mask: Array, stop_mask: Array,
     pad_id: Array, temperature: Array, top_k: Array, top_p: Array, key: Array, *,
     max_new_tokens: int, greedy: bool, unroll_layers: bool = True, repetition_penalty: Array = 1.0,
+    line_masks: tuple[Array, Array] | None = None,
 ) -> Array:
     """Prefill the left-padded prompts, then decode until every row emitted a stop token (`stop_mask`
-    [vocab], bool: any number of them, one compiled program) or `max_new_tokens`."""
+    [vocab], bool: any number of them, one compiled program) or `max_new_tokens`. With `line_masks`
+    (newline, text: [vocab] bool each, `first_line_masks`), a row also stops at a newline token once it has
+    emitted a text token: its first non-empty line is complete."""
     model = nnx.merge(graphdef, state)
     batch, prompt_length = input_ids.shape
     cache = model.init_cache(batch, prompt_length + max_new_tokens)
@@ -163,10 +166,14 @@ def _generate_jit(
     logits, cache = model(input_ids, positions=positions, attention_mask=attention_mask, cache=cache,
                           last_position_only=True, fresh_cache=True)
 
-    def emit(output, step, token, finished):
+    def emit(output, step, token, finished, armed):
         token = jnp.where(finished, pad_id, token)  # a finished row emits padding
         output = jax.lax.dynamic_update_slice(output, token[:, None], (0, step))
-        return output, token, finished | stop_mask[token]
+        finished = finished | stop_mask[token]
+        if line_masks is not None:  # armed: the row has emitted text, so a newline ends its first line
+            newline, text = line_masks
+            finished, armed = finished | (armed & newline[token]), armed | text[token]
+        return output, token, finished, armed
 
     # The decoding steps run the layers unrolled over per-layer copies of the weights, made once here,
     # outside the loop: the scan would slice (copy) every stacked weight at every token. A tied LM head
@@ -182,14 +189,14 @@ def _generate_jit(
     seen = jnp.zeros((batch, logits.shape[-1]), jnp.int32).at[rows[:, None], input_ids].add(attention_mask) > 0
     logits = penalize_repetitions(logits[:, -1], seen, repetition_penalty)
     token = _next_token(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy)
-    output, token, finished = emit(output, 0, token, jnp.zeros((batch,), bool))
+    output, token, finished, armed = emit(output, 0, token, jnp.zeros((batch,), bool), jnp.zeros((batch,), bool))
 
     def keep_going(carry):
-        step, _, _, _, finished, _, _ = carry
+        step, _, _, _, finished, _, _, _ = carry
         return (step < max_new_tokens) & ~jnp.all(finished)
 
     def decode_step(carry):
-        step, cache, token, position, finished, output, seen = carry
+        step, cache, token, position, finished, armed, output, seen = carry
         seen = seen.at[rows, token].set(True)
         step_model = nnx.merge(graphdef, state)
         logits, cache = step_model(
@@ -198,10 +205,10 @@ def _generate_jit(
         )
         logits = penalize_repetitions(logits[:, -1], seen, repetition_penalty)
         token = _next_token(logits, jax.random.fold_in(key, step), temperature, top_k, top_p, greedy)
-        output, token, finished = emit(output, step, token, finished)
-        return step + 1, cache, token, position + 1, finished, output, seen
+        output, token, finished, armed = emit(output, step, token, finished, armed)
+        return step + 1, cache, token, position + 1, finished, armed, output, seen
 
-    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, finished, output, seen)
+    carry = (jnp.int32(1), cache, token, positions[:, -1] + 1, finished, armed, output, seen)
     return jax.lax.while_loop(keep_going, decode_step, carry)[-2]
 
 
@@ -234,6 +241,7 @@ def generate(
     min_prompt_bucket: int = MIN_PROMPT_BUCKET,
     unroll_layers: bool = True,
     repetition_penalty: float = 1.0,
+    first_line_masks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """New tokens [batch, max_new_tokens] for a batch of token-id prompts of any lengths.
 
@@ -241,7 +249,8 @@ def generate(
     distribution restricted by `top_k` (0 = off) and `top_p` (1.0 = off). A row stops after emitting
     one of `eos_token_ids` (the token is kept) and shows `pad_token_id` afterwards; there may be any number
     of them (e.g. every token whose text holds a stop string: `tokens_containing`), ids outside the
-    vocabulary are never emitted and so never stop a row.
+    vocabulary are never emitted and so never stop a row. `first_line_masks` (`first_line_masks(tokenizer,
+    ...)`) also stops a row once its first non-empty line is complete, for callers that keep only that line.
     `repetition_penalty` > 1 makes tokens of the prompt and of the output so far less likely
     (`penalize_repetitions`, as `transformers`; 1.0 = off; before temperature and the filters).
     `unroll_layers=False` holds no second copy of the decoder weights during the call, at some speed
@@ -258,6 +267,10 @@ def generate(
         if bad:
             raise ConfigError(f"prompt {row} has token ids outside the model's vocabulary [0, {vocab_size}): {bad[:5]}")
     stop_mask = token_mask(eos_token_ids, vocab_size)
+    line_masks = None
+    if first_line_masks is not None:
+        ends, newline, text = (np.asarray(m, bool).reshape(vocab_size) for m in first_line_masks)
+        stop_mask, line_masks = stop_mask | ends, (jnp.asarray(newline), jnp.asarray(text))
 
     length = prompt_bucket(max(len(p) for p in prompts), min_prompt_bucket)
     input_ids, attention_mask = left_pad(prompts, length)
@@ -267,7 +280,7 @@ def generate(
         graphdef, state, input_ids, attention_mask, jnp.asarray(stop_mask), jnp.int32(pad_token_id),
         jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p),
         jax.random.key(seed), max_new_tokens=max_new_tokens, greedy=greedy, unroll_layers=bool(unroll_layers),
-        repetition_penalty=jnp.float32(repetition_penalty),
+        repetition_penalty=jnp.float32(repetition_penalty), line_masks=line_masks,
     )
     if not tokens.is_fully_addressable:  # rows split over a multi-process mesh: every process gets them all
         from jax.experimental import multihost_utils
@@ -296,6 +309,29 @@ def tokens_containing(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence
     size = min(vocab_size, len(tokenizer))
     texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
     return [i for i, text in enumerate(texts) if "\ufffd" not in text and any(s in text for s in stop_strings)]
+
+
+def first_line_masks(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks [vocab_size] for stopping once a completion's first non-empty line is complete, i.e. for a
+    caller that keeps `text.strip().split("\n")[0]`: `ends` — tokens whose own text has a non-space
+    character and then a newline (they complete it at once); `newline` — tokens with a newline (they complete
+    it after some text); `text` — tokens with a non-space character (they are that text). Special tokens
+    (dropped when decoding) and pieces of a multi-byte character (U+FFFD alone) are in none, so a row
+    never stops before its first line is complete; at worst it decodes on."""
+    size = min(vocab_size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
+    special = set(tokenizer.all_special_ids)
+    ends, newline, text = (np.zeros((vocab_size,), bool) for _ in range(3))
+    for i, piece in enumerate(texts):
+        if i in special:
+            continue
+        newline[i] = "\n" in piece
+        if "\ufffd" in piece:
+            continue
+        text[i] = any(not ch.isspace() for ch in piece)
+        before = piece.split("\n")[0]
+        ends[i] = newline[i] and any(not ch.isspace() for ch in before)
+    return ends, newline, text
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
