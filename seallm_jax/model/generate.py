@@ -306,23 +306,20 @@ def tokens_containing(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence
     stop_strings = [s for s in stop_strings if s]
     if not stop_strings:
         return []
-    size = min(vocab_size, len(tokenizer))
-    texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
-    return [i for i, text in enumerate(texts) if "\ufffd" not in text and any(s in text for s in stop_strings)]
+    return [i for i, text in enumerate(_token_texts(tokenizer, vocab_size))
+            if "\ufffd" not in text and any(s in text for s in stop_strings)]
 
 
 def first_line_masks(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Masks [vocab_size] for stopping once a completion's first non-empty line is complete, i.e. for a
-    caller that keeps `text.strip().split("\n")[0]`: `ends` — tokens whose own text has a non-space
+    caller that keeps `text.strip().split("\\n")[0]`: `ends` — tokens whose own text has a non-space
     character and then a newline (they complete it at once); `newline` — tokens with a newline (they complete
     it after some text); `text` — tokens with a non-space character (they are that text). Special tokens
     (dropped when decoding) and pieces of a multi-byte character (U+FFFD alone) are in none, so a row
     never stops before its first line is complete; at worst it decodes on."""
-    size = min(vocab_size, len(tokenizer))
-    texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
     special = set(tokenizer.all_special_ids)
     ends, newline, text = (np.zeros((vocab_size,), bool) for _ in range(3))
-    for i, piece in enumerate(texts):
+    for i, piece in enumerate(_token_texts(tokenizer, vocab_size)):
         if i in special:
             continue
         newline[i] = "\n" in piece
@@ -332,6 +329,12 @@ def first_line_masks(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tup
         before = piece.split("\n")[0]
         ends[i] = newline[i] and any(not ch.isspace() for ch in before)
     return ends, newline, text
+
+
+def _token_texts(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str]:
+    """Each token id's own text (the model's ids the tokenizer has: `min(vocab_size, len(tokenizer))`)."""
+    size = min(vocab_size, len(tokenizer))
+    return tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
