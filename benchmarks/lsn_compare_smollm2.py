@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-rate", type=float, default=0.01)
     parser.add_argument("--matrices", default="gate_proj,up_proj,down_proj")
     parser.add_argument("--dense", action="store_true", help="neuron arms with dense masked AdamW instead of lean")
-    parser.add_argument("--target-gains", default=",".join(f"{g:g}" for g in TARGET_GAINS),
+    def percentages(text):
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 10,20,30") from None
+
+    parser.add_argument("--target-gains", type=percentages, default=TARGET_GAINS,
                         help="target gains (%%) at which the arms are compared (report only: a rerun with other gains "
                              "retrains nothing)")
     args = parser.parse_args(argv)
@@ -89,11 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"[smollm2 compare] model {model_dir}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs", flush=True)
-    compare(settings(os.path.join(args.out, "compare"), model_dir, steps=args.steps, batch_size=args.batch_size,
-                     seq_len=args.seq_len, eval_every=args.eval_every, seeds=args.seeds, eval_tokens=args.eval_tokens,
-                     progress=not args.no_progress, targets=codes(args.targets), arms=codes(args.arms),
-                     learning_rates=learning_rates, top_rate=args.top_rate, matrices=codes(args.matrices),
-                     lean=not args.dense, target_gains=tuple(float(g) for g in codes(args.target_gains))))
+    from seallm_jax.errors import UserError
+
+    try:
+        compare(settings(os.path.join(args.out, "compare"), model_dir, steps=args.steps, batch_size=args.batch_size,
+                         seq_len=args.seq_len, eval_every=args.eval_every, seeds=args.seeds,
+                         eval_tokens=args.eval_tokens, progress=not args.no_progress, targets=codes(args.targets),
+                         arms=codes(args.arms), learning_rates=learning_rates, top_rate=args.top_rate,
+                         matrices=codes(args.matrices), lean=not args.dense,
+                         target_gains=args.target_gains))
+    except UserError as error:  # a bad flag: one line, as the command line's errors
+        print(f"lsn_compare_smollm2: error: {error}", file=sys.stderr)
+        return 2
     load = os.getloadavg()
     print(f"[smollm2 compare] wall time {time.time() - started:.0f} s; load average at end "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
