@@ -167,17 +167,19 @@ def test_lean_with_bfloat16_weights_keeps_float32_masters(neuron_file):
 
 
 def test_lean_step_computes_no_weight_gradient_of_a_frozen_parameter(neuron_file):
-    """A weight gradient is a dot product whose result has no batch or length axis (it contracts them):
-    the dense step's program has one for every kernel, the lean one only the slices' `[units, embed]`."""
+    """A weight gradient is a dot product that contracts the token axes (batch and length, or the two
+    flattened) of both operands: the dense step's program has one for every kernel, the lean one only the
+    slices' `[units, embed]`."""
     import re
 
     path, masks = neuron_file
 
     def weight_gradients(trainer):
         text = trainer.lower_train_step().as_text()
-        shapes = {tuple(int(d) for d in shape.split("x")[:-1])
-                  for shape in re.findall(r"dot_general.*-> tensor<([0-9x]+f32)>", text)}
-        return {shape for shape in shapes if len(shape) == 2}
+        token_axes = r"\[0(?:, 1)?\]"
+        found = re.findall(rf"dot_general %[^,]+, %[^,]+, contracting_dims = {token_axes} x {token_axes}, "
+                           r".*-> tensor<([0-9x]+f32)>", text)
+        return {tuple(int(d) for d in shape.split("x")[:-1]) for shape in found}
 
     config = load_config("configs/tiny.py").model
     embed, intermediate, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
