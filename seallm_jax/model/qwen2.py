@@ -74,13 +74,18 @@ class Dense(nnx.Linear):
     that product (a copy of every `[tokens, intermediate]` MLP gradient): 30% of an MLP's backward."""
 
     def __call__(self, inputs: Array) -> Array:
-        flat = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
-        return flat.reshape(*inputs.shape[:-1], flat.shape[-1])
+        return _over_flat_tokens(super().__call__, inputs)
 
 
 def token_matmul(x: Array, weight: Array) -> Array:
     """`x @ weight` for `x` [..., in], as `Dense` computes it: over the tokens flattened to one axis."""
-    return (x.reshape(-1, x.shape[-1]) @ weight).reshape(*x.shape[:-1], weight.shape[-1])
+    return _over_flat_tokens(lambda flat: flat @ weight, x)
+
+
+def _over_flat_tokens(project: Callable[[Array], Array], x: Array) -> Array:
+    """`project` ([tokens, in] -> [tokens, out]) applied to `x` [..., in], giving [..., out]."""
+    flat = project(x.reshape(-1, x.shape[-1]))
+    return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
 
 def _dense(in_features: int, out_features: int, config: Qwen2Config, rngs: nnx.Rngs, *, bias: bool = False) -> Dense:
