@@ -8,6 +8,8 @@ summed per op family over the threads XLA runs ops on, with their share of the m
 
 Op families are the instruction names without their numeric suffix (`ynn_fusion` = XLA:CPU's YNNPACK dot
 fusions, `copy_bitcast_fusion` = layout copies fused with elementwise work, `while` = the layer scan's loop, ...).
+A plain `dot` (XLA's Eigen matmul, which XLA:CPU picks for dots that contract both operands' major axis, such as
+weight gradients over tokens) is traced only while it is launched: its compute shows as idle core time.
 The trace needs `--xla_cpu_enable_xprof_traceme=true`, which this module adds to XLA_FLAGS before JAX starts.
 The machine probe (`benchmarks/machine.py`) is printed first. Run it on a quiet machine: idle thread time is
 part of what it reports.
@@ -75,6 +77,9 @@ def report(result: dict, top: int = 14) -> str:
              f"{100 * busy / (cores * result['wall_seconds']):.0f}% of the {cores} cores' time"]
     for family, seconds in list(result["families"].items())[:top]:
         lines.append(f"  {seconds * 1e3:9.1f} thread-ms {100 * seconds / busy:5.1f}%  {family}")
+    if "dot" in result["families"]:
+        lines.append("  note: plain `dot` instructions (XLA's Eigen matmuls, e.g. weight gradients that contract the "
+                     "token axis) are traced only while launched; their compute shows up as idle core time")
     return "\n".join(lines)
 
 
