@@ -188,7 +188,8 @@ def test_rerun_continues_without_redoing_finished_runs(compared, tiny_model, mon
     real_train = loop.train
     monkeypatch.setattr(loop, "train",
                         lambda config, workdir, **kw: calls.append(workdir) or real_train(config, workdir, **kw))
-    assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *COMPARE_ARGS]) == 0
+    report_only = ["--target-gains", "5,15"]  # what is only reported may change between reruns
+    assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *COMPARE_ARGS, *report_only]) == 0
     assert calls == [str(out / "runs" / "th" / "random" / "seed1" / "lr3e-2")]
     again = json.loads((out / "compare.json").read_text())
     for label in ("lape", "full"):
@@ -196,6 +197,20 @@ def test_rerun_continues_without_redoing_finished_runs(compared, tiny_model, mon
     rerun, first = again["results"]["th"]["random"]["runs"][1], report["results"]["th"]["random"]["runs"][1]
     np.testing.assert_allclose(rerun["losses"]["2"]["test"]["th"], first["losses"]["2"]["test"]["th"], rtol=1e-6)
     assert again["deactivation"] == report["deactivation"]
+
+
+def test_rerun_with_other_settings_is_refused_and_loses_nothing(compared, tiny_model, capsys):
+    """OUT's cached runs were made with --steps 2: continuing them with --steps 3 would mix runs made two ways,
+    so the command stops with one line naming the setting, before touching anything."""
+    out, _ = compared
+    files = {path: path.read_bytes() for path in out.rglob("*.json")}
+    args = [*COMPARE_ARGS]
+    args[args.index("--steps") + 1] = "3"
+    capsys.readouterr()
+    assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "steps=2 (now 3)" in error and "--out" in error
+    assert {path: path.read_bytes() for path in out.rglob("*.json")} == files
 
 
 def test_matched_gain_interpolates_at_the_first_crossing_and_intervals_are_student_t():

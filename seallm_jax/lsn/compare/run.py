@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from seallm_jax.errors import MissingDataError
+from seallm_jax.errors import ConfigError, MissingDataError
 from seallm_jax.files import atomic_file
 from seallm_jax.lsn.compare import report as reporting
 from seallm_jax.lsn.compare import score
@@ -164,6 +164,25 @@ def _check_inputs(settings: CompareSettings) -> None:
         raise MissingDataError(f"lsn compare: --neurons {settings.neurons} does not exist")
 
 
+CACHE_SETTINGS = "cache_settings.json"
+
+
+def _check_cache_settings(settings: CompareSettings, out: str) -> None:
+    """OUT's caches were made with these settings, or OUT is new: never mix runs made two ways. The first run
+    (or one from before this file existed) records them."""
+    path = os.path.join(out, CACHE_SETTINGS)
+    wanted = settings.cache_key()
+    if not os.path.exists(path):
+        _write_json(path, wanted)
+        return
+    recorded = _read_json(path)
+    changed = [f"{name}={recorded.get(name)!r} (now {value!r})" for name, value in wanted.items()
+               if recorded.get(name) != value]
+    if changed:
+        raise ConfigError(f"lsn compare: {out} holds runs made with {', '.join(changed)}; rerun with those "
+                          f"settings to continue them, or give another --out")
+
+
 def _prepare(settings: CompareSettings, out: str, timings: dict[str, float]):
     """Statistics (train split) and LAPE's selection, cached in OUT/stats.npz."""
     import jax
@@ -213,6 +232,7 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
     _check_inputs(settings)
     out = os.path.abspath(settings.out)
     os.makedirs(out, exist_ok=True)
+    _check_cache_settings(settings, out)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     context, tokenizer = _prepare(settings, out, timings)

@@ -5,6 +5,8 @@ Checked when made, so that a bad flag fails before any statistics, training or s
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 from seallm_jax.errors import ConfigError
 
@@ -15,6 +17,10 @@ DEFAULT_TARGET_GAINS = (10.0, 20.0, 30.0)  # target perplexity reductions (%) th
 EVAL_SPLITS = ("test", "other_domain")
 CONFIDENCE = 0.95  # of every interval over seeds (Student's t)
 RANDOM_NEURON_SEED = 1000  # seed s of the random arm draws its neurons with RANDOM_NEURON_SEED + s
+# CompareSettings fields that the results cached in OUT depend on (`CompareSettings.cache_key`).
+CACHE_FIELDS = ("model", "tokenizer", "steps", "batch_size", "seq_len", "eval_every", "learning_rates", "warmup_steps",
+                "top_rate", "neurons", "matrices", "lean", "lora_targets", "lora_larger_factor", "stats_tokens",
+                "eval_tokens", "sweep_eval_tokens", "eval_seq_len", "eval_batch_size", "seed", "sweep_targets")
 
 
 @dataclasses.dataclass
@@ -85,6 +91,16 @@ class CompareSettings:
         for kind, grid in self.learning_rates.items():
             if not grid or any(float(lr) <= 0 for lr in grid):
                 raise ConfigError(f"lsn compare: learning rates for {kind} must be positive, got {grid}")
+
+    def cache_key(self) -> dict:
+        """The settings the cached statistics, runs and scores in OUT were made with. A rerun may add targets,
+        arms, seeds or languages, or change what is only reported (`target_gains`) or kept (`keep_checkpoints`,
+        `progress`); any other change would mix results made two ways."""
+        fields = {name: getattr(self, name) for name in CACHE_FIELDS}
+        fields["model"] = os.path.abspath(self.model)
+        fields["learning_rates"] = {kind: [float(lr) for lr in grid]
+                                    for kind, grid in sorted(self.learning_rates.items())}
+        return json.loads(json.dumps(fields))  # tuples as lists, as read back from JSON
 
     def curve_steps(self) -> list[int]:
         """The steps each run is scored at: every `eval_every` steps and the last."""
