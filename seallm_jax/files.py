@@ -127,7 +127,7 @@ def atomic_directory(path: str | os.PathLike, *, if_exists: str = "replace") -> 
 @contextlib.contextmanager
 def _remote_staging(path: str) -> Iterator[str]:
     """A local temporary directory for what will be uploaded to the remote `path`; always removed."""
-    staging = tempfile.mkdtemp(prefix=f".{paths.basename(path)}.tmp-")
+    staging = paths.local_staging("upload")
     try:
         yield staging
     finally:

@@ -302,9 +302,65 @@ def cache_root() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "seallm_jax")
 
 
-def local_staging(prefix: str = "seallm-jax-") -> str:
-    """A fresh local temporary directory (for files made here, then uploaded)."""
-    return tempfile.mkdtemp(prefix=prefix)
+STAGING_PREFIX = "seallm-jax-staging-"
+# A staging directory left by a process that no longer exists is removed once nothing in it has been written
+# for this long (a process in another PID namespace sharing the temporary directory looks dead from here).
+STALE_STAGING_SECONDS = 3600
+
+
+def local_staging(kind: str) -> str:
+    """A fresh local temporary directory for files made here and then uploaded (a remote export, a remote
+    workdir's metrics): `$TMPDIR/seallm-jax-staging-<kind>-<pid>-XXXXXXXX`. Its user removes it when done; one
+    left behind by a process that was killed (a preempted host, SIGKILL) is removed by the next call on the host
+    (`remove_stale_staging`), so that repeated preemptions do not fill the disk with half-made exports."""
+    if not kind.isalpha():
+        raise ValueError(f"staging kind {kind!r}: letters only")
+    remove_stale_staging()
+    return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{kind}-{os.getpid()}-")
+
+
+def remove_stale_staging(*, older_than: float = STALE_STAGING_SECONDS) -> list[str]:
+    """Remove the staging directories (`local_staging`) whose process is gone and in which nothing was written
+    for `older_than` seconds; returns their paths."""
+    import re
+    import time
+
+    pattern = re.compile(rf"^{re.escape(STAGING_PREFIX)}[A-Za-z]+-(\d+)-")
+    root = tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        path = os.path.join(root, name)
+        if not match or _process_exists(int(match.group(1))) or _last_write(path) > time.time() - older_than:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
+
+
+def _last_write(directory: str) -> float:
+    newest = 0.0
+    for parent, _, files in os.walk(directory):
+        for name in [None, *files]:
+            try:
+                newest = max(newest, os.stat(os.path.join(parent, name) if name else parent).st_mtime)
+            except OSError:
+                pass
+    return newest
 
 
 def require_model_dir(path: str | os.PathLike, *, remote_ok: bool = False) -> str:

@@ -315,3 +315,32 @@ def test_outputs_on_gs_appear_whole_or_not_at_all(emulator):
     with pytest.raises(RuntimeError), atomic_directory(directory) as staging:
         raise RuntimeError("the export failed")
     assert paths.read_text(paths.join(directory, "config.json")) == "config.json"  # the old one stays
+
+
+def test_staging_left_by_a_killed_process_is_removed_by_the_next_once_stale(tmp_path, monkeypatch):
+    """An upload staged locally by a process that is SIGKILLed (a preempted host) stays in the temporary
+    directory; the next staging on the host removes it once nothing has written to it for an hour, and never
+    touches a live process's staging, however old, or a dead one's that was written recently."""
+    import tempfile
+
+    from seallm_jax import paths
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = ("import os, signal\nfrom seallm_jax import paths\nd = paths.local_staging('upload')\n"
+            "open(os.path.join(d, 'shard.bin'), 'wb').write(b'x' * 4096)\nprint(d, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp_path)},
+                            capture_output=True, text=True, cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = killed.stdout.strip()
+    assert os.path.dirname(left) == str(tmp_path) and os.path.isfile(os.path.join(left, "shard.bin"))
+
+    mine = paths.local_staging("metrics")  # this process's, alive
+    assert os.path.isdir(left)  # written a moment ago: kept (its process may live in another PID namespace)
+    stale = time.time() - 2 * paths.STALE_STAGING_SECONDS
+    for path in (left, os.path.join(left, "shard.bin"), mine):
+        os.utime(path, (stale, stale))
+    newest = paths.local_staging("upload")
+    assert not os.path.exists(left)
+    assert os.path.isdir(mine) and os.path.isdir(newest)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in (mine, newest))

@@ -53,7 +53,7 @@ class MetricsWriter:
         self.remote_path = paths.join(workdir, "metrics.jsonl") if paths.is_remote(workdir) else None
         self.remote_tensorboard = paths.join(workdir, "tensorboard") if paths.is_remote(workdir) else None
         # A remote workdir's files are written in a local mirror first, then uploaded whole.
-        self._mirror = paths.local_staging("seallm-jax-metrics-") if enabled and self.remote_path else None
+        self._mirror = paths.local_staging("metrics") if enabled and self.remote_path else None
         local_workdir = self._mirror or workdir
         self.path = os.path.join(local_workdir, "metrics.jsonl")
         if self._mirror is not None and paths.exists(self.remote_path):
