@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` and `seallm_jax` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import random_batch, time_it  # noqa: E402
 from benchmarks.machine import announce, write_json  # noqa: E402
 from benchmarks.train_step import JaxStep, TorchStep, parse_args  # noqa: E402
 
@@ -68,20 +68,8 @@ def torch_dots(tokens: int, fan_in: int, fan_out: int) -> dict:
     return {"forward": lambda: x @ w, "input gradient": lambda: dy @ w.T, "weight gradient": lambda: x.T @ dy}
 
 
-def best_of(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from benchmarks.common import random_batch
-
     machine = announce()
     tokens = args.batch * args.seq
     batch = random_batch(args.batch, args.seq, args.vocab)
@@ -94,7 +82,7 @@ def main(argv=None) -> dict:
             seconds = {side: [] for side in calls}
             for _ in range(args.rounds):  # alternate so both see the same machine load
                 for side in calls:
-                    seconds[side].append(best_of(calls[side][kind], max(3, args.steps)))
+                    seconds[side].append(time_it(calls[side][kind], warmup=1, iterations=max(3, args.steps)))
             for side in calls:
                 dots[side][(name, kind)] = count * statistics.median(seconds[side])
 
