@@ -213,6 +213,16 @@ def test_rerun_with_other_settings_is_refused_and_loses_nothing(compared, tiny_m
     assert {path: path.read_bytes() for path in out.rglob("*.json")} == files
 
 
+def test_cache_key_holds_what_results_depend_on_with_paths_made_absolute(tiny_model, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(tiny_model))
+    common = {"out": "o", "targets": ("th",), "languages": ("en", "th")}
+    relative = CompareSettings(model=os.path.basename(tiny_model), **common)
+    absolute = CompareSettings(model=tiny_model, target_gains=(5.0,), progress=False, **common)  # report-only
+    assert relative.cache_key() == absolute.cache_key()
+    assert CompareSettings(model=tiny_model, steps=31, **common).cache_key() != absolute.cache_key()
+    assert CompareSettings(model=tiny_model, **{**common, "targets": ("en",)}).cache_key() == absolute.cache_key()
+
+
 def test_matched_gain_interpolates_at_the_first_crossing_and_intervals_are_student_t():
     points = [{"step": 0, "target_gain_percent": 0.0, "english": 0.0, "others_mean_abs": 0.0},
               {"step": 5, "target_gain_percent": 8.0, "english": -0.02, "others_mean_abs": 0.04},

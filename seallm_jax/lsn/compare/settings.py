@@ -97,7 +97,9 @@ class CompareSettings:
         arms, seeds or languages, or change what is only reported (`target_gains`) or kept (`keep_checkpoints`,
         `progress`); any other change would mix results made two ways."""
         fields = {name: getattr(self, name) for name in CACHE_FIELDS}
-        fields["model"] = os.path.abspath(self.model)
+        for name in ("model", "tokenizer", "neurons"):  # paths compare as absolute (a tokenizer may be a name)
+            if fields[name] and os.path.exists(fields[name]):
+                fields[name] = os.path.abspath(fields[name])
         fields["learning_rates"] = {kind: [float(lr) for lr in grid]
                                     for kind, grid in sorted(self.learning_rates.items())}
         return json.loads(json.dumps(fields))  # tuples as lists, as read back from JSON
