@@ -15,7 +15,8 @@ Default sizing (the issue's floor): 60 steps of 8 x 64 tokens = 30,720 training 
 (3 targets x 5 arms x (2 sweep rates + 2 more seeds)), 2,048 scoring tokens per language and split at steps
 20, 40 and 60, 1,024 validation tokens per sweep run. The estimate from a timed smoke run is in docs/lsn.md
 section 6. Interrupted, the same command resumes (finished runs and scores are cached; a run in progress
-resumes from its checkpoint). Writes OUT/compare/compare.json, OUT/compare/curves.png and prints the tables.
+resumes from its checkpoint). Writes OUT/compare/compare.json, compare.md (the tables in Markdown) and
+curves.png, and prints the tables.
 """
 from __future__ import annotations
 

@@ -145,6 +145,13 @@ def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
     assert (out / "curves.png").stat().st_size > 0 and (out / "deactivation.json").exists()
     table = format_table(report)
     assert "deactivation check, target th" in table and "differences larger than their interval" in table
+    # The same tables in Markdown beside compare.json: one row per gain and arm, then each arm's last step.
+    markdown = (out / "compare.md").read_text()
+    assert "| gain | arm | lr | English | others mean \\|change\\| | step | seeds |" in markdown
+    for label, record in report["results"]["th"].items():
+        assert f"| {GAINS[0]}% | {label} | {record['learning_rate']:.0e} |" in markdown
+        assert f"| {label} | {record['learning_rate']:.0e} |" in markdown
+    assert markdown.count("**target th, test: at the last step (2)**") == 1
 
 
 def _allowed(name, shape, neurons):

@@ -1,5 +1,6 @@
-"""Reporting for `lsn compare`: compare.json's content (`build_report`), the printed tables (`format_table`)
-and the plot of target gain against English's and the other languages' change (`plot_curves`).
+"""Reporting for `lsn compare`: compare.json's content (`build_report`), its tables (`tables`: printed by
+`format_table`, written to compare.md by `format_markdown`) and the plot of target gain against English's and
+the other languages' change (`plot_curves`).
 """
 from __future__ import annotations
 
@@ -75,47 +76,79 @@ def _interval(value: Mapping[str, Any] | None, scale: float = 1.0, digits: int =
     return text
 
 
-def format_table(report: Mapping[str, Any]) -> str:
-    """The deactivation check, then per target and split the matched-gain table and the final point, and the
-    differences between arms that are larger than their intervals."""
-    lines = [f"changes are ln(ppl after / ppl before); [low,high] = {CONFIDENCE:.0%} t-interval over seeds"]
+def tables(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every table of the report, as `{"title", "header", "rows", "notes"}` (cells as text): the deactivation
+    check, then per target and split the matched-gain rows and the final point, with the differences between
+    arms that are larger than their intervals as notes. `format_table` and `format_markdown` render them."""
+    out = []
     for target, check in report.get("deactivation", {}).items():
-        lines.append(f"\ndeactivation check, target {target} ({check['neurons']} neurons), {check['split']} split: "
-                     "change when zeroed")
-        lines.append(f"{'language':<10}{'LAPE':>10}{'random':>28}{'LAPE - random':>30}")
-        for lang, value in check["lape"].items():
-            lines.append(f"{lang:<10}{value:>+10.3f}{_interval(check['random'][lang]):>28}"
-                         f"{_interval(check['lape_minus_random'][lang]):>30}")
+        out.append({"title": f"deactivation check, target {target} ({check['neurons']} neurons), {check['split']} "
+                             "split: change when zeroed",
+                    "header": ["language", "LAPE", "random", "LAPE - random"],
+                    "rows": [[lang, f"{value:+.3f}", _interval(check["random"][lang]),
+                              _interval(check["lape_minus_random"][lang])] for lang, value in check["lape"].items()],
+                    "notes": []})
     gains = [f"{g:g}" for g in report["config"]["target_gains"]]
     first_step = (report.get("evaluation", {}).get("curve_steps") or ["?"])[0]
     for target, by_label in report["results"].items():
         for split in EVAL_SPLITS:
             if not by_label or split not in next(iter(by_label.values()))["matched"]:
                 continue
-            lines.append(f"\ntarget {target}, {split}: at matched target gain (seeds reaching it; * = before the first "
-                         f"scored checkpoint, step {first_step}: interpolated from the base model)")
-            lines.append(f"{'gain':<6}{'arm':<11}{'lr':>7}{'English':>26}{'others mean |change|':>26}{'step':>20}"
-                         f"{'seeds':>7}")
+            rows = []
             for g in gains:
                 for label, record in by_label.items():
                     m = record["matched"][split][g]
+                    lr = f"{record['learning_rate']:.0e}"
                     if not m["seeds_reached"]:
-                        lines.append(f"{g + '%':<6}{label:<11}{record['learning_rate']:>7.0e}{'not reached':>26}")
+                        rows.append([f"{g}%", label, lr, "not reached", "", "", ""])
                         continue
                     mark = "*" if m.get("seeds_from_base") else ""
-                    lines.append(f"{g + '%':<6}{label:<11}{record['learning_rate']:>7.0e}{_interval(m['english']):>26}"
-                                 f"{_interval(m['others_mean_abs']):>26}{_interval(m['step'], digits=1, signed=False):>20}"
-                                 f"{str(m['seeds_reached']) + mark:>7}")
-            for label, record in by_label.items():
-                final = record["final"][split]
-                lines.append(f"{'final':<6}{label:<11}{record['learning_rate']:>7.0e}{_interval(final['english']):>26}"
-                             f"{_interval(final['others_mean_abs']):>26}   target gain {_interval(final['target_gain_percent'], digits=1)}%")
+                    rows.append([f"{g}%", label, lr, _interval(m["english"]), _interval(m["others_mean_abs"]),
+                                 _interval(m["step"], digits=1, signed=False), f"{m['seeds_reached']}{mark}"])
+            finals = [[label, f"{record['learning_rate']:.0e}", _interval(record["final"][split]["english"]),
+                       _interval(record["final"][split]["others_mean_abs"]),
+                       _interval(record["final"][split]["target_gain_percent"], digits=1)]
+                      for label, record in by_label.items()]
             by_gain = report.get("comparisons", {}).get(target, {}).get(split, {})
-            beyond = [f"  at {g}%, {q}: {row['a']} - {row['b']} = {_interval(row['difference'])}"
-                      for g in gains for q, rows in by_gain.get(g, {}).items()
-                      for row in rows if row["beyond_interval"]]
-            lines.append("differences larger than their interval:" + ("\n" + "\n".join(beyond) if beyond else " none"))
+            beyond = [f"at {g}%, {q}: {row['a']} - {row['b']} = {_interval(row['difference'])}"
+                      for g in gains for q, rows_ in by_gain.get(g, {}).items()
+                      for row in rows_ if row["beyond_interval"]]
+            out.append({"title": f"target {target}, {split}: at matched target gain (seeds reaching it; * = before "
+                                 f"the first scored checkpoint, step {first_step}: interpolated from the base model)",
+                        "header": ["gain", "arm", "lr", "English", "others mean |change|", "step", "seeds"],
+                        "rows": rows, "notes": []})
+            out.append({"title": f"target {target}, {split}: at the last step ({report['config']['steps']})",
+                        "header": ["arm", "lr", "English", "others mean |change|", "target gain %"],
+                        "rows": finals,
+                        "notes": ["differences larger than their interval:" + ("" if beyond else " none"), *beyond]})
+    return out
+
+
+CHANGES = f"changes are ln(ppl after / ppl before); [low,high] = {CONFIDENCE:.0%} t-interval over seeds"
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The tables as aligned text (what `lsn compare` prints)."""
+    lines = [CHANGES]
+    for table in tables(report):
+        widths = [max(len(str(cell)) for cell in column) for column in zip(table["header"], *table["rows"])]
+        lines += ["", table["title"]]
+        lines += ["  ".join(f"{cell:<{w}}" if i < 2 else f"{cell:>{w}}" for i, (cell, w) in
+                            enumerate(zip(row, widths))).rstrip() for row in [table["header"], *table["rows"]]]
+        lines += [table["notes"][0], *(f"  {note}" for note in table["notes"][1:])] if table["notes"] else []
     return "\n".join(lines)
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+    """The same tables in Markdown (written to OUT/compare.md, ready for a docs page)."""
+    lines = [CHANGES + "."]
+    for table in tables(report):
+        lines += ["", f"**{table['title'].replace('|', '&#124;')}**", "",
+                  *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+                    for row in [table["header"], ["---"] * len(table["header"]), *table["rows"]])]
+        if table["notes"]:
+            lines += ["", table["notes"][0], *(f"- {note}" for note in table["notes"][1:])]
+    return "\n".join(lines) + "\n"
 
 
 # ---- the plot -----------------------------------------------------------------------------------------------

@@ -292,8 +292,10 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
                                     complete=True)
     _write_json(os.path.join(out, "compare.json"), report)
     reporting.plot_curves(report, os.path.join(out, "curves.png"))
+    with atomic_file(os.path.join(out, "compare.md")) as staging, open(staging, "w", encoding="utf-8") as f:
+        f.write(reporting.format_markdown(report))
     print(reporting.format_table(report))
-    _say(f"wrote {os.path.join(out, 'compare.json')} and {os.path.join(out, 'curves.png')}")
+    _say(f"wrote {os.path.join(out, 'compare.json')}, compare.md (the tables) and curves.png")
     return report
 
 
