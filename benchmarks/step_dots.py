@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` and `seallm_ja
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import random_batch, time_it  # noqa: E402
-from benchmarks.machine import announce, write_json  # noqa: E402
+from benchmarks.machine import announce, share_of_matmul, share_text, write_json  # noqa: E402
 from benchmarks.train_step import JaxStep, TorchStep, parse_args  # noqa: E402
 
 KINDS = ("forward", "input gradient", "weight gradient")
@@ -106,6 +106,7 @@ def main(argv=None) -> dict:
         "step_seconds": steps, "dot_share_of_step_flops": dot_flops / step_flops,
         "ratio_if_only_dots": steps["torch"] / total("jax"),
         "measured_step_ratio": steps["torch"] / steps["jax"],
+        "share_of_matmul": {side: share_of_matmul(dot_flops / total(side), machine) for side in dots},
     }
     print(f"{len(weights)} weights x 3 matmuls over {tokens} tokens, float32: {100 * dot_flops / step_flops:.0f}% "
           f"of the step's FLOPs (the rest is attention's score and value products)")
@@ -116,6 +117,8 @@ def main(argv=None) -> dict:
     print(f"{'whole train step':18s}{steps['jax'] * 1e3:12.1f}{steps['torch'] * 1e3:10.1f}"
           f"{steps['jax'] / steps['torch']:10.2f}x   (dots: {100 * total('jax') / steps['jax']:.0f}% of "
           f"seallm-jax's step, {100 * total('torch') / steps['torch']:.0f}% of transformers')")
+    print(f"the dots alone: seallm-jax {share_text(dot_flops / total('jax'), machine)}; torch "
+          f"{100 * result['share_of_matmul']['torch']:.0f}% of the same rate")
     print(f"measured step ratio seallm-jax / transformers: {result['measured_step_ratio']:.2f}x; a seallm-jax step "
           f"that spent nothing outside its dots: {result['ratio_if_only_dots']:.2f}x")
     write_json(args.json, result)
