@@ -78,8 +78,9 @@ def _interval(value: Mapping[str, Any] | None, scale: float = 1.0, digits: int =
 
 def tables(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every table of the report, as `{"title", "header", "rows", "notes"}` (cells as text): the deactivation
-    check, then per target and split the matched-gain rows and the final point, with the differences between
-    arms that are larger than their intervals as notes. `format_table` and `format_markdown` render them."""
+    check, then per target and split the arms at each matched gain and at the last step, the latter with the
+    differences between arms that are larger than their intervals as notes. `format_table` and
+    `format_markdown` render them."""
     out = []
     for target, check in report.get("deactivation", {}).items():
         out.append({"title": f"deactivation check, target {target} ({check['neurons']} neurons), {check['split']} "
@@ -111,8 +112,8 @@ def tables(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                       for label, record in by_label.items()]
             by_gain = report.get("comparisons", {}).get(target, {}).get(split, {})
             beyond = [f"at {g}%, {q}: {row['a']} - {row['b']} = {_interval(row['difference'])}"
-                      for g in gains for q, rows_ in by_gain.get(g, {}).items()
-                      for row in rows_ if row["beyond_interval"]]
+                      for g in gains for q, pairs in by_gain.get(g, {}).items()
+                      for row in pairs if row["beyond_interval"]]
             out.append({"title": f"target {target}, {split}: at matched target gain (seeds reaching it; * = before "
                                  f"the first scored checkpoint, step {first_step}: interpolated from the base model)",
                         "header": ["gain", "arm", "lr", "English", "others mean |change|", "step", "seeds"],
