@@ -152,6 +152,11 @@ def test_compare_scores_curves_with_seeds_intervals_and_matched_gains(compared):
         assert f"| {GAINS[0]}% | {label} | {record['learning_rate']:.0e} |" in markdown
         assert f"| {label} | {record['learning_rate']:.0e} |" in markdown
     assert markdown.count("**target th, test: at the last step (2)**") == 1
+    # Every language's change at the last step, per arm: what the means hide.
+    assert "**target th, test: every language's change at the last step (2)**" in markdown
+    change = report["results"]["th"]["lape"]["final"]["test"]["change"]
+    assert "| arm | " + " | ".join(change) + " |" in markdown
+    assert f"| lape | {change['en']['mean']:+.3f} [{change['en']['low']:+.3f},{change['en']['high']:+.3f}] |" in markdown
 
 
 def _allowed(name, shape, neurons):

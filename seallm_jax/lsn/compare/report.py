@@ -79,8 +79,8 @@ def _interval(value: Mapping[str, Any] | None, scale: float = 1.0, digits: int =
 def tables(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every table of the report, as `{"title", "header", "rows", "notes"}` (cells as text): the deactivation
     check, then per target and split the arms at each matched gain and at the last step, the latter with the
-    differences between arms that are larger than their intervals as notes. `format_table` and
-    `format_markdown` render them."""
+    differences between arms that are larger than their intervals as notes, and every language's change at the
+    last step. `format_table` and `format_markdown` render them."""
     out = []
     for target, check in report.get("deactivation", {}).items():
         out.append({"title": f"deactivation check, target {target} ({check['neurons']} neurons), {check['split']} "
@@ -122,6 +122,14 @@ def tables(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "header": ["arm", "lr", "English", "others mean |change|", "target gain %"],
                         "rows": finals,
                         "notes": ["differences larger than their interval:" + ("" if beyond else " none"), *beyond]})
+            # Which languages the means above hide: an arm can leave the mean small and still damage one.
+            languages = list(next(iter(by_label.values()))["final"][split]["change"])
+            out.append({"title": f"target {target}, {split}: every language's change at the last step "
+                                 f"({report['config']['steps']})",
+                        "header": ["arm", *languages],
+                        "rows": [[label, *(_interval(record["final"][split]["change"][lang]) for lang in languages)]
+                                 for label, record in by_label.items()],
+                        "notes": []})
     return out
 
 
