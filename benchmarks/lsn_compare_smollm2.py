@@ -13,10 +13,10 @@ lean (optimizer state on their neurons only).
 
 Default sizing (the issue's floor): 60 steps of 8 x 64 tokens = 30,720 training tokens per run, 60 runs
 (3 targets x 5 arms x (2 sweep rates + 2 more seeds)), 2,048 scoring tokens per language and split at steps
-20, 40 and 60, 1,024 validation tokens per sweep run. The estimate from a timed smoke run is in docs/lsn.md
-section 6. Interrupted, the same command resumes (finished runs and scores are cached; a run in progress
-resumes from its checkpoint). Writes OUT/compare/compare.json, compare.md (the tables in Markdown) and
-curves.png, and prints the tables.
+20, 40 and 60, 1,024 validation tokens per sweep run: about 8 hours of a quiet 2-core machine (the measured
+wall time is in docs/lsn.md section 6). Interrupted, the same command resumes (finished runs and scores are
+cached; a run in progress resumes from its checkpoint); `--report-only` shows the finished arms meanwhile.
+Writes OUT/compare/compare.json, compare.md (the tables in Markdown) and curves.png, and prints the tables.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def settings(out: str, model_dir: str, *, steps: int = 60, batch_size: int = 8, 
              eval_every: int = 20, seeds: int = 3, languages=LANGUAGES, targets=TARGETS, eval_tokens: int = 2048,
              sweep_eval_tokens: int = 1024, stats_tokens: int = 2000, learning_rates=None, progress: bool = True,
              arms=None, top_rate: float = 0.01, matrices=("gate_proj", "up_proj", "down_proj"), lean: bool = True,
-             lora_larger_factor: int = 0, target_gains=TARGET_GAINS):
+             lora_larger_factor: int = 0, target_gains=TARGET_GAINS, report_only: bool = False):
     from seallm_jax.lsn.compare import CompareSettings
 
     return CompareSettings(
@@ -50,7 +50,7 @@ def settings(out: str, model_dir: str, *, steps: int = 60, batch_size: int = 8, 
         learning_rates=dict(learning_rates or LEARNING_RATES), warmup_steps=max(2, steps // 20), top_rate=top_rate,
         matrices=tuple(matrices), lean=lean, lora_larger_factor=lora_larger_factor, stats_tokens=stats_tokens,
         eval_tokens=eval_tokens, sweep_eval_tokens=sweep_eval_tokens, eval_seq_len=128, eval_batch_size=4,
-        target_gains=tuple(target_gains), progress=progress)
+        target_gains=tuple(target_gains), progress=progress, report_only=report_only)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-gains", type=percentages, default=TARGET_GAINS,
                         help="target gains (%%) at which the arms are compared (report only: a rerun with other gains "
                              "retrains nothing)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and score nothing: rebuild the report from the finished arms (also while another "
+                             "process is still running the experiment into OUT)")
     args = parser.parse_args(argv)
 
     def codes(text):
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                          eval_tokens=args.eval_tokens, progress=not args.no_progress, targets=codes(args.targets),
                          arms=codes(args.arms), learning_rates=learning_rates, top_rate=args.top_rate,
                          matrices=codes(args.matrices), lean=not args.dense,
-                         target_gains=args.target_gains))
+                         target_gains=args.target_gains, report_only=args.report_only))
     except UserError as error:  # a bad flag: one line, as the command line's errors
         print(f"lsn_compare_smollm2: error: {error}", file=sys.stderr)
         return 2

@@ -211,6 +211,44 @@ def test_rerun_continues_without_redoing_finished_runs(compared, tiny_model, mon
     assert again["deactivation"] == report["deactivation"]
 
 
+def test_report_only_reports_finished_arms_and_trains_scores_deletes_nothing(compared, tiny_model, tmp_path,
+                                                                               monkeypatch, capsys):
+    """`--report-only` beside an unfinished experiment: the finished arms are reported as before, the unfinished
+    one is named, and nothing is trained, scored or deleted (checkpoints included, without --keep-checkpoints)."""
+    import seallm_jax.train.loop as loop
+    from seallm_jax.lsn.compare import score
+
+    source, report = compared
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    (out / "runs" / "th" / "random" / "seed1" / "curve.json").unlink()  # its curve is still being scored
+    for name in ("compare.json", "compare.md", "curves.png"):
+        (out / name).unlink()
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("--report-only trained"))
+    monkeypatch.setattr(score.Scorer, "loss", lambda *a, **k: pytest.fail("--report-only scored"))
+    args = [a for a in COMPARE_ARGS if a != "--keep-checkpoints"]
+    assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(out), *args, "--report-only"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path in before} == before
+    assert {path.name for path in out.rglob("*") if path not in before} == {"compare.json", "compare.md",
+                                                                             "curves.png"}
+    partial = json.loads((out / "compare.json").read_text())
+    assert partial["unfinished"] == ["th/random"] and not partial["complete"]
+    assert list(partial["results"]["th"]) == ["lape", "full"]
+    for label in ("lape", "full"):
+        assert partial["results"]["th"][label]["matched"] == report["results"]["th"][label]["matched"]
+    assert partial["deactivation"] == report["deactivation"]
+    assert (out / "compare.md").read_text().startswith("**partial report: not finished yet, left out: th/random.**")
+    assert "left out, not finished yet: th/random" in capsys.readouterr().out
+    # Nothing to report yet: one line, exit 2, nothing written.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["lsn", "compare", "--model", tiny_model, "--out", str(empty), *args, "--report-only"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "no statistics yet" in error
+    assert not any(empty.iterdir())
+
+
 def test_rerun_with_other_settings_is_refused_and_loses_nothing(compared, tiny_model, capsys):
     """OUT's cached runs were made with --steps 2: continuing them with --steps 3 would mix runs made two ways,
     so the command stops with one line naming the setting, before touching anything."""

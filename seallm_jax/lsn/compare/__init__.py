@@ -10,7 +10,8 @@ target's LAPE neurons are zeroed vs random neurons of the same count per layer. 
 domain (`seallm_jax.data.other_domain`): a curve of target gain against English's change and the other
 languages' mean |change|, compared across arms at matched target gains (10/20/30%), with 95% t-intervals over
 seeds. Writes OUT/compare.json, OUT/compare.md (the tables), OUT/curves.png and prints the tables; a rerun
-continues where it stopped.
+continues where it stopped, and `--report-only` reports the finished arms without training (also while a run
+is going on).
 
 Modules: `settings` (CompareSettings), `arms` (ARM_BUILDERS), `run` (training and the orchestration),
 `score` (Scorer, changes, curves, intervals), `report` (compare.json, tables, plot), `cli` (flags; `register`

@@ -54,6 +54,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="targets whose arms sweep the learning rate (default: all); others reuse their rates")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and score nothing: rebuild the report from the arms OUT has finished (also while "
+                             "another process is still training into OUT)")
     parser.set_defaults(func=run_compare)
 
 
@@ -70,7 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         lora_larger_factor=args.lora_larger_factor, stats_tokens=args.stats_tokens, eval_tokens=args.eval_tokens,
         sweep_eval_tokens=args.sweep_eval_tokens, keep_checkpoints=args.keep_checkpoints,
         sweep_targets=codes(args.sweep_targets) if args.sweep_targets else None,
-        progress=not args.no_progress)
+        progress=not args.no_progress, report_only=args.report_only)
 
 
 def run_compare(args: argparse.Namespace) -> int:

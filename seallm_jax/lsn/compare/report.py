@@ -8,7 +8,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,15 +35,17 @@ DEFINITIONS = {
 
 
 def build_report(settings, context, base, deactivation, results, scorer, timings, started,
-                 complete: bool) -> dict[str, Any]:
-    """Everything compare.json holds (schema in docs/lsn.md section 6)."""
+                 complete: bool, unfinished: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything compare.json holds (schema in docs/lsn.md section 6). `unfinished`: the arms ("target/label")
+    a report-only run left out because OUT does not hold all their runs yet."""
     import jax
 
     from seallm_jax.data.other_domain import other_domain_manifest
 
     manifest = other_domain_manifest()["languages"]
     return {
-        "schema_version": SCHEMA_VERSION, "complete": complete, "config": dataclasses.asdict(settings),
+        "schema_version": SCHEMA_VERSION, "complete": complete, "unfinished": list(unfinished),
+        "config": dataclasses.asdict(settings),
         "definitions": DEFINITIONS,
         "model": {"path": os.path.abspath(settings.model), "num_parameters": context.num_parameters,
                   "hidden_size": context.hidden_size},
@@ -136,9 +138,14 @@ def tables(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 CHANGES = f"changes are ln(ppl after / ppl before); [low,high] = {CONFIDENCE:.0%} t-interval over seeds"
 
 
+def _partial(report: Mapping[str, Any]) -> list[str]:
+    unfinished = report.get("unfinished") or []
+    return [f"partial report: not finished yet, left out: {', '.join(unfinished)}"] if unfinished else []
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The tables as aligned text (what `lsn compare` prints)."""
-    lines = [CHANGES]
+    lines = [*_partial(report), CHANGES]
     for table in tables(report):
         widths = [max(len(str(cell)) for cell in column) for column in zip(table["header"], *table["rows"])]
         lines += ["", table["title"]]
@@ -150,7 +157,7 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 def format_markdown(report: Mapping[str, Any]) -> str:
     """The same tables in Markdown (written to OUT/compare.md, ready for a docs page)."""
-    lines = [CHANGES + "."]
+    lines = [*(f"**{line}.**" for line in _partial(report)), CHANGES + "."]
     for table in tables(report):
         lines += ["", f"**{table['title'].replace('|', '&#124;')}**", "",
                   *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"

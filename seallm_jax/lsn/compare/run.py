@@ -173,7 +173,8 @@ def _check_cache_settings(settings: CompareSettings, out: str) -> None:
     path = os.path.join(out, CACHE_SETTINGS)
     wanted = settings.cache_key()
     if not os.path.exists(path):
-        _write_json(path, wanted)
+        if not settings.report_only:
+            _write_json(path, wanted)
         return
     recorded = _read_json(path)
     changed = [f"{name}={recorded.get(name)!r} (now {value!r})" for name, value in wanted.items()
@@ -203,6 +204,9 @@ def _prepare(settings: CompareSettings, out: str, timings: dict[str, float]):
     stats_path = os.path.join(out, "stats.npz")
     if os.path.exists(stats_path):
         stats = NeuronStats.load(stats_path)
+    elif settings.report_only:
+        raise MissingDataError(f"lsn compare --report-only: {out} has no statistics yet (stats.npz): nothing to "
+                               "report; run without --report-only first")
     else:
         _say(f"statistics on the train split of {','.join(settings.languages)} ({settings.stats_tokens} tokens each)")
         t = time.perf_counter()
@@ -231,6 +235,8 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
     `scorer`: evaluation batches read some other way (default: `Scorer.from_corpus`)."""
     _check_inputs(settings)
     out = os.path.abspath(settings.out)
+    if settings.report_only and not os.path.isdir(out):
+        raise MissingDataError(f"lsn compare --report-only: {out} does not exist: nothing to report")
     os.makedirs(out, exist_ok=True)
     _check_cache_settings(settings, out)
     started = time.perf_counter()
@@ -248,24 +254,28 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
     missing = {split: [lang for lang in languages if lang not in base.get(split, {})]
                for split, languages in wanted.items()}
     missing = {split: languages for split, languages in missing.items() if languages}
+    if missing and settings.report_only:
+        raise MissingDataError(f"lsn compare --report-only: {out} has no scores of the start model for {missing} "
+                               "yet: nothing to report; run without --report-only first")
     if missing:
         t = time.perf_counter()
         for split, by_lang in scorer.loss(settings.model, missing).items():
             base.setdefault(split, {}).update(by_lang)
         _write_json(path, base)
         timings["base_evaluation"] = round(time.perf_counter() - t, 2)
-    _say("deactivation check: the targets' LAPE neurons zeroed vs random neurons of the same count per layer")
-    # Cached per target: a rerun that adds targets checks only the new ones.
+    # Cached per target: a rerun that adds targets checks only the new ones (a report-only one reports the rest).
     path = os.path.join(out, "deactivation.json")
     deactivation = _read_json(path) if os.path.exists(path) else {}
     missing = [t for t in settings.targets if t not in deactivation or deactivation[t]["random"][
         settings.languages[0]]["n"] != settings.seeds or set(deactivation[t]["lape"]) != set(settings.languages)]
-    if missing:
+    if missing and not settings.report_only:
+        _say("deactivation check: the targets' LAPE neurons zeroed vs random neurons of the same count per layer")
         t = time.perf_counter()
         deactivation.update(deactivation_check(settings, context, scorer, base, missing))
         _write_json(path, deactivation)
         timings["deactivation"] = round(time.perf_counter() - t, 2)
-    deactivation = {t: deactivation[t] for t in settings.targets}
+        missing = []
+    deactivation = {t: deactivation[t] for t in settings.targets if t not in missing}
 
     # arms[target][seed] -> [Arm]; labels keep the order of the first seed's arms.
     arms = {target: [[arm for name in settings.arms for arm in ARM_BUILDERS[name](context, target, seed)]
@@ -277,32 +287,44 @@ def compare(settings: CompareSettings, *, scorer: score.Scorer | None = None) ->
         len(arms[target][0]) * (settings.seeds - 1) for target in order)
     chosen: dict[tuple[str, str], float] = {}  # (target, sweep key) -> learning rate chosen on seed 0
     results: dict[str, Any] = {target: {} for target in settings.targets}
+    unfinished = []  # report-only: "target/label" of the arms whose runs or curves OUT does not hold yet
     state = {"run": 0}
     for target in order:
         for position, first in enumerate(arms[target][0]):
-            results[target][first.label] = _run_arm(
+            record = _run_arm(
                 settings, context, scorer, base, splits, target,
                 [arms[target][s][position] for s in range(settings.seeds)],
                 sweep_target=target if target in sweep_targets else sweep_targets[0], chosen=chosen,
                 progress=(state, total_runs))
-            report = reporting.build_report(settings, context, base, deactivation, results, scorer, timings, started,
-                                            complete=False)
-            _write_json(os.path.join(out, "compare.json"), report)
+            if record is None:
+                unfinished.append(f"{target}/{first.label}")
+                continue
+            results[target][first.label] = record
+            if not settings.report_only:
+                report = reporting.build_report(settings, context, base, deactivation, results, scorer, timings,
+                                                started, complete=False)
+                _write_json(os.path.join(out, "compare.json"), report)
+    if settings.report_only and not any(results.values()):
+        raise MissingDataError(f"lsn compare --report-only: no arm in {out} has finished its runs yet "
+                               f"({len(unfinished)} unfinished): nothing to report")
     report = reporting.build_report(settings, context, base, deactivation, results, scorer, timings, started,
-                                    complete=True)
+                                    complete=not unfinished, unfinished=unfinished)
     _write_json(os.path.join(out, "compare.json"), report)
     reporting.plot_curves(report, os.path.join(out, "curves.png"))
     with atomic_file(os.path.join(out, "compare.md")) as staging, open(staging, "w", encoding="utf-8") as f:
         f.write(reporting.format_markdown(report))
     print(reporting.format_table(report))
-    _say(f"wrote {os.path.join(out, 'compare.json')}, compare.md (the tables) and curves.png")
+    _say(f"wrote {os.path.join(out, 'compare.json')}, compare.md (the tables) and curves.png"
+         + (f"; left out, not finished yet: {', '.join(unfinished)}" if unfinished else ""))
     return report
 
 
 def _run_arm(settings: CompareSettings, context: Context, scorer: score.Scorer, base: Mapping, splits: Mapping,
-             target: str, seed_arms: Sequence[Arm], *, sweep_target: str, chosen: dict, progress) -> dict[str, Any]:
+             target: str, seed_arms: Sequence[Arm], *, sweep_target: str, chosen: dict,
+             progress) -> dict[str, Any] | None:
     """Every seed of one arm: seed 0 sweeps the learning rate on the target's validation split (unless the
-    target reuses another's rates), the others reuse it; each chosen run is scored along its training."""
+    target reuses another's rates), the others reuse it; each chosen run is scored along its training.
+    With `settings.report_only`, None unless OUT holds every run and curve of the arm (nothing is trained)."""
     out = os.path.abspath(settings.out)
     first = seed_arms[0]
     key = (sweep_target, first.sweep_key)
@@ -312,17 +334,25 @@ def _run_arm(settings: CompareSettings, context: Context, scorer: score.Scorer, 
         grid = list(settings.learning_rates[arm.lr_kind]) if key not in chosen else [chosen[key]]
         records = []
         for learning_rate in grid:
-            progress[0]["run"] += 1
-            _say(f"run {progress[0]['run']}/{progress[1]}: target {target}, arm {arm.label}, seed {seed}, "
-                 f"lr {learning_rate:g}")
-            records.append(train_run(settings, scorer, target, arm, learning_rate, seed,
-                                     os.path.join(arm_dir, _lr_name(learning_rate))))
+            run_dir = os.path.join(arm_dir, _lr_name(learning_rate))
+            if settings.report_only:
+                if not os.path.exists(os.path.join(run_dir, "run.json")):
+                    return None
+            else:
+                progress[0]["run"] += 1
+                _say(f"run {progress[0]['run']}/{progress[1]}: target {target}, arm {arm.label}, seed {seed}, "
+                     f"lr {learning_rate:g}")
+            records.append(train_run(settings, scorer, target, arm, learning_rate, seed, run_dir))
         best = min(records, key=lambda r: r["validation_loss"])
         chosen.setdefault(key, best["learning_rate"])
         if seed == 0:
             sweep = records
-        scored = score_curve(settings, scorer, best["workdir"], splits, os.path.join(arm_dir, "curve.json"))
-        if not settings.keep_checkpoints:  # scored: the cached JSON is all a rerun needs
+        curve_path = os.path.join(arm_dir, "curve.json")
+        if settings.report_only and not (os.path.exists(curve_path) and set(map(str, settings.curve_steps()))
+                                         <= set(_read_json(curve_path)["losses"])):
+            return None
+        scored = score_curve(settings, scorer, best["workdir"], splits, curve_path)
+        if not settings.keep_checkpoints and not settings.report_only:  # scored: the JSON is all a rerun needs
             for record in records:
                 shutil.rmtree(os.path.join(record["workdir"], "checkpoints"), ignore_errors=True)
         losses = {int(step): value for step, value in scored["losses"].items()}

@@ -61,6 +61,9 @@ class CompareSettings:
     # the same arm chose on the first swept target. Seeds after the first reuse the rate of the first.
     sweep_targets: tuple[str, ...] | None = None
     progress: bool = True
+    # Train and score nothing: report the arms whose runs and curves OUT already holds, name the others. Safe
+    # beside a process still training into OUT (every file is replaced whole; the later write wins).
+    report_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -94,8 +97,8 @@ class CompareSettings:
 
     def cache_key(self) -> dict:
         """The settings the cached statistics, runs and scores in OUT were made with. A rerun may add targets,
-        arms, seeds or languages, or change what is only reported (`target_gains`) or kept (`keep_checkpoints`,
-        `progress`); any other change would mix results made two ways."""
+        arms, seeds or languages, or change what is only reported (`target_gains`, `report_only`) or kept
+        (`keep_checkpoints`, `progress`); any other change would mix results made two ways."""
         fields = {name: getattr(self, name) for name in CACHE_FIELDS}
         for name in ("model", "tokenizer", "neurons"):  # paths compare as absolute (a tokenizer may be a name)
             if fields[name] and os.path.exists(fields[name]):
